@@ -1,0 +1,20 @@
+"""squadkit: extractive question answering in the SQuAD v2 style.
+
+    >>> from squadkit import pipeline
+    >>> qa = pipeline("question-answering", model="path/or/hub-id")
+    >>> qa(question="Where is Normandy?", context="Normandy is a region in France.")
+    {'score': ..., 'start': 24, 'end': 30, 'answer': 'France'}
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import SquadkitError
+
+# pipeline.py keeps torch and transformers out of its import-time work, so this stays cheap.
+# Importing the function after the submodule makes ``squadkit.pipeline`` the function,
+# as ``transformers.pipeline`` is.
+from .pipeline import QuestionAnswerer, pipeline  # noqa: E402
+
+__all__ = ["SquadkitError", "__version__", "pipeline", "QuestionAnswerer"]

@@ -1,0 +1,68 @@
+"""Small file helpers shared by every stage: atomic writes and JSON reading with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import SquadkitError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
+    """Atomically write ``obj`` as JSON (with a trailing newline, as run_squad wrote its files)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def replace_dir_atomically(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written folder into place; an existing folder of that name is replaced.
+
+    rename(2) of a folder is atomic on one filesystem; when a previous folder exists it is
+    first renamed aside, so a crash leaves either the old or the new folder complete.
+    """
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        trash = final_dir.with_name(f".{final_dir.name}.old")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(final_dir, trash)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file; a missing, unreadable or malformed file is a one-line SquadkitError."""
+    path = Path(path)
+    if not path.exists():
+        raise SquadkitError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise SquadkitError(f"{path}: expected a {what}, found a folder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SquadkitError(f"{path}: cannot read {what}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SquadkitError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
