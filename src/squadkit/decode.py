@@ -1,0 +1,431 @@
+"""Start/end logits -> answer spans, in the two ways the model card's tools did it.
+
+* **pipeline mode** reproduces transformers' QuestionAnsweringPipeline (4.x-5.2): per-window
+  softmax of start and end logits with non-context tokens masked to -10000, span score
+  p_start * p_end, spans up to ``max_answer_len`` tokens, equal answers from different windows
+  merged by summing their scores, optional null answer (min over windows of the CLS product).
+* **squad mode** reproduces run_squad's ``compute_predictions_logits``: n-best start and end
+  indices per window, run_squad's validity rules (context only, max-context window, length),
+  null score = min over windows of CLS start + end logits, "" predicted when
+  null - best non-null > ``null_score_diff_threshold``.
+
+Work over windows is vectorized with numpy over whole batches (no Python loop over start x end
+pairs); what remains per example is the small merge of at most a few dozen candidates.
+Each window is reduced to its candidates as soon as its logits exist, so memory stays bounded
+however many windows a context needs.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .features import Window
+
+MASKED_LOGIT = -10000.0
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline mode
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowSpans:
+    """The best spans of one window (pipeline mode), best first, and the window's null score."""
+
+    starts: np.ndarray  # token indices
+    ends: np.ndarray
+    scores: np.ndarray  # float32 p_start * p_end
+    null_score: float  # p_start[CLS] * p_end[CLS]
+
+
+def allowed_tokens(windows: Sequence[Window], width: int) -> np.ndarray:
+    """(B, width) mask of tokens that may take probability mass: context tokens and CLS (index 0)."""
+    mask = np.zeros((len(windows), width), dtype=bool)
+    for row, window in enumerate(windows):
+        size = window.context_mask.shape[0]
+        mask[row, :size] = window.context_mask
+        mask[row, 0] = True
+    return mask
+
+
+def masked_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Row softmax in float32 with disallowed logits set to -10000, as the pipeline computes it."""
+    x = np.where(allowed, logits.astype(np.float32, copy=False), np.float32(MASKED_LOGIT))
+    x = np.exp(x - x.max(axis=-1, keepdims=True))
+    return x / x.sum(axis=-1, keepdims=True)
+
+
+def pipeline_window_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    allowed: np.ndarray,
+    top_n: int,
+    max_answer_len: int,
+) -> list[WindowSpans]:
+    """Best ``top_n`` spans of every window in a batch.
+
+    Only spans with start <= end < start + max_answer_len are scored: a (B, L, K) band of the
+    start x end outer product, K = max_answer_len, rather than the full (B, L, L) square.
+    Spans touching a non-context token have probability 0 and are never returned.
+    """
+    p_start = masked_softmax(start_logits, allowed)
+    p_end = masked_softmax(end_logits, allowed)
+    null = p_start[:, 0] * p_end[:, 0]
+    p_start[:, 0] = 0.0
+    p_end[:, 0] = 0.0
+    batch, width = p_start.shape
+    k = min(max_answer_len, width)
+    # band[b, s, j] = p_start[b, s] * p_end[b, s + j]
+    padded_end = np.concatenate([p_end, np.zeros((batch, k - 1), dtype=p_end.dtype)], axis=1)
+    idx = np.arange(width)[:, None] + np.arange(k)[None, :]
+    band = p_start[:, :, None] * padded_end[:, idx]
+    flat = band.reshape(batch, -1)
+    n = min(top_n, flat.shape[1])
+    if n < flat.shape[1]:
+        top = np.argpartition(-flat, n - 1, axis=1)[:, :n]
+    else:
+        top = np.broadcast_to(np.arange(flat.shape[1]), (batch, flat.shape[1]))
+    top_scores = np.take_along_axis(flat, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    top_scores = np.take_along_axis(top_scores, order, axis=1)
+    starts, offsets = np.divmod(top, k)
+    ends = starts + offsets
+    results = []
+    for b in range(batch):
+        keep = top_scores[b] > 0
+        results.append(WindowSpans(starts[b][keep], ends[b][keep], top_scores[b][keep], float(null[b])))
+    return results
+
+
+def pipeline_answers(
+    context: str,
+    windows: Sequence[Window],
+    spans: Sequence[WindowSpans],
+    top_k: int = 1,
+    handle_impossible_answer: bool = False,
+    align_to_words: bool = True,
+) -> list[dict]:
+    """Merge the windows' spans of one example into the pipeline's answers, best first.
+
+    Answers whose texts are equal ignoring case are merged (scores summed, the first one's
+    text and offsets kept), as the pipeline does across and within windows.
+    """
+    answers: list[dict] = []
+    by_text: dict[str, dict] = {}
+    min_null = 1000000.0
+    for window, window_spans in zip(windows, spans):
+        min_null = min(min_null, window_spans.null_score)
+        if align_to_words and window.word_starts is not None:
+            char_starts, char_ends = window.word_starts, window.word_ends
+        else:
+            char_starts, char_ends = window.offsets[:, 0], window.offsets[:, 1]
+        for s, e, score in zip(window_spans.starts, window_spans.ends, window_spans.scores):
+            start, end = int(char_starts[s]), int(char_ends[e])
+            text = context[start:end]
+            key = text.lower()
+            existing = by_text.get(key)
+            if existing is not None:
+                existing["score"] += float(score)
+            else:
+                answer = {"score": float(score), "start": start, "end": end, "answer": text}
+                by_text[key] = answer
+                answers.append(answer)
+    if handle_impossible_answer:
+        answers.append({"score": min_null, "start": 0, "end": 0, "answer": ""})
+    answers.sort(key=lambda a: a["score"], reverse=True)
+    return answers[:top_k]
+
+
+# ----------------------------------------------------------------------------------------------
+# squad mode
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowNBest:
+    """The n-best start and end positions of one window, with their logits (squad mode)."""
+
+    start_indexes: np.ndarray
+    end_indexes: np.ndarray
+    start_logits: np.ndarray  # float32 logits at start_indexes
+    end_logits: np.ndarray
+    null_start_logit: float  # logit of the CLS token (index 0)
+    null_end_logit: float
+
+
+def squad_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int) -> list[WindowNBest]:
+    """run_squad's ``_get_best_indexes`` for every window of a batch.
+
+    The n best positions are taken over the window's whole width (question tokens included,
+    and, in legacy mode, the padding up to max_seq_len, as run_squad did), ties in position order.
+    """
+    out = []
+    for b, width in enumerate(widths):
+        s = start_logits[b, :width]
+        e = end_logits[b, :width]
+        s_idx = np.argsort(-s, kind="stable")[:n_best_size]
+        e_idx = np.argsort(-e, kind="stable")[:n_best_size]
+        out.append(WindowNBest(s_idx, e_idx, s[s_idx], e[e_idx], float(s[0]), float(e[0])))
+    return out
+
+
+@dataclass
+class NBestEntry:
+    text: str
+    start_logit: float
+    end_logit: float
+    probability: float = 0.0
+    start: int | None = None  # character offsets in the context (None for the empty answer)
+    end: int | None = None
+
+
+@dataclass
+class SquadPrediction:
+    """What run_squad wrote for one question: its answer, n-best list and null odds."""
+
+    text: str
+    nbest: list[NBestEntry]
+    null_odds: float | None  # null score - best non-null score (None without version_2_with_negative)
+
+
+def _softmax(scores: Sequence[float]) -> list[float]:
+    """run_squad's ``_compute_softmax``, in Python floats so every digit matches."""
+    if not scores:
+        return []
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = 0.0
+    for x in exps:
+        total += x
+    return [x / total for x in exps]
+
+
+def squad_prediction(
+    windows: Sequence[Window],
+    nbests: Sequence[WindowNBest],
+    text_of_span: Callable[[Window, int, int], tuple[str, int, int]],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = True,
+    null_score_diff_threshold: float = 0.0,
+) -> SquadPrediction:
+    """run_squad's ``compute_predictions_logits`` for one question.
+
+    ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
+    the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
+    for run_squad's own windows.
+    """
+    cand_window, cand_start, cand_end, cand_s_logit, cand_e_logit = [], [], [], [], []
+    score_null = 1000000.0
+    null_window, null_s, null_e = 0, 0.0, 0.0
+    for w, (window, nb) in enumerate(zip(windows, nbests)):
+        if version_2_with_negative:
+            feature_null = nb.null_start_logit + nb.null_end_logit
+            if feature_null < score_null:
+                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
+        starts = np.repeat(nb.start_indexes, len(nb.end_indexes))
+        ends = np.tile(nb.end_indexes, len(nb.start_indexes))
+        s_logits = np.repeat(nb.start_logits, len(nb.end_indexes))
+        e_logits = np.tile(nb.end_logits, len(nb.start_indexes))
+        size = window.context_mask.shape[0]
+        in_range = (starts < window.length) & (ends < window.length) & (starts < size) & (ends < size)
+        starts_c, ends_c = np.minimum(starts, size - 1), np.minimum(ends, size - 1)
+        max_context = window.max_context if window.max_context is not None else window.context_mask
+        valid = (
+            in_range
+            & window.context_mask[starts_c]
+            & window.context_mask[ends_c]
+            & max_context[starts_c]
+            & (ends >= starts)
+            & (ends - starts + 1 <= max_answer_length)
+        )
+        cand_window.append(np.full(int(valid.sum()), w, dtype=np.int64))
+        cand_start.append(starts[valid])
+        cand_end.append(ends[valid])
+        cand_s_logit.append(s_logits[valid])
+        cand_e_logit.append(e_logits[valid])
+    win = np.concatenate(cand_window) if cand_window else np.zeros(0, dtype=np.int64)
+    st = np.concatenate(cand_start) if cand_start else np.zeros(0, dtype=np.int64)
+    en = np.concatenate(cand_end) if cand_end else np.zeros(0, dtype=np.int64)
+    sl = np.concatenate(cand_s_logit).astype(np.float64) if cand_s_logit else np.zeros(0)
+    el = np.concatenate(cand_e_logit).astype(np.float64) if cand_e_logit else np.zeros(0)
+    if version_2_with_negative:
+        win = np.append(win, null_window)
+        st = np.append(st, 0)
+        en = np.append(en, 0)
+        sl = np.append(sl, null_s)
+        el = np.append(el, null_e)
+    order = np.argsort(-(sl + el), kind="stable")
+
+    nbest: list[NBestEntry] = []
+    seen: set[str] = set()
+    for i in order:
+        if len(nbest) >= n_best_size:
+            break
+        if st[i] > 0:
+            text, char_start, char_end = text_of_span(windows[win[i]], int(st[i]), int(en[i]))
+            if text in seen:
+                continue
+            seen.add(text)
+            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end))
+        else:
+            seen.add("")
+            nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
+    if version_2_with_negative:
+        if "" not in seen:
+            nbest.append(NBestEntry("", null_s, null_e))
+        if len(nbest) == 1:  # run_squad's nonce entry, kept so that numbers match
+            nbest.insert(0, NBestEntry("empty", 0.0, 0.0))
+    if not nbest:
+        nbest.append(NBestEntry("empty", 0.0, 0.0))
+    for entry, prob in zip(nbest, _softmax([e.start_logit + e.end_logit for e in nbest])):
+        entry.probability = prob
+    best_non_null = next((e for e in nbest if e.text), None)
+    if not version_2_with_negative:
+        return SquadPrediction(nbest[0].text, nbest, None)
+    score_diff = score_null - best_non_null.start_logit - best_non_null.end_logit
+    text = "" if score_diff > null_score_diff_threshold else best_non_null.text
+    return SquadPrediction(text, nbest, score_diff)
+
+
+# ----------------------------------------------------------------------------------------------
+# legacy text recovery: run_squad's get_final_text
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_bert_whitespace(char: str) -> bool:
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+
+def _is_bert_control(char: str) -> bool:
+    if char in "\t\n\r":
+        return False
+    return unicodedata.category(char).startswith("C")
+
+
+def _is_bert_punctuation(char: str) -> bool:
+    cp = ord(char)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
+    """BERT's BasicTokenizer (clean, split CJK, lower-case and strip accents, split punctuation)."""
+    cleaned = []
+    for char in text:
+        cp = ord(char)
+        if cp == 0 or cp == 0xFFFD or _is_bert_control(char):
+            continue
+        if _is_bert_whitespace(char):
+            cleaned.append(" ")
+        elif _is_cjk(cp):
+            cleaned.append(f" {char} ")
+        else:
+            cleaned.append(char)
+    tokens = []
+    for token in "".join(cleaned).split():
+        if do_lower_case:
+            token = token.lower()
+            token = "".join(c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn")
+        current = ""
+        for char in token:
+            if _is_bert_punctuation(char):
+                if current:
+                    tokens.append(current)
+                    current = ""
+                tokens.append(char)
+            else:
+                current += char
+        if current:
+            tokens.append(current)
+    return " ".join(tokens).split()
+
+
+def _strip_spaces(text: str) -> tuple[str, dict[int, int]]:
+    chars, ns_to_s = [], {}
+    for i, char in enumerate(text):
+        if char == " ":
+            continue
+        ns_to_s[len(chars)] = i
+        chars.append(char)
+    return "".join(chars), ns_to_s
+
+
+def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
+    """run_squad's ``get_final_text``: where, within ``orig_text``, the predicted text lies.
+
+    Returns ``(start, end)`` so that ``orig_text[start:end]`` is the text run_squad printed;
+    when the projection fails it is the whole of ``orig_text``, as run_squad's fallback.
+    """
+    whole = (0, len(orig_text))
+    tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
+    start = tok_text.find(pred_text)
+    if start == -1:
+        return whole
+    end = start + len(pred_text) - 1
+    orig_ns, orig_ns_to_s = _strip_spaces(orig_text)
+    tok_ns, tok_ns_to_s = _strip_spaces(tok_text)
+    if len(orig_ns) != len(tok_ns):
+        return whole
+    tok_s_to_ns = {s: ns for ns, s in tok_ns_to_s.items()}
+    if start not in tok_s_to_ns or tok_s_to_ns[start] not in orig_ns_to_s:
+        return whole
+    if end not in tok_s_to_ns or tok_s_to_ns[end] not in orig_ns_to_s:
+        return whole
+    return orig_ns_to_s[tok_s_to_ns[start]], orig_ns_to_s[tok_s_to_ns[end]] + 1
+
+
+def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool):
+    """``text_of_span`` of squad mode: run_squad's text recovery, for any window.
+
+    The span's tokens are turned back into a string and projected by ``get_final_text`` onto
+    the whitespace words they came from, as run_squad did (so its answers, e.g. whole words
+    with their punctuation where the projection fails, are reproduced). The words are found
+    from the tokens' character offsets, which works for fast-tokenizer and legacy windows alike.
+    """
+    from .features import whitespace_words
+
+    words, word_starts, word_ends = whitespace_words(context)
+    starts_arr = np.asarray(word_starts, dtype=np.int64)
+
+    def word_at(char: int) -> int:
+        return max(0, int(np.searchsorted(starts_arr, char, side="right")) - 1)
+
+    def text_of_span(window: Window, start: int, end: int) -> tuple[str, int, int]:
+        tokens = tokenizer.convert_ids_to_tokens(window.input_ids[start : end + 1].tolist())
+        tok_text = " ".join(tokenizer.convert_tokens_to_string(tokens).strip().split())
+        first_word = word_at(int(window.offsets[start, 0]))
+        last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
+        orig_text = " ".join(words[first_word : last_word + 1])
+        a, b = get_final_text(tok_text, orig_text, do_lower_case)
+        # positions in the space-joined words -> positions in the context
+        joined_to_context: list[int] = []
+        for w in range(first_word, last_word + 1):
+            joined_to_context.extend(range(word_starts[w], word_ends[w]))
+            joined_to_context.append(word_ends[w])  # the joining space
+        char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
+        char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+        return orig_text[a:b], char_start, char_end
+
+    return text_of_span

@@ -1,0 +1,247 @@
+"""Load and save extractive-QA checkpoints; run them on the torch or ONNX Runtime backend.
+
+Any checkpoint in Hugging Face format loads here, by hub id or local folder, through the
+transformers Auto classes: safetensors preferred, remote code never trusted unless asked.
+A backend turns a padded batch of windows into float32 start and end logits; everything
+around it (windows, decoding) is shared, so both backends give the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import SquadkitError
+from .features import Batch
+
+DEFAULT_MODEL = "mrm8488/roberta-base-1B-1-finetuned-squadv2"
+SETTINGS_FILE = "squadkit.json"  # settings saved beside a checkpoint (e.g. the tuned null threshold)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class QAModel(Protocol):
+    """What the rest of squadkit needs from a model: a tokenizer and logits for a batch."""
+
+    tokenizer: Any
+    name_or_path: str
+    backend: str
+    input_names: tuple[str, ...]
+    settings: dict
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """float32 start and end logits, each (batch, width)."""
+        ...
+
+
+def read_settings(folder: str | os.PathLike | None) -> dict:
+    """squadkit's settings saved beside a checkpoint, or {} when there are none."""
+    if folder is None:
+        return {}
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SquadkitError(f"{path}: cannot read squadkit settings: {exc}") from None
+    if not isinstance(data, dict):
+        raise SquadkitError(f"{path}: squadkit settings must be a JSON object")
+    return data
+
+
+def _hub_error(name: str, exc: Exception) -> SquadkitError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(name).exists():
+        return SquadkitError(f"cannot load model from folder '{name}': {first}")
+    return SquadkitError(
+        f"cannot load model '{name}': not a local folder, and not reachable or cached from the Hugging Face Hub "
+        f"({first}); download it where the Hub is reachable and pass the local folder, e.g. --model ./path/to/checkpoint"
+    )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None, **kwargs):
+    """The checkpoint's fast tokenizer (squadkit needs character offsets)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(name_or_path), use_fast=True, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error(str(name_or_path), exc) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise SquadkitError(f"{name_or_path}: squadkit needs a fast tokenizer (tokenizer.json), got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def check_qa_config(config, name: str) -> None:
+    """Refuse a config that transformers cannot put a question-answering head on."""
+    from transformers import AutoModelForQuestionAnswering
+
+    mapping = AutoModelForQuestionAnswering._model_mapping
+    if type(config) not in mapping.keys():
+        raise SquadkitError(
+            f"{name}: model type '{getattr(config, 'model_type', '?')}' has no question-answering architecture in transformers"
+        )
+
+
+def pick_device(device: str | int | None = None) -> str:
+    """'cuda' when a GPU is there and none was asked for; ints mean a CUDA index, -1 the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, int):
+        return "cpu" if device < 0 else f"cuda:{device}"
+    return str(device)
+
+
+@dataclass
+class TorchQAModel:
+    """A transformers ``AutoModelForQuestionAnswering`` on a torch device."""
+
+    model: Any
+    tokenizer: Any
+    name_or_path: str
+    device: str = "cpu"
+    settings: dict = field(default_factory=dict)
+    backend: str = "torch"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        names = tuple(n for n in self.tokenizer.model_input_names if n in MODEL_INPUTS)
+        return names if "input_ids" in names else ("input_ids", "attention_mask")
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names and batch.token_type_ids is not None:
+            arrays["token_type_ids"] = batch.token_type_ids
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
+            out = self.model(**inputs)
+            start = out.start_logits.float().cpu().numpy()
+            end = out.end_logits.float().cpu().numpy()
+        return start, end
+
+
+def load_torch_model(
+    name_or_path: str | os.PathLike,
+    tokenizer=None,
+    device: str | int | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> TorchQAModel:
+    """Load a QA checkpoint (hub id or folder) and its tokenizer for inference."""
+    import torch
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    name = str(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+    check_qa_config(config, name)
+    torch_dtype = {None: None, "auto": "auto", "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                   "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in torch_dtype:
+        raise SquadkitError(f"dtype must be one of fp32, bf16, fp16, auto; got {dtype!r}")
+    kwargs = {"dtype": torch_dtype[dtype]} if dtype is not None else {}
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(
+            name, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=trust_remote_code)
+    device = pick_device(device)
+    model.to(device).eval()
+    return TorchQAModel(model, tokenizer, name, device, read_settings(name if Path(name).is_dir() else None))
+
+
+def is_onnx_folder(path: str | os.PathLike) -> bool:
+    """An exported folder (``squadkit export``) holds ``model.onnx``."""
+    return Path(path).is_dir() and (Path(path) / "model.onnx").is_file()
+
+
+def load_model(
+    model: Any = None,
+    tokenizer=None,
+    backend: str = "auto",
+    device: str | int | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **backend_options,
+) -> QAModel:
+    """Any QA model squadkit can run: a hub id, a checkpoint folder, an exported ONNX folder,
+    or an already loaded transformers model (with its tokenizer).
+
+    ``backend="auto"`` picks ONNX Runtime for an exported folder and torch otherwise.
+    """
+    if backend not in ("auto", "torch", "onnx"):
+        raise SquadkitError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+    if model is None:
+        model = DEFAULT_MODEL
+    if hasattr(model, "logits") and hasattr(model, "tokenizer") and hasattr(model, "backend"):
+        return model  # already a squadkit model
+    if not isinstance(model, (str, os.PathLike)):
+        # an in-memory transformers model
+        if tokenizer is None:
+            raise SquadkitError("pass the tokenizer along with an in-memory model")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(str(tokenizer))
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        dev = str(next(model.parameters()).device) if device is None else pick_device(device)
+        model.to(dev).eval()
+        return TorchQAModel(model, tokenizer, name, dev, read_settings(name if name and Path(name).is_dir() else None))
+    if backend == "onnx" or (backend == "auto" and is_onnx_folder(model)):
+        return load_onnx_model(model, tokenizer=tokenizer, **backend_options)
+    return load_torch_model(model, tokenizer, device, dtype, trust_remote_code, revision)
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime backend
+# ----------------------------------------------------------------------------------------------
+
+
+def load_onnx_model(path: str | os.PathLike, tokenizer=None, **options) -> QAModel:
+    """An exported folder served by ONNX Runtime (see export.py)."""
+    raise SquadkitError(f"{path}: the ONNX backend is not available in this build")
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, settings: dict | None = None) -> Path:
+    """Save model + tokenizer (+ squadkit settings) in Hugging Face format, atomically.
+
+    Written into a temporary sibling folder first, then renamed into place, so a crash never
+    leaves a half-written checkpoint under the final name.
+    """
+    import tempfile
+
+    from .io import replace_dir_atomically
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if settings:
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        replace_dir_atomically(tmp, out_dir)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,179 @@
+"""run_squad's prediction files for a SQuAD file: predictions, n-best lists and null odds.
+
+``predict_squad`` runs a model over SQuAD examples in squad mode (run_squad's decoding) and
+``write_prediction_files`` writes ``predictions.json``, ``nbest_predictions.json`` and
+``null_odds.json`` atomically, in run_squad's layout. With ``legacy=True`` the windows and
+answer texts are exactly those of run_squad's ``squad_convert_examples_to_features`` and
+``get_final_text``, so a model trained by run_squad is scored exactly as its card was.
+
+Under ``torchrun`` / ``accelerate launch`` each process predicts a shard of the questions
+(``shard=(rank, world_size)``); ``merge_predictions`` puts the shards back in data order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .decode import (
+    NBestEntry,
+    SquadPrediction,
+    squad_prediction,
+    squad_text_recoverer,
+    squad_window_nbest,
+)
+from .errors import SquadkitError
+from .features import WindowSettings, build_windows, iter_batches
+from .io import atomic_write_json
+
+
+@dataclass(frozen=True)
+class SquadDecodeSettings:
+    """run_squad's evaluation flags, with its defaults."""
+
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+    version_2_with_negative: bool = True
+    legacy: bool = False
+    do_lower_case: bool = False
+
+    def validate(self) -> "SquadDecodeSettings":
+        for name in ("n_best_size", "max_answer_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SquadkitError(f"{name} must be a positive integer, got {value!r}")
+        self.window_settings().validate()
+        return self
+
+    def window_settings(self) -> WindowSettings:
+        return WindowSettings("legacy" if self.legacy else "squad", self.max_seq_length, self.doc_stride, self.max_query_length)
+
+
+@dataclass
+class SquadPredictions:
+    """Predictions for a set of questions, keyed by question id, in data order."""
+
+    predictions: dict[str, str] = field(default_factory=dict)
+    nbest: dict[str, list[NBestEntry]] = field(default_factory=dict)
+    null_odds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, qid: str, prediction: SquadPrediction) -> None:
+        self.predictions[qid] = prediction.text
+        self.nbest[qid] = prediction.nbest
+        if prediction.null_odds is not None:
+            self.null_odds[qid] = prediction.null_odds
+
+    def nbest_json(self) -> dict[str, list[dict]]:
+        return {
+            qid: [
+                {
+                    "text": e.text,
+                    "probability": e.probability,
+                    "start_logit": e.start_logit,
+                    "end_logit": e.end_logit,
+                    "start": e.start,
+                    "end": e.end,
+                }
+                for e in entries
+            ]
+            for qid, entries in self.nbest.items()
+        }
+
+
+def predict_squad(
+    model,
+    examples: Sequence,
+    settings: SquadDecodeSettings = SquadDecodeSettings(),
+    batch_size: int = 32,
+    shard: tuple[int, int] | None = None,
+    chunk_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> SquadPredictions:
+    """Predict answers for SQuAD examples (objects with ``id``, ``question`` and ``context``).
+
+    ``model`` is anything ``squadkit.models.load_model`` returns. ``progress(n)`` is called
+    with the number of questions finished after each chunk.
+    """
+    settings.validate()
+    tokenizer = model.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    window_settings = settings.window_settings()
+    if shard is not None:
+        rank, world = shard
+        examples = examples[rank::world]
+    out = SquadPredictions()
+    for lo in range(0, len(examples), chunk_size):
+        chunk = examples[lo : lo + chunk_size]
+        windows = build_windows(tokenizer, [e.question for e in chunk], [e.context for e in chunk], window_settings)
+        nbests = [None] * len(windows)
+        for batch in iter_batches(windows, batch_size, pad_id):
+            start, end = model.logits(batch)
+            widths = [windows[i].input_ids.shape[0] if settings.legacy else windows[i].length for i in batch.window_indices]
+            for i, nb in zip(batch.window_indices, squad_window_nbest(start, end, widths, settings.n_best_size)):
+                nbests[i] = nb
+        by_example: dict[int, list[int]] = {}
+        for i, window in enumerate(windows):
+            by_example.setdefault(window.example_index, []).append(i)
+        for j, example in enumerate(chunk):
+            idx = by_example.get(j, [])
+            text_of_span = squad_text_recoverer(tokenizer, example.context, settings.do_lower_case)
+            out.add(
+                example.id,
+                squad_prediction(
+                    [windows[i] for i in idx],
+                    [nbests[i] for i in idx],
+                    text_of_span,
+                    n_best_size=settings.n_best_size,
+                    max_answer_length=settings.max_answer_length,
+                    version_2_with_negative=settings.version_2_with_negative,
+                    null_score_diff_threshold=settings.null_score_diff_threshold,
+                ),
+            )
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def merge_predictions(parts: Iterable[SquadPredictions], order: Sequence[str]) -> SquadPredictions:
+    """Shards back into one set, in the data's question order."""
+    merged = SquadPredictions()
+    for part in parts:
+        merged.predictions.update(part.predictions)
+        merged.nbest.update(part.nbest)
+        merged.null_odds.update(part.null_odds)
+    out = SquadPredictions()
+    for qid in order:
+        if qid in merged.predictions:
+            out.predictions[qid] = merged.predictions[qid]
+            out.nbest[qid] = merged.nbest[qid]
+            if qid in merged.null_odds:
+                out.null_odds[qid] = merged.null_odds[qid]
+    return out
+
+
+PREDICTIONS_FILE = "predictions.json"
+NBEST_FILE = "nbest_predictions.json"
+NULL_ODDS_FILE = "null_odds.json"
+
+
+def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
+    """Write run_squad's three files (indent 4, as it did), each atomically."""
+    out_dir = Path(out_dir)
+    paths = {
+        "predictions": out_dir / f"{prefix}{PREDICTIONS_FILE}",
+        "nbest": out_dir / f"{prefix}{NBEST_FILE}",
+        "null_odds": out_dir / f"{prefix}{NULL_ODDS_FILE}",
+    }
+    atomic_write_json(paths["predictions"], preds.predictions)
+    atomic_write_json(paths["nbest"], preds.nbest_json())
+    if preds.null_odds:
+        atomic_write_json(paths["null_odds"], preds.null_odds)
+    else:
+        del paths["null_odds"]
+    return paths
