@@ -177,3 +177,94 @@ def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, 
     else:
         del paths["null_odds"]
     return paths
+
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def resolve_threshold(model, given: float | None, ignore_saved: bool) -> float:
+    """The null-score threshold to use: the flag, else the one saved beside the model, else 0.0."""
+    if given is not None:
+        return float(given)
+    saved = None if ignore_saved else model.settings.get("null_score_diff_threshold")
+    return float(saved) if saved is not None else 0.0
+
+
+def evaluate_predictions(dataset, preds: SquadPredictions, threshold: float) -> dict:
+    """The official metric on ``preds``, with the real null odds as na-probs.
+
+    The metric's no-answer threshold is the one the predictions were made with, so its
+    thresholding agrees with theirs; best_* then show the threshold that would have been best.
+    """
+    from .metrics import evaluate
+
+    null_odds = preds.null_odds or None
+    return dict(evaluate(dataset, preds.predictions, na_probs=null_odds, na_prob_thresh=threshold, report_missing=None))
+
+
+def run_predict(
+    model,
+    data,
+    output_dir,
+    backend: str = "auto",
+    batch_size: int = 32,
+    device: str | None = None,
+    null_score_diff_threshold: float | None = None,
+    ignore_saved_threshold: bool = False,
+    strict: bool = False,
+    show_progress: bool = False,
+    **decode_options,
+) -> dict | None:
+    """``squadkit predict``: load model and data, predict, write the files, score when possible.
+
+    Under ``torchrun`` or ``accelerate launch`` every process predicts its shard of the
+    questions; the main process gathers the shards and writes one merged set of files.
+    Returns the metric's results (or a summary without gold answers) on the main process,
+    None on the others.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .data import load_squad
+    from .models import load_model
+
+    dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
+    state = PartialState()
+    if device is None and state.num_processes > 1:
+        device = str(state.device)
+    qa_model = load_model(model, backend=backend, device=device)
+    threshold = resolve_threshold(qa_model, null_score_diff_threshold, ignore_saved_threshold)
+    settings = SquadDecodeSettings(null_score_diff_threshold=threshold, **decode_options).validate()
+    examples = dataset.examples
+    shard = (state.process_index, state.num_processes) if state.num_processes > 1 else None
+    total = len(examples[shard[0] :: shard[1]]) if shard else len(examples)
+
+    progress_cb, finish = _progress(total, show_progress and state.is_main_process)
+    try:
+        preds = predict_squad(qa_model, examples, settings, batch_size=batch_size, shard=shard, progress=progress_cb)
+    finally:
+        finish()
+    if shard is not None:
+        parts = gather_object([preds])
+        if not state.is_main_process:
+            return None
+        preds = merge_predictions(parts, [e.id for e in examples])
+    paths = write_prediction_files(preds, output_dir)
+    has_gold = any(e.answers for e in examples)
+    if has_gold:
+        results = evaluate_predictions(dataset, preds, threshold)
+        atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
+        return results
+    return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
+
+
+def _progress(total: int, enabled: bool):
+    """A rich progress bar on a terminal; no-ops elsewhere."""
+    if not enabled:
+        return None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    task = bar.add_task("predict", total=total)
+    bar.start()
+    return (lambda n: bar.advance(task, n)), bar.stop
