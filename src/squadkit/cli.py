@@ -149,7 +149,7 @@ def evaluate_cmd(
     na_prob_file: Optional[Path] = typer.Option(
         None, "--na-prob-file", "-n", metavar="FILE", help="Model estimates of the probability of no answer (id -> number)."),
     na_prob_thresh: float = typer.Option(
-        1.0, "--na-prob-thresh", "-t", metavar="X", help='Predict "" where the no-answer probability exceeds X.'),
+        1.0, "--na-prob-thresh", "-t", metavar="X", help='Predict "" where the no-answer probability is strictly above X (with --na-prob-file).'),
     out_file: Optional[Path] = typer.Option(
         None, "--out-file", "-o", metavar="FILE", help="Write the metrics here as compact JSON (default: indented JSON on stdout)."),
     out_image_dir: Optional[Path] = typer.Option(
@@ -163,8 +163,7 @@ def evaluate_cmd(
 ) -> None:
     """Score predictions with the official SQuAD v2.0 evaluation, number for number.
 
-    "Missing prediction for ID" lines go to stderr (the official script prints them on stdout),
-    so stdout stays one JSON document.
+    "Missing prediction for ID" lines go to stderr (the official script prints them on stdout), so stdout stays one JSON document.
     """
     import time
 
@@ -183,12 +182,15 @@ def evaluate_cmd(
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
                                  report_missing=report_missing)
     if verbose:
-        typer.echo(f"scored {out['total']} question(s) in {time.perf_counter() - start:.3f} s "
+        typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
                    f"({len(missing)} without a prediction)", err=True)
     if out_file is not None:
         from .io import atomic_write_json
 
-        atomic_write_json(out_file, out, indent=None)
+        try:
+            atomic_write_json(out_file, out, indent=None)
+        except OSError as exc:
+            fail(f"{out_file}: cannot write the metrics: {exc.strerror or exc}")
     else:
         print_json(out)
 

@@ -17,7 +17,9 @@ however many windows a context needs.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -300,66 +302,76 @@ def squad_prediction(
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_bert_whitespace(char: str) -> bool:
-    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+_NORMAL, _SPACE, _DROP, _PUNCT, _CJK = range(5)
+_ASCII_TOKEN = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+_ASCII_DROP = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _is_bert_control(char: str) -> bool:
-    if char in "\t\n\r":
-        return False
-    return unicodedata.category(char).startswith("C")
-
-
-def _is_bert_punctuation(char: str) -> bool:
+@functools.lru_cache(maxsize=65536)
+def _char_class(char: str) -> int:
+    """How BERT's BasicTokenizer treats a character (cached: texts repeat the same few)."""
     cp = ord(char)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
+    if char in " \t\n\r" or unicodedata.category(char) == "Zs":
+        return _SPACE
+    if cp == 0 or cp == 0xFFFD or unicodedata.category(char).startswith("C"):
+        return _DROP
+    if (
+        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
+    ):
+        return _CJK
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or unicodedata.category(char).startswith("P"):
+        return _PUNCT
+    return _NORMAL
 
 
-def _is_cjk(cp: int) -> bool:
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F
-        or 0x2B820 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-    )
+def _strip_accents(token: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn")
 
 
 def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
-    """BERT's BasicTokenizer (clean, split CJK, lower-case and strip accents, split punctuation)."""
-    cleaned = []
-    for char in text:
-        cp = ord(char)
-        if cp == 0 or cp == 0xFFFD or _is_bert_control(char):
-            continue
-        if _is_bert_whitespace(char):
-            cleaned.append(" ")
-        elif _is_cjk(cp):
-            cleaned.append(f" {char} ")
-        else:
-            cleaned.append(char)
-    tokens = []
-    for token in "".join(cleaned).split():
-        if do_lower_case:
-            token = token.lower()
-            token = "".join(c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn")
+    """BERT's BasicTokenizer: drop control characters, split on whitespace, CJK characters and
+    punctuation, and (with ``do_lower_case``) lower-case and strip accents.
+
+    ASCII text, the common case, takes one regular expression; other text goes character by
+    character with cached character classes.
+    """
+    if text.isascii():
+        text = _ASCII_DROP.sub("", text)
+        return _ASCII_TOKEN.findall(text.lower() if do_lower_case else text)
+    tokens: list[str] = []
+    for chunk in text.split():
+        pieces: list[str] = []  # split CJK off and drop control characters first
         current = ""
-        for char in token:
-            if _is_bert_punctuation(char):
+        for char in chunk:
+            kind = _char_class(char)
+            if kind == _DROP:
+                continue
+            if kind == _CJK or kind == _SPACE:
                 if current:
-                    tokens.append(current)
-                    current = ""
-                tokens.append(char)
+                    pieces.append(current)
+                current = ""
+                if kind == _CJK:
+                    pieces.append(char)
             else:
                 current += char
         if current:
-            tokens.append(current)
-    return " ".join(tokens).split()
+            pieces.append(current)
+        for piece in pieces:
+            if do_lower_case:
+                piece = _strip_accents(piece.lower())
+            word = ""
+            for char in piece:
+                if _char_class(char) == _PUNCT:
+                    if word:
+                        tokens.append(word)
+                        word = ""
+                    tokens.append(char)
+                else:
+                    word += char
+            if word:
+                tokens.append(word)
+    return tokens
 
 
 def _strip_spaces(text: str) -> tuple[str, dict[int, int]]:

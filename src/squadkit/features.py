@@ -19,6 +19,7 @@ squad modes, whether this window is the token's "max context" window (run_squad'
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Sequence
 
@@ -294,29 +295,16 @@ def _label_window(window: Window, answer: tuple[int, int] | None) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_whitespace(char: str) -> bool:
-    return char in " \t\r\n" or ord(char) == 0x202F
+_WORD = re.compile(r"[^ \t\r\n\u202f]+")
 
 
 def whitespace_words(context: str) -> tuple[list[str], list[int], list[int]]:
-    """Split as SquadExample did: returns words, each word's char start, and each word's char end."""
-    words: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    prev_ws = True
-    for i, char in enumerate(context):
-        if _is_whitespace(char):
-            prev_ws = True
-            continue
-        if prev_ws:
-            words.append(char)
-            starts.append(i)
-            ends.append(i + 1)
-        else:
-            words[-1] += char
-            ends[-1] = i + 1
-        prev_ws = False
-    return words, starts, ends
+    """Split as run_squad's SquadExample did (on space, tab, CR, LF and U+202F only).
+
+    Returns the words, each word's char start, and each word's char end.
+    """
+    matches = list(_WORD.finditer(context))
+    return [m.group() for m in matches], [m.start() for m in matches], [m.end() for m in matches]
 
 
 def _tokenize_words(tokenizer, words: Sequence[str]) -> dict[str, list[int]]:
