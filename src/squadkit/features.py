@@ -75,19 +75,24 @@ class Window:
     word_starts: np.ndarray | None = None  # (L,) char start of the token's word (pipeline align_to_words)
     word_ends: np.ndarray | None = None
     max_context: np.ndarray | None = None  # (L,) bool: run_squad's max-context rule (squad modes)
-    # legacy only: index of the whitespace word each context token came from (-1 elsewhere)
-    token_to_word: np.ndarray | None = None
     start_position: int = 0  # training label (token index; 0 = CLS = no answer in this window)
     end_position: int = 0
 
 
 @dataclass
 class PairTemplate:
-    """Where a tokenizer puts its special tokens around a (question, context) pair."""
+    """Where a tokenizer puts its special tokens (and token types) around a (question, context) pair.
+
+    Read once from the tokenizer's own post-processor by encoding a probe pair, so windows can
+    be assembled from separately tokenized questions and contexts for any tokenizer.
+    """
 
     prefix: list[int]
     middle: list[int]
     suffix: list[int]
+    prefix_types: list[int]
+    middle_types: list[int]
+    suffix_types: list[int]
     type_first: int = 0
     type_second: int = 0
 
@@ -98,18 +103,29 @@ class PairTemplate:
         seq = probe.sequence_ids(0)
         first = [i for i, s in enumerate(seq) if s == 0]
         second = [i for i, s in enumerate(seq) if s == 1]
-        types = probe.get("token_type_ids") or [0] * len(ids)
-        return cls(
-            prefix=ids[: first[0]],
-            middle=ids[first[-1] + 1 : second[0]],
-            suffix=ids[second[-1] + 1 :],
-            type_first=types[first[0]],
-            type_second=types[second[0]],
-        )
+        types = list(probe.get("token_type_ids") or [0] * len(ids))
+        pre, mid, suf = slice(0, first[0]), slice(first[-1] + 1, second[0]), slice(second[-1] + 1, len(ids))
+        return cls(ids[pre], ids[mid], ids[suf], types[pre], types[mid], types[suf], types[first[0]], types[second[0]])
 
     @property
     def n_special(self) -> int:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def assemble(self, question: Sequence[int], context: np.ndarray, width: int | None = None, pad_id: int = 0):
+        """input_ids, token_type_ids and the context token slice of one window (padded to ``width``)."""
+        head = np.asarray(self.prefix + list(question) + self.middle, dtype=np.int64)
+        ids = np.concatenate([head, context, np.asarray(self.suffix, dtype=np.int64)])
+        types = np.concatenate([
+            np.asarray(self.prefix_types, dtype=np.int64),
+            np.full(len(question), self.type_first, dtype=np.int64),
+            np.asarray(self.middle_types, dtype=np.int64),
+            np.full(len(context), self.type_second, dtype=np.int64),
+            np.asarray(self.suffix_types, dtype=np.int64),
+        ])
+        if width is not None and width > len(ids):
+            ids = np.concatenate([ids, np.full(width - len(ids), pad_id, dtype=np.int64)])
+            types = np.concatenate([types, np.zeros(width - len(types), dtype=np.int64)])
+        return ids, types, slice(len(head), len(head) + len(context))
 
 
 def _check_text(value, name: str, index: int) -> str:
@@ -120,25 +136,18 @@ def _check_text(value, name: str, index: int) -> str:
     return value
 
 
-def truncate_questions(tokenizer, questions: Sequence[str], max_question_len: int) -> list[str]:
-    """Cut questions longer than ``max_question_len`` tokens at a token boundary (never an error)."""
-    enc = tokenizer(list(questions), add_special_tokens=False, return_offsets_mapping=True)
-    out = []
-    for question, ids, offsets in zip(questions, enc["input_ids"], enc["offset_mapping"]):
-        if len(ids) > max_question_len:
-            question = question[: offsets[max_question_len - 1][1]]
-        out.append(question)
-    return out
+def question_token_ids(tokenizer, questions: Sequence[str], max_question_len: int) -> list[list[int]]:
+    """Question tokens, cut to ``max_question_len`` (a long question is truncated, never an error)."""
+    return [ids[:max_question_len] for ids in tokenizer(list(questions), add_special_tokens=False, verbose=False)["input_ids"]]
 
 
-def _word_spans(word_ids: list, offsets: np.ndarray, context_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _word_spans(words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Char span of each token's whole word within this window, as ``Encoding.word_to_chars`` gives it.
 
-    Tokens without a word fall back to their own offsets, as the pipeline's ``get_indices`` does.
+    ``words`` holds each token's word index (-1 for tokens outside the context); tokens without
+    a word fall back to their own offsets, as the pipeline's ``get_indices`` does.
     """
-    n = len(word_ids)
-    words = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
-    words = np.where(context_mask, words, -1)
+    n = len(words)
     starts = offsets[:, 0].copy()
     ends = offsets[:, 1].copy()
     if n == 0:
@@ -195,78 +204,70 @@ def build_windows(
     return _fast_windows(tokenizer, questions, contexts, settings, first_example_index, answers)
 
 
+def window_spans(n_tokens: int, capacity: int, step: int) -> list[tuple[int, int]]:
+    """(start, length) of each window over ``n_tokens`` context tokens.
+
+    Window k starts at ``k * step``; the first window that reaches the end is the last. This
+    is both the tokenizers library's overflow rule and run_squad's loop.
+    """
+    spans = []
+    start = 0
+    while True:
+        length = min(capacity, n_tokens - start)
+        spans.append((start, length))
+        if start + length >= n_tokens:
+            return spans
+        start += step
+
+
 def _fast_windows(tokenizer, questions, contexts, settings, first_example_index, answers) -> list[Window]:
+    """Windows from one tokenization of each question and each context.
+
+    Each context is tokenized once (not once per window), and windows are slices of its
+    tokens: the same windows the tokenizer's own overflow handling gives, in less memory.
+    """
     template = PairTemplate.from_tokenizer(tokenizer)
-    questions = truncate_questions(tokenizer, questions, settings.max_question_len)
-    q_lens = [len(ids) for ids in tokenizer(list(questions), add_special_tokens=False)["input_ids"]]
+    question_ids = question_token_ids(tokenizer, questions, settings.max_question_len)
+    # run_squad tokenized every word of the context with a leading space (byte-level BPE), the
+    # first word included; squad mode does the same so that its windows are run_squad's.
+    shift = 1 if settings.mode == "squad" and _wants_prefix_space(tokenizer) else 0
+    enc = tokenizer([" " * shift + c for c in contexts], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     stride = settings.resolved_doc_stride()
-    # Group examples by the tokenizer overlap they need; one batched tokenizer call per group.
-    groups: dict[int, list[int]] = {}
-    for i, q_len in enumerate(q_lens):
-        capacity = settings.max_seq_len - q_len - template.n_special
+    windows: list[Window] = []
+    for i, q_ids in enumerate(question_ids):
+        capacity = settings.max_seq_len - len(q_ids) - template.n_special
         if capacity < 1:
             raise SquadkitError(
-                f"input {first_example_index + i}: the question takes {q_len} tokens, leaving no room for the context "
+                f"input {first_example_index + i}: the question takes {len(q_ids)} tokens, leaving no room for the context "
                 f"in max_seq_len={settings.max_seq_len}"
             )
-        overlap = stride if settings.mode == "pipeline" else capacity - stride
-        groups.setdefault(max(0, min(overlap, capacity - 1)), []).append(i)
-
-    per_example: dict[int, list[Window]] = {}
-    for overlap, members in groups.items():
-        enc = tokenizer(
-            [questions[i] for i in members],
-            [contexts[i] for i in members],
-            truncation="only_second",
-            max_length=settings.max_seq_len,
-            stride=overlap,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            return_token_type_ids=True,
-            padding=False,
-        )
-        sample_map = enc["overflow_to_sample_mapping"]
-        for w in range(len(enc["input_ids"])):
-            i = members[sample_map[w]]
-            ids = np.asarray(enc["input_ids"][w], dtype=np.int64)
-            seq = enc.sequence_ids(w)
-            context_mask = np.array([s == 1 for s in seq], dtype=bool)
-            offsets = np.asarray(enc["offset_mapping"][w], dtype=np.int64).reshape(-1, 2)
-            offsets = np.where(context_mask[:, None], offsets, 0)
-            types = enc.get("token_type_ids")
-            window = Window(
-                example_index=first_example_index + i,
-                input_ids=ids,
-                token_type_ids=np.asarray(types[w], dtype=np.int64) if types is not None else None,
-                length=len(ids),
-                context_mask=context_mask,
-                offsets=offsets,
-            )
-            if settings.mode == "pipeline":
-                window.word_starts, window.word_ends = _word_spans(enc.word_ids(w), offsets, context_mask)
-            per_example.setdefault(i, []).append(window)
-
-    windows: list[Window] = []
-    for i in range(len(questions)):
-        example_windows = per_example[i]
-        if settings.mode != "pipeline":
-            lengths = [int(w.context_mask.sum()) for w in example_windows]
-            starts = _window_starts(lengths, settings.max_seq_len - q_lens[i] - template.n_special, stride)
-            flags = max_context_flags(starts, lengths, starts[-1] + lengths[-1])
-            for window, flag in zip(example_windows, flags):
-                window.max_context = np.zeros(window.length, dtype=bool)
-                window.max_context[window.context_mask] = flag
-        if answers is not None:
-            for window in example_windows:
+        if settings.mode == "pipeline":  # doc_stride = tokens shared by neighbours
+            step = capacity - min(stride, capacity - 1)
+        else:  # doc_stride = step between window starts
+            step = min(stride, capacity)
+        ctx_ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
+        ctx_offsets = np.maximum(np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2) - shift, 0)
+        ctx_words = np.array([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64) if settings.mode == "pipeline" else None
+        spans = window_spans(len(ctx_ids), capacity, step)
+        flags = max_context_flags([s for s, _ in spans], [n for _, n in spans], len(ctx_ids)) if settings.mode != "pipeline" else None
+        for k, (start, length) in enumerate(spans):
+            ids, types, ctx = template.assemble(q_ids, ctx_ids[start : start + length])
+            context_mask = np.zeros(len(ids), dtype=bool)
+            context_mask[ctx] = True
+            offsets = np.zeros((len(ids), 2), dtype=np.int64)
+            offsets[ctx] = ctx_offsets[start : start + length]
+            window = Window(first_example_index + i, ids, types, len(ids), context_mask, offsets)
+            if ctx_words is not None:
+                words = np.full(len(ids), -1, dtype=np.int64)
+                words[ctx] = ctx_words[start : start + length]
+                window.word_starts, window.word_ends = _word_spans(words, offsets)
+            if flags is not None:
+                window.max_context = np.zeros(len(ids), dtype=bool)
+                window.max_context[ctx] = flags[k]
+            if answers is not None:
                 _label_window(window, answers[i])
-        windows.extend(example_windows)
+            windows.append(window)
     return windows
-
-
-def _window_starts(lengths: Sequence[int], capacity: int, step: int) -> list[int]:
-    """Token index (within the context) where each window starts: k * step, as run_squad's loop."""
-    effective = min(step, capacity)  # an overlap clamped at 0 means the step is the capacity
-    return [k * effective for k in range(len(lengths))]
 
 
 def _label_window(window: Window, answer: tuple[int, int] | None) -> None:
@@ -307,78 +308,58 @@ def whitespace_words(context: str) -> tuple[list[str], list[int], list[int]]:
     return [m.group() for m in matches], [m.start() for m in matches], [m.end() for m in matches]
 
 
+def _wants_prefix_space(tokenizer) -> bool:
+    """run_squad tokenized words of RoBERTa-like (byte-level BPE) models with a leading space."""
+    return any(name in type(tokenizer).__name__ for name in _PREFIX_SPACE_TOKENIZERS)
+
+
 def _tokenize_words(tokenizer, words: Sequence[str]) -> dict[str, list[int]]:
     """Token ids of each distinct word, tokenized on its own as run_squad did."""
-    prefix = " " if any(name in type(tokenizer).__name__ for name in _PREFIX_SPACE_TOKENIZERS) else ""
+    prefix = " " if _wants_prefix_space(tokenizer) else ""
     unique = list(dict.fromkeys(words))
     if not unique:
         return {}
-    ids = tokenizer([prefix + w for w in unique], add_special_tokens=False)["input_ids"]
+    ids = tokenizer([prefix + w for w in unique], add_special_tokens=False, verbose=False)["input_ids"]
     return dict(zip(unique, ids))
 
 
 def _legacy_windows(tokenizer, questions, contexts, settings, first_example_index, answers) -> list[Window]:
+    """run_squad's windows: whitespace words tokenized one by one, padded to max_seq_len.
+
+    A token's offsets are those of the whitespace word it came from, which is all that
+    run_squad's text recovery (``get_final_text``) knows of it.
+    """
     template = PairTemplate.from_tokenizer(tokenizer)
     step = settings.resolved_doc_stride()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    query_ids = tokenizer(list(questions), add_special_tokens=False, truncation=True, max_length=settings.max_question_len)[
-        "input_ids"
-    ]
+    question_ids = question_token_ids(tokenizer, questions, settings.max_question_len)
     all_words = [whitespace_words(c) for c in contexts]
     vocab = _tokenize_words(tokenizer, [w for words, _, _ in all_words for w in words])
     windows: list[Window] = []
-    for i, (query, (words, word_starts, word_ends)) in enumerate(zip(query_ids, all_words)):
-        doc_ids: list[int] = []
-        tok_to_word: list[int] = []
-        for w, word in enumerate(words):
-            sub = vocab[word]
-            doc_ids.extend(sub)
-            tok_to_word.extend([w] * len(sub))
-        doc_ids_arr = np.asarray(doc_ids, dtype=np.int64)
-        tok_to_word_arr = np.asarray(tok_to_word, dtype=np.int64)
-        capacity = settings.max_seq_len - len(query) - template.n_special
+    for i, (q_ids, (words, word_starts, word_ends)) in enumerate(zip(question_ids, all_words)):
+        pieces = [vocab[word] for word in words]
+        doc_ids = np.fromiter((t for piece in pieces for t in piece), dtype=np.int64)
+        tok_to_word = np.repeat(np.arange(len(words)), [len(piece) for piece in pieces])
+        doc_offsets = np.stack([np.asarray(word_starts, dtype=np.int64)[tok_to_word],
+                                np.asarray(word_ends, dtype=np.int64)[tok_to_word]], axis=1).reshape(-1, 2)
+        capacity = settings.max_seq_len - len(q_ids) - template.n_special
         if capacity < 1:
             raise SquadkitError(
-                f"input {first_example_index + i}: the question leaves no room for the context in max_seq_len={settings.max_seq_len}"
+                f"input {first_example_index + i}: the question takes {len(q_ids)} tokens, leaving no room for the context "
+                f"in max_seq_len={settings.max_seq_len}"
             )
-        starts, lengths = [], []
-        while len(starts) * step < len(doc_ids):
-            start = len(starts) * step
-            starts.append(start)
-            lengths.append(min(len(doc_ids) - start, capacity))
-            if start + capacity >= len(doc_ids):
-                break
-        flags = max_context_flags(starts, lengths, len(doc_ids))
-        head = template.prefix + list(query) + template.middle
-        for start, length, flag in zip(starts, lengths, flags):
-            body = doc_ids_arr[start : start + length]
-            ids = np.concatenate([np.asarray(head, dtype=np.int64), body, np.asarray(template.suffix, dtype=np.int64)])
-            n = len(ids)
-            padded = np.full(settings.max_seq_len, pad_id, dtype=np.int64)
-            padded[:n] = ids
-            ctx = slice(len(head), len(head) + length)
-            context_mask = np.zeros(settings.max_seq_len, dtype=bool)
+        spans = window_spans(len(doc_ids), capacity, step)
+        flags = max_context_flags([s for s, _ in spans], [n for _, n in spans], len(doc_ids))
+        for (start, length), flag in zip(spans, flags):
+            ids, types, ctx = template.assemble(q_ids, doc_ids[start : start + length], settings.max_seq_len, pad_id)
+            context_mask = np.zeros(len(ids), dtype=bool)
             context_mask[ctx] = True
-            token_to_word = np.full(settings.max_seq_len, -1, dtype=np.int64)
-            token_to_word[ctx] = tok_to_word_arr[start : start + length]
-            offsets = np.zeros((settings.max_seq_len, 2), dtype=np.int64)
-            offsets[ctx, 0] = np.asarray(word_starts, dtype=np.int64)[token_to_word[ctx]]
-            offsets[ctx, 1] = np.asarray(word_ends, dtype=np.int64)[token_to_word[ctx]]
-            max_context = np.zeros(settings.max_seq_len, dtype=bool)
+            offsets = np.zeros((len(ids), 2), dtype=np.int64)
+            offsets[ctx] = doc_offsets[start : start + length]
+            max_context = np.zeros(len(ids), dtype=bool)
             max_context[ctx] = flag
-            types = np.zeros(settings.max_seq_len, dtype=np.int64)
-            types[: len(template.prefix) + len(query)] = template.type_first
-            types[len(template.prefix) + len(query) : n] = template.type_second
-            window = Window(
-                example_index=first_example_index + i,
-                input_ids=padded,
-                token_type_ids=types,
-                length=n,
-                context_mask=context_mask,
-                offsets=offsets,
-                max_context=max_context,
-                token_to_word=token_to_word,
-            )
+            window = Window(first_example_index + i, ids, types, ctx.stop + len(template.suffix), context_mask, offsets,
+                            max_context=max_context)
             if answers is not None:
                 _label_window(window, answers[i])
             windows.append(window)
