@@ -61,10 +61,10 @@ def test_call_forms_agree(qa):
 
 
 def test_handle_impossible_answer_adds_the_null_answer(qa):
-    answers = qa(question="who is the queen ?", context=CONTEXT, top_k=50, handle_impossible_answer=True)
+    answers = qa(question="who is the queen ?", context=CONTEXT, top_k=10_000, handle_impossible_answer=True)
     nulls = [a for a in answers if a["answer"] == ""]
     assert len(nulls) == 1 and nulls[0]["start"] == nulls[0]["end"] == 0
-    assert all(a["answer"] for a in qa(question="who is the queen ?", context=CONTEXT, top_k=50))
+    assert all(a["answer"] for a in qa(question="who is the queen ?", context=CONTEXT, top_k=10_000))
 
 
 def test_max_answer_len_bounds_answers(qa):
@@ -186,7 +186,7 @@ def test_predict_writes_run_squad_files_and_scores(tiny_bert, tmp_path):
     null_odds = json.loads((out / "null_odds.json").read_text())
     assert list(predictions) == ["q1", "q2", "q3"] == list(nbest) == list(null_odds)
     for qid, entries in nbest.items():
-        assert len(entries) <= 20
+        assert len(entries) <= 21  # n_best_size, plus the null answer run_squad appends when it fell outside
         assert abs(sum(e["probability"] for e in entries) - 1.0) < 1e-9
         assert {"text", "probability", "start_logit", "end_logit", "start", "end"} <= set(entries[0])
         for e in entries:

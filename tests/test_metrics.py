@@ -466,6 +466,7 @@ def test_dev_missing_prediction_prints_to_stdout_by_default(dev, capsys):
 
 
 def test_dev_pr_curves(dev, tmp_path):
+    pytest.importorskip("matplotlib", reason="the PR images need the plot extra")
     raw, ds = dev
     preds, na = _partly_wrong(raw), _na_probs(raw)
     got = evaluate(ds, preds, na, out_image_dir=tmp_path / "img", report_missing=None)
@@ -476,6 +477,7 @@ def test_dev_pr_curves(dev, tmp_path):
 
 
 def test_pr_needs_na_probs_and_answerable_questions(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PR images need the plot extra")
     gold = {"a": [], "b": []}
     out = evaluate(gold, {"a": "", "b": "x"}, out_image_dir=tmp_path / "none", report_missing=None)
     assert not (tmp_path / "none").exists() and "pr_exact_ap" not in out

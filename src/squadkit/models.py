@@ -8,6 +8,7 @@ around it (windows, decoding) is shared, so both backends give the same answers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -62,6 +63,21 @@ def _hub_error(name: str, exc: Exception) -> SquadkitError:
         f"cannot load model '{name}': not a local folder, and not reachable or cached from the Hugging Face Hub "
         f"({first}); download it where the Hub is reachable and pass the local folder, e.g. --model ./path/to/checkpoint"
     )
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No weight-loading progress bars or info chatter from transformers (they would break the
+    CLI's one-line errors and JSON output); warnings still show."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None, **kwargs):
@@ -155,9 +171,10 @@ def load_torch_model(
         raise SquadkitError(f"dtype must be one of fp32, bf16, fp16, auto; got {dtype!r}")
     kwargs = {"dtype": torch_dtype[dtype]} if dtype is not None else {}
     try:
-        model = AutoModelForQuestionAnswering.from_pretrained(
-            name, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
-        )
+        with quiet_transformers():
+            model = AutoModelForQuestionAnswering.from_pretrained(
+                name, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+            )
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
     if tokenizer is None:
@@ -215,9 +232,137 @@ def load_model(
 # ----------------------------------------------------------------------------------------------
 
 
-def load_onnx_model(path: str | os.PathLike, tokenizer=None, **options) -> QAModel:
-    """An exported folder served by ONNX Runtime (see export.py)."""
-    raise SquadkitError(f"{path}: the ONNX backend is not available in this build")
+ONNX_PRECISIONS = ("auto", "fp32", "int8")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
+def default_threads() -> int:
+    """Intra-op threads: $SQUADKIT_NUM_THREADS, else $OMP_NUM_THREADS, else the cores this process may use."""
+    for var in ("SQUADKIT_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def onnx_session_options(threads: int | None = None):
+    """Session options for answering: all graph optimizations, sequential execution, one intra-op pool."""
+    import onnxruntime as ort
+
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise SquadkitError(f"threads must be a positive integer, got {threads!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
+    return options
+
+
+@dataclass
+class OnnxQAModel:
+    """An exported folder (``squadkit export``) served by ONNX Runtime on the CPU."""
+
+    session: Any
+    tokenizer: Any
+    name_or_path: str
+    model_file: str
+    precision: str
+    settings: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+    backend: str = "onnx"
+    device: str = "cpu"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.session.get_inputs())
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        feed = {}
+        for name in self.input_names:
+            value = getattr(batch, name, None)
+            if value is None:  # a graph with token types fed a batch without them: all zeros, as torch does
+                value = np.zeros_like(batch.input_ids)
+            feed[name] = np.ascontiguousarray(value, dtype=np.int64)
+        start, end = self.session.run(["start_logits", "end_logits"], feed)
+        return start.astype(np.float32, copy=False), end.astype(np.float32, copy=False)
+
+
+def _onnx_error(file: Path, exc: Exception) -> SquadkitError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SquadkitError(f"{file}: not a loadable ONNX model (corrupt or truncated?): {first}")
+
+
+def load_onnx_model(
+    path: str | os.PathLike,
+    tokenizer=None,
+    precision: str = "auto",
+    threads: int | None = None,
+    providers: list | None = None,
+    **options,
+) -> QAModel:
+    """An exported folder served by ONNX Runtime (see export.py).
+
+    ``precision``: "auto" (the record's default: int8 when the folder was exported with
+    ``--quantize int8``), "fp32" (model.onnx) or "int8" (model.int8.onnx). ``threads``: intra-op
+    threads (default: $SQUADKIT_NUM_THREADS, $OMP_NUM_THREADS, else the usable cores).
+    A path to an ``.onnx`` file inside such a folder is accepted too.
+    """
+    if options:
+        raise SquadkitError(f"unknown ONNX backend option(s): {', '.join(sorted(options))}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SquadkitError("the ONNX backend needs onnxruntime: pip install 'squadkit[onnx]'") from None
+    from .export import FP32_FILE, INT8_FILE, OUTPUT_NAMES, read_record
+
+    if precision not in ONNX_PRECISIONS:
+        raise SquadkitError(f"precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
+    folder = Path(path)
+    if folder.is_file() and folder.suffix == ".onnx":
+        file, folder = folder, folder.parent
+        precision = "int8" if file.name == INT8_FILE else "fp32"
+    elif not folder.is_dir():
+        raise SquadkitError(f"{path}: not an exported ONNX folder (no such folder)")
+    else:
+        record = read_record(folder)
+        if precision == "auto":
+            precision = record.get("default", "fp32") if record.get("default") in ("fp32", "int8") else "fp32"
+        file = folder / (INT8_FILE if precision == "int8" else FP32_FILE)
+        if not file.is_file():
+            hint = " (export with --quantize int8)" if precision == "int8" else ""
+            raise SquadkitError(f"{folder}: not an exported ONNX folder: no {file.name}{hint}")
+    record = read_record(folder)
+    if tokenizer is None:
+        if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            raise SquadkitError(
+                f"{folder}: the exported folder has no tokenizer (tokenizer.json); re-export it, or pass tokenizer=..."
+            )
+        tokenizer = load_tokenizer(str(folder))
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(str(tokenizer))
+    if file.stat().st_size == 0:
+        raise SquadkitError(f"{file}: not a loadable ONNX model (empty file)")
+    try:
+        session = ort.InferenceSession(
+            str(file), onnx_session_options(threads), providers=providers or ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own InvalidProtobuf / Fail / InvalidGraph types
+        raise _onnx_error(file, exc) from None
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if "input_ids" not in inputs or not inputs <= set(MODEL_INPUTS) or not set(OUTPUT_NAMES) <= outputs:
+        raise SquadkitError(
+            f"{file}: not a squadkit QA export (inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
+            f"expected input_ids/attention_mask[/token_type_ids] -> start_logits, end_logits)"
+        )
+    settings = read_settings(folder) or dict(record.get("settings") or {})
+    return OnnxQAModel(session, tokenizer, str(folder), str(file), precision, settings, record)
 
 
 def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, settings: dict | None = None) -> Path:

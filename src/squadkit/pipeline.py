@@ -58,6 +58,21 @@ def _pair_from_dict(item, index: int) -> tuple[Any, Any]:
     return item["question"], item["context"]
 
 
+def check_options(top_k: int = 1, max_answer_len: int = 15, doc_stride: int | None = None, max_seq_len: int = 384,
+                  max_question_len: int = 64):
+    """Validate the pipeline's options (a clear ValueError); returns the window settings.
+
+    Callable before any model is loaded, so the CLI refuses bad flags at once.
+    """
+    from .features import WindowSettings
+
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise SquadkitError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if not isinstance(max_answer_len, int) or isinstance(max_answer_len, bool) or max_answer_len < 1:
+        raise SquadkitError(f"max_answer_len must be an integer >= 1, got {max_answer_len!r}")
+    return WindowSettings("pipeline", max_seq_len, doc_stride, max_question_len).validate()
+
+
 class QuestionAnswerer:
     """Answers questions about contexts with an extractive QA model.
 
@@ -150,15 +165,11 @@ class QuestionAnswerer:
         spans as soon as the model has scored it, so memory stays bounded for long inputs.
         """
         from .decode import allowed_tokens, pipeline_answers, pipeline_window_spans
-        from .features import WindowSettings, build_windows, iter_batches
+        from .features import build_windows, iter_batches
 
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise SquadkitError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if not isinstance(max_answer_len, int) or max_answer_len < 1:
-            raise SquadkitError(f"max_answer_len must be an integer >= 1, got {max_answer_len!r}")
         if max_seq_len is None:
             max_seq_len = min(int(getattr(self.tokenizer, "model_max_length", 384) or 384), 384)
-        settings = WindowSettings("pipeline", max_seq_len, doc_stride, max_question_len).validate()
+        settings = check_options(top_k, max_answer_len, doc_stride, max_seq_len, max_question_len)
         batch_size = batch_size or self.batch_size
         pre_topk = top_k * 2 + 10 if align_to_words else top_k
         pairs = list(pairs)
