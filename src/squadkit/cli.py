@@ -475,8 +475,15 @@ def serve(
     run_server(model, settings)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: warnings print as one line, without source locations."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     app()
 
 
