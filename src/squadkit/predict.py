@@ -229,7 +229,9 @@ def run_predict(
     from .models import load_model
 
     dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
-    state = PartialState()
+    # cpu=True where no GPU will be used: accelerate only forms a CPU (gloo) process group under
+    # torchrun / accelerate launch when told so; otherwise every process would predict everything.
+    state = PartialState(cpu=_cpu_only(device))
     if device is None and state.num_processes > 1:
         device = str(state.device)
     qa_model = load_model(model, backend=backend, device=device)
@@ -256,6 +258,13 @@ def run_predict(
         atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
         return results
     return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
+
+
+def _cpu_only(device) -> bool:
+    """True when this run will not use a GPU (no CUDA, or a CPU device asked for)."""
+    import torch
+
+    return not torch.cuda.is_available() or (device is not None and str(device).startswith("cpu"))
 
 
 def _progress(total: int, enabled: bool):
