@@ -42,7 +42,7 @@ def test_card_command_runs_as_written(tmp_path, tiny_roberta, squad_dev_path, mo
     res = CliRunner().invoke(app, ["train", *card.split()])
     assert res.exit_code == 0, res.output
     # RoBERTa's tokenizer keeps case: the flag is accepted, with a warning that says so
-    assert "--do_lower_case has no effect on RobertaTokenizerFast" in res.output
+    assert "--do_lower_case has no effect on RobertaTokenizer" in res.output  # "...Fast" before transformers 5
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["global_step"] == 4  # 2 epochs x ceil(17 questions / 16)
 

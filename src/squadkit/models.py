@@ -324,20 +324,19 @@ def load_onnx_model(
     if precision not in ONNX_PRECISIONS:
         raise SquadkitError(f"precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
     folder = Path(path)
+    record = read_record(folder if folder.is_dir() else folder.parent)
     if folder.is_file() and folder.suffix == ".onnx":
         file, folder = folder, folder.parent
         precision = "int8" if file.name == INT8_FILE else "fp32"
     elif not folder.is_dir():
         raise SquadkitError(f"{path}: not an exported ONNX folder (no such folder)")
     else:
-        record = read_record(folder)
         if precision == "auto":
             precision = record.get("default", "fp32") if record.get("default") in ("fp32", "int8") else "fp32"
         file = folder / (INT8_FILE if precision == "int8" else FP32_FILE)
         if not file.is_file():
             hint = " (export with --quantize int8)" if precision == "int8" else ""
             raise SquadkitError(f"{folder}: not an exported ONNX folder: no {file.name}{hint}")
-    record = read_record(folder)
     if tokenizer is None:
         if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
             raise SquadkitError(
@@ -379,8 +378,9 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, settings: dict
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         if settings:
             (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         replace_dir_atomically(tmp, out_dir)
