@@ -115,11 +115,15 @@ def _f1_from_tokens(gold_toks: Sequence[str], pred_toks: Sequence[str]) -> Score
     """Token-multiset F1; an empty side scores 1 only against another empty side (the no-answer rule)."""
     if not gold_toks or not pred_toks:
         return int(list(gold_toks) == list(pred_toks))
-    num_same = _num_common(gold_toks, pred_toks)
+    return _f1_from_counts(_num_common(gold_toks, pred_toks), len(pred_toks), len(gold_toks))
+
+
+def _f1_from_counts(num_same: int, num_pred: int, num_gold: int) -> Score:
+    """Harmonic mean of precision and recall, computed in the official order of operations."""
     if num_same == 0:
         return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
+    precision = 1.0 * num_same / num_pred
+    recall = 1.0 * num_same / num_gold
     return (2 * precision * recall) / (precision + recall)
 
 
@@ -464,12 +468,7 @@ def _f1_v1(gold: str, pred: str) -> Score:
     """v1.1 F1: no empty-side rule, 0 whenever no token is shared (so two empty answers score 0)."""
     pred_toks = normalize_answer(pred).split()
     gold_toks = normalize_answer(gold).split()
-    num_same = _num_common(pred_toks, gold_toks)
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
+    return _f1_from_counts(_num_common(pred_toks, gold_toks), len(pred_toks), len(gold_toks))
 
 
 def evaluate_v1(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]) -> dict[str, float]:
