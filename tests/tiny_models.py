@@ -58,14 +58,38 @@ def make_bert_vocab(path: Path) -> Path:
     return path
 
 
+def make_bert_tokenizer(out_dir: Path):
+    """A BERT-style WordPiece tokenizer over the vocabulary above, built with the tokenizers library
+    (so it is the same under transformers 4 and 5) and wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_file = make_bert_vocab(Path(out_dir) / "vocab.txt")
+    vocab = {token: i for i, token in enumerate(vocab_file.read_text(encoding="utf-8").split("\n")) if token}
+    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    from tokenizers import decoders
+
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=512, model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
 def make_tiny_bert(out_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     import torch
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+    from transformers import BertConfig, BertForQuestionAnswering
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_file = make_bert_vocab(out_dir / "vocab.txt")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=512)
+    tokenizer = make_bert_tokenizer(out_dir)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
