@@ -247,7 +247,7 @@ def predict(
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD file (nested v1.1/v2.0 JSON, or flat JSON/JSONL)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8 on a CPU, 64 on a GPU)."),
     null_score_diff_threshold: Optional[float] = typer.Option(
         None, "--null-score-diff-threshold",
         help="Predict '' when null score - best span score exceeds this (default: the threshold saved with the model, else 0.0).",

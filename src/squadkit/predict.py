@@ -207,7 +207,7 @@ def run_predict(
     data,
     output_dir,
     backend: str = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str | None = None,
     null_score_diff_threshold: float | None = None,
     ignore_saved_threshold: bool = False,
@@ -235,6 +235,8 @@ def run_predict(
     if device is None and state.num_processes > 1:
         device = str(state.device)
     qa_model = load_model(model, backend=backend, device=device)
+    if batch_size is None:  # small length-sorted batches are fastest on a CPU (benchmarks/bench_cpu.py)
+        batch_size = 64 if str(getattr(qa_model, "device", "cpu")).startswith("cuda") else 8
     threshold = resolve_threshold(qa_model, null_score_diff_threshold, ignore_saved_threshold)
     settings = SquadDecodeSettings(null_score_diff_threshold=threshold, **decode_options).validate()
     examples = dataset.examples
