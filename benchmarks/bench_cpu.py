@@ -248,7 +248,6 @@ def gemm_peak(threads: int, size: int = 2048, reps: int = 5) -> dict:
         F.linear(a, b)
         best = min(_timed(lambda: F.linear(a, b)) for _ in range(reps))
         out[name] = 2 * size**3 / best / 1e9
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

@@ -42,7 +42,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -609,7 +609,6 @@ def train(config: TrainConfig) -> TrainResult:
     Every check on the input happens before anything is written: a bad flag, missing file,
     model without a QA architecture or data without usable examples is a SquadkitError.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForQuestionAnswering
     from transformers.trainer_utils import set_seed
 
