@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import typer
 
-from .errors import SquadkitError
+from .errors import SquadkitError, first_line
 
 DEFAULT_MODEL_ID = "mrm8488/roberta-base-1B-1-finetuned-squadv2"  # the model card's checkpoint
 
@@ -125,7 +125,7 @@ def friendly_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except (SquadkitError, ValueError, FileNotFoundError, KeyError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             fail(message)
         except KeyboardInterrupt:
             fail("interrupted", code=130)
@@ -476,7 +476,7 @@ def serve(
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
-    return f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
+    return f"warning: {first_line(message, category.__name__)}\n"
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .errors import SquadkitError
+from .errors import SquadkitError, first_line
 from .io import read_json
 
 __all__ = [
@@ -580,7 +580,7 @@ def _load_tokenizer(name: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(str(local) if local.exists() else name)
     except (OSError, ValueError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         if len(msg) > 200:
             msg = msg[:200].rsplit(" ", 1)[0] + " ..."
         raise SquadkitError(f"{name}: cannot load tokenizer: {msg}") from None

@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class SquadkitError(ValueError):
     """Bad input: a file, field or value the user gave that squadkit cannot use."""
+
+
+def first_line(error: BaseException | str, fallback: str | None = None) -> str:
+    """The first line of an error's message (or its type name), for one-line reports."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return fallback or (type(error).__name__ if isinstance(error, BaseException) else "")

@@ -38,15 +38,13 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import SquadkitError
+from .errors import SquadkitError, first_line
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -207,7 +205,7 @@ def export_model(
     verify: bool = True,
 ) -> Path:
     """Export a QA checkpoint (hub id or folder) to an ONNX folder; ``quantize="int8"`` adds model.int8.onnx."""
-    from .io import replace_dir_atomically
+    from .io import staged_dir
     from .models import SETTINGS_FILE, is_onnx_folder, load_torch_model, read_settings
 
     if quantize not in (None, "none", "int8"):
@@ -241,15 +239,13 @@ def export_model(
     input_names = tuple(sorted(qa.input_names, key=lambda n: params.index(n) if n in params else len(params)))
     inputs = _example_inputs(input_names, tokenizer)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_dir(output) as tmp:
         try:
             used = _torch_export(torch_model, inputs, tmp / FP32_FILE, opset, exporter)
         except SquadkitError:
             raise
         except Exception as exc:  # the exporters raise many types; one line is what the user needs
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise SquadkitError(f"{name}: ONNX export failed: {first}") from None
         diff = _verify(tmp / FP32_FILE, torch_model, inputs, VERIFY_ATOL) if verify else None
         quant_info = None
@@ -293,10 +289,6 @@ def export_model(
         }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         _check_output(output, overwrite)  # someone may have written there meanwhile
-        replace_dir_atomically(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 

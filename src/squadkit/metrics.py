@@ -26,7 +26,6 @@ import math
 import os
 import re
 import string
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -428,14 +427,10 @@ def _new_figure():
 
 def _save_figure(fig, path: Path) -> None:
     """Save as PNG atomically: a reader sees the old image or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .io import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
 
 
 def _plot_pr_curve(precisions: np.ndarray, recalls: np.ndarray, out_image, title: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import SquadkitError
+from .errors import SquadkitError, first_line
 from .features import Batch
 
 DEFAULT_MODEL = "mrm8488/roberta-base-1B-1-finetuned-squadv2"
@@ -56,7 +56,7 @@ def read_settings(folder: str | os.PathLike | None) -> dict:
 
 
 def _hub_error(name: str, exc: Exception) -> SquadkitError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     if Path(name).exists():
         return SquadkitError(f"cannot load model from folder '{name}': {first}")
     return SquadkitError(
@@ -294,7 +294,7 @@ class OnnxQAModel:
 
 
 def _onnx_error(file: Path, exc: Exception) -> SquadkitError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     return SquadkitError(f"{file}: not a loadable ONNX model (corrupt or truncated?): {first}")
 
 
@@ -370,23 +370,12 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, settings: dict
     Written into a temporary sibling folder first, then renamed into place, so a crash never
     leaves a half-written checkpoint under the final name.
     """
-    import tempfile
-
-    from .io import replace_dir_atomically
+    from .io import staged_dir
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        with quiet_transformers():
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+    with staged_dir(out_dir) as tmp, quiet_transformers():
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
         if settings:
             (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        replace_dir_atomically(tmp, out_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -50,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Annotated, AsyncIterator, Iterator, Optional, Union
 
-from .errors import SquadkitError
+from .errors import SquadkitError, first_line
 
 try:  # the serve extra: pip install "squadkit[serve]"
     from fastapi import FastAPI, Request
@@ -590,7 +590,7 @@ async def _load_in_background(state: ServerState, model: Any) -> None:
     try:
         qa = await loop.run_in_executor(None, _as_pipeline, model, state.settings)
     except Exception as exc:  # reported by /readyz and the 503s; the process stays up to say so
-        state.load_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        state.load_error = first_line(exc)
         log.error("cannot load model %s: %s", model, state.load_error)
         return
     _start(state, qa)

@@ -37,7 +37,6 @@ import random
 import re
 import shlex
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -48,7 +47,7 @@ import numpy as np
 
 from .errors import SquadkitError
 from .features import WindowSettings, build_windows
-from .io import atomic_write_json, atomic_write_text, replace_dir_atomically
+from .io import atomic_open, atomic_write_json, atomic_write_text, staged_dir
 
 FEATURES_VERSION = 1  # bump when the cached feature layout or labelling changes
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -267,20 +266,13 @@ class TrainFeatures:
 
     def save(self, path: Path) -> None:
         """Written to a temporary file and renamed: a reader never sees half a cache."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle, input_ids=self.input_ids, offsets=self.offsets, start_positions=self.start_positions,
-                    end_positions=self.end_positions,
-                    token_type_ids=self.token_type_ids if self.token_type_ids is not None else np.zeros(0, np.int8),
-                    has_types=np.array(self.token_type_ids is not None), stats=np.array(json.dumps(self.stats)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as handle:
+            np.savez(
+                handle, input_ids=self.input_ids, offsets=self.offsets, start_positions=self.start_positions,
+                end_positions=self.end_positions,
+                token_type_ids=self.token_type_ids if self.token_type_ids is not None else np.zeros(0, np.int8),
+                has_types=np.array(self.token_type_ids is not None), stats=np.array(json.dumps(self.stats)),
+            )
 
     @classmethod
     def load(cls, path: Path) -> "TrainFeatures":
@@ -450,18 +442,13 @@ def _save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, output
     rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=output_dir))
-        try:
+        with staged_dir(final) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
             torch.save(rng_states, tmp / RNG_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
-            replace_dir_atomically(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         if save_total_limit:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
