@@ -19,7 +19,8 @@ from squadkit.cli import app  # noqa: E402
 from squadkit.errors import SquadkitError  # noqa: E402
 from squadkit.export import FP32_FILE, INT8_FILE, RECORD_FILE, export_model  # noqa: E402
 from squadkit.features import WindowSettings, build_windows, iter_batches  # noqa: E402
-from squadkit.models import OnnxQAModel, load_model, load_onnx_model  # noqa: E402
+from squadkit.backends import load_model  # noqa: E402
+from squadkit.backends.onnx import OnnxQAModel, load_onnx_model  # noqa: E402
 from squadkit.pipeline import pipeline  # noqa: E402
 
 QUESTIONS = [
@@ -126,7 +127,7 @@ def test_exported_folder_is_served_by_onnx_runtime_unasked(bert_export, bert_sou
     assert Path(qa.model.model_file).name == INT8_FILE
     assert load_model(bert_export, precision="fp32").precision == "fp32"
     assert load_model(bert_source).backend == "torch"
-    assert qa.model.settings == SETTINGS  # the null threshold travelled with the model
+    assert qa.model.settings.null_score_diff_threshold == -1.25  # the null threshold travelled with the model
     sess_options = qa.model.session.get_session_options()
     assert sess_options.intra_op_num_threads >= 1 and sess_options.inter_op_num_threads == 1
 
@@ -153,7 +154,7 @@ def test_record_contents(bert_export, bert_source):
     assert record["source"]["model"] == str(bert_source.resolve())
     assert record["source"]["model_type"] == "bert"
     assert record["source"]["architecture"] == "BertForQuestionAnswering"
-    assert record["settings"] == SETTINGS
+    assert record["settings"] == {"format": "squadkit-model-settings", "schema_version": 1, **SETTINGS}
     assert record["files"] == {"fp32": FP32_FILE, "int8": INT8_FILE} and record["default"] == "int8"
     assert record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert record["outputs"] == ["start_logits", "end_logits"]
@@ -230,7 +231,7 @@ def test_missing_tokenizer_is_a_clear_error(bert_export, tmp_path):
 def test_bad_folder_and_options(bert_export, bert_source, tmp_path):
     with pytest.raises(SquadkitError, match="not an exported ONNX folder"):
         load_model(bert_source, backend="onnx")  # a torch checkpoint, asked for with backend=onnx
-    with pytest.raises(SquadkitError, match="no such folder"):
+    with pytest.raises(SquadkitError, match="folder not found"):
         load_onnx_model(tmp_path / "missing")
     fp32_only = tmp_path / "fp32-only"
     shutil.copytree(bert_export, fp32_only)

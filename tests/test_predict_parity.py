@@ -69,7 +69,7 @@ def run_squad_reference(model_dir, examples, max_seq_length, doc_stride, do_lowe
 def ours(model_dir, examples, **settings):
     from types import SimpleNamespace
 
-    from squadkit.models import load_model
+    from squadkit.backends import load_model
     from squadkit.predict import SquadDecodeSettings, predict_squad
 
     records = [SimpleNamespace(id=e.qas_id, question=e.question_text, context=e.context_text) for e in examples]

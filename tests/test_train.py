@@ -55,9 +55,10 @@ def test_card_command_runs_as_written(tmp_path, tiny_roberta, squad_dev_path, mo
     assert len(set(odds.values())) > 1  # real null odds, not zeros
     settings = json.loads((out / "squadkit.json").read_text())
     assert settings["null_score_diff_threshold"] == results["best_f1_thresh"]
+    assert settings["schema_version"] == 1 and settings["max_seq_length"] == 384
     assert settings["training"]["learning_rate"] == 3e-5 and settings["training"]["per_gpu_train_batch_size"] == 16
     readme = (out / "README.md").read_text()
-    assert "--per_gpu_train_batch_size 16" in readme and "| **EM** |" in readme and '"best_f1_thresh"' in readme
+    assert "--per-gpu-train-batch-size 16" in readme and "| **EM** |" in readme and '"best_f1_thresh"' in readme
     assert str(tiny_roberta) in readme
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
@@ -76,12 +77,12 @@ def test_card_command_runs_as_written(tmp_path, tiny_roberta, squad_dev_path, mo
     qa = pipeline("question-answering", model=str(out))
     assert isinstance(qa(question="Who?", context="The Normans were in Normandy.")["answer"], str)
     # predict uses the saved threshold by default (and 0.0 with --ignore-saved-threshold)
-    from squadkit.models import load_model
-    from squadkit.predict import resolve_threshold
+    from squadkit.backends import load_model
+    from squadkit.predict import decode_settings_for
 
     model = load_model(str(out))
-    assert resolve_threshold(model, None, False) == results["best_f1_thresh"]
-    assert resolve_threshold(model, None, True) == 0.0
+    assert decode_settings_for(model)[0].null_score_diff_threshold == results["best_f1_thresh"]
+    assert decode_settings_for(model, ignore_saved_threshold=True)[0].null_score_diff_threshold == 0.0
 
 
 def test_kebab_case_flags_and_second_run_uses_the_feature_cache(tmp_path, one_thread, monkeypatch):
@@ -121,7 +122,7 @@ def test_features_batch_matches_padding_of_make_batch(tmp_path):
     from squadkit.features import build_windows, make_batch
     from squadkit.train import make_train_features
     from squadkit.data import examples_from_records
-    from squadkit.models import load_tokenizer
+    from squadkit.checkpoint import load_tokenizer
 
     base = make_task_model(tmp_path / "base", hidden=32)
     tok = load_tokenizer(str(base))

@@ -85,7 +85,8 @@ def test_save_total_limit_and_best_checkpoint(tmp_path, one_thread):
     best = out / BEST_CHECKPOINT
     assert (best / "model.safetensors").is_file()
     saved = json.loads((best / "squadkit.json").read_text())
-    assert saved["step"] == result.best_step in (5, 10)
+    assert saved["training"]["global_step"] == result.best_step in (5, 10)
+    assert saved["eval"]["best_f1_thresh"] == saved["null_score_diff_threshold"]
     assert "null_score_diff_threshold" in saved
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval" in r and not r.get("final")] == [5, 10]

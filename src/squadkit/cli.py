@@ -1,23 +1,26 @@
 """The ``squadkit`` command: a thin typer shell over the Python API.
 
 Every command parses its flags, calls one API function and prints or writes the result.
-Bad input (a SquadkitError / ValueError / missing file) becomes one line on stderr and
-exit code 2, never a traceback.
+Bad input (a SquadkitError, raised by the API for a file, field or value it cannot use) becomes
+one line on stderr naming the flag as typed, and exit code 2. Anything else is a bug and shows
+as one (a traceback), never as "bad input".
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 
+from .defaults import DEFAULT_MODEL
 from .errors import SquadkitError, first_line
 
-DEFAULT_MODEL_ID = "mrm8488/roberta-base-1B-1-finetuned-squadv2"  # the model card's checkpoint
+MODEL_HELP = "Hub id, checkpoint folder or exported ONNX folder (default: the model card's checkpoint)."
 
 app = typer.Typer(
     name="squadkit",
@@ -25,9 +28,27 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: wraps at any width instead of cutting option names short (rich's tables did at 80 columns)
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect and validate SQuAD data files.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and validate SQuAD data files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"squadkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print squadkit's version and exit."),
+) -> None:
+    """Extractive question answering in the SQuAD v2 style: train, evaluate, answer, serve."""
 
 
 @data_app.command("stats")
@@ -36,8 +57,8 @@ def data_stats_command(
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="Tokenizer folder or hub id: also report lengths in tokens."
     ),
-    strict: bool = typer.Option(False, "--strict", help="Treat mismatched answer offsets as errors."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    strict: bool = typer.Option(False, "--strict/--no-strict", help="Treat mismatched answer offsets as errors."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print machine-readable JSON."),
 ) -> None:
     """Counts, length distributions and problems of a SQuAD file."""
     # friendly_errors is resolved at call time: it is defined further down this module.
@@ -117,20 +138,47 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+_TYPED: dict[str, str] = {}  # flag -> the spelling the user typed (e.g. --max-seq-length -> --max_seq_length)
+
+
+def _flag_of(func: Callable, param: str | None) -> str | None:
+    """The command-line flag of ``func``'s parameter ``param`` (the API's keyword of the same name)."""
+    import inspect
+
+    if not param:
+        return None
+    p = inspect.signature(func).parameters.get(param)
+    decls = [d.split("/")[0].strip() for d in getattr(getattr(p, "default", None), "param_decls", ()) or ()]
+    longs = [d for d in decls if d.startswith("--")]
+    return max(longs, key=len) if longs else None
+
+
+def _as_typed(message: str, func: Callable, param: str | None) -> str:
+    """Say the flag the user typed where the API named its Python keyword (``max_seq_len`` ->
+    ``--max-seq-len``)."""
+    flag = _flag_of(func, param)
+    flag = _TYPED.get(flag, flag)
+    return re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w])", flag, message) if flag else message
+
+
 def friendly_errors(func: Callable) -> Callable:
-    """Turn bad-input exceptions into one-line errors with exit code 2."""
+    """Turn squadkit's bad-input errors into one line (naming the flag as typed) and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (SquadkitError, ValueError, FileNotFoundError, KeyError) as exc:
-            message = first_line(exc)
-            fail(message)
+        except SquadkitError as exc:
+            fail(_as_typed(first_line(exc), func, exc.param))
         except KeyboardInterrupt:
             fail("interrupted", code=130)
 
     return wrapper
+
+
+def note(text: str) -> None:
+    """A note for the user on stderr (stdout stays JSON)."""
+    typer.echo(f"note: {text}", err=True)
 
 
 def print_json(obj, compact: bool = False) -> None:
@@ -156,10 +204,10 @@ def evaluate_cmd(
         None, "--out-image-dir", "-p", metavar="DIR",
         help="Save precision-recall curves and na-prob histograms here (needs --na-prob-file and matplotlib)."),
     best_always: bool = typer.Option(
-        False, "--best-always",
+        False, "--best-always/--no-best-always",
         help="Report best_exact/best_f1 and their thresholds even without --na-prob-file (all na-probs 0.0), "
              "as transformers' run_squad did; its model cards show best_exact at threshold 0.0."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print a summary and the metric time on stderr."),
+    verbose: bool = typer.Option(False, "--verbose/--quiet", "-v", help="Print a summary and the metric time on stderr."),
 ) -> None:
     """Score predictions with the official SQuAD v2.0 evaluation, number for number.
 
@@ -180,7 +228,7 @@ def evaluate_cmd(
 
     start = time.perf_counter()
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
-                                 report_missing=report_missing)
+                                 report_missing=report_missing, report_note=note)
     if verbose:
         typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
                    f"({len(missing)} without a prediction)", err=True)
@@ -190,7 +238,7 @@ def evaluate_cmd(
         try:
             atomic_write_json(out_file, out, indent=None)
         except OSError as exc:
-            fail(f"{out_file}: cannot write the metrics: {exc.strerror or exc}")
+            raise SquadkitError(f"{out_file}: cannot write the metrics: {exc.strerror or exc}") from None
     else:
         print_json(out)
 
@@ -218,51 +266,73 @@ def answer(
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
     context: Optional[str] = typer.Option(None, "--context", "-c", help="The passage to search."),
     context_file: Optional[Path] = typer.Option(None, "--context-file", help="Read the passage from a UTF-8 file."),
-    model: str = typer.Option(DEFAULT_MODEL_ID, "--model", "-m", help="Hub id, checkpoint folder or exported ONNX folder."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    top_k: int = typer.Option(1, "--top-k", help="How many answers to return."),
-    handle_impossible_answer: bool = typer.Option(False, "--handle-impossible-answer", help="Allow the empty (no-answer) answer."),
-    max_answer_len: int = typer.Option(15, "--max-answer-len", help="Longest answer, in tokens."),
-    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help="Tokens shared by neighbouring windows (default min(max_seq_len // 2, 128))."),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Tokens per window (default min(model max, 384))."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="How many answers to return [default: 1]."),
+    handle_impossible_answer: Optional[bool] = typer.Option(
+        None, "--handle-impossible-answer/--no-handle-impossible-answer",
+        help="Allow the empty (no-answer) answer [default: on for a model trained on SQuAD v2 by squadkit, else off].",
+        show_default=False),
+    null_score_diff_threshold: Optional[float] = typer.Option(
+        None, "--null-score-diff-threshold",
+        help="With the empty answer: it wins when log p_null - log p_span exceeds this [default: the model folder's, else 0]."),
+    max_answer_len: Optional[int] = typer.Option(None, "--max-answer-len", help="Longest answer, in tokens [default: the model folder's, else 15]."),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Tokens per window [default: the model folder's, else min(model max, 384)]."),
+    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help="Tokens shared by neighbouring windows [default: min(max_seq_len // 2, 128)]."),
+    max_question_len: Optional[int] = typer.Option(None, "--max-question-len", help="Question tokens kept [default: the model folder's, else 64]."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
+    explain: bool = typer.Option(False, "--explain/--no-explain", help="Also print the settings in force and where each came from."),
 ) -> None:
     """Answer one question about a passage (pipeline mode) and print JSON."""
     from .pipeline import QuestionAnswerer, check_options
+    from .progress import ProgressLines
 
+    options = dict(top_k=top_k, handle_impossible_answer=handle_impossible_answer, max_answer_len=max_answer_len,
+                   max_seq_len=max_seq_len, doc_stride=doc_stride, max_question_len=max_question_len,
+                   null_score_diff_threshold=null_score_diff_threshold)
+    check_options(**options)  # before the model loads
     text = _read_context(context, context_file)
-    check_options(top_k, max_answer_len, doc_stride, max_seq_len or 384)
     qa = QuestionAnswerer(model, backend=backend, device=device)
-    result = qa(
-        question=question, context=text, top_k=top_k, handle_impossible_answer=handle_impossible_answer,
-        max_answer_len=max_answer_len, doc_stride=doc_stride, max_seq_len=max_seq_len,
-    )
+    in_force = qa.settings_in_force(**options)
+    progress = ProgressLines("answer: windows", 1)
+    try:
+        answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done, **options)[0]
+    finally:
+        progress.close()
+    result = answers if in_force.values["top_k"] > 1 else (
+        answers[0] if answers else {"score": 0.0, "start": 0, "end": 0, "answer": ""})
+    if explain:
+        result = {"answer": result, "settings": in_force.as_dict(), "model": qa.model.name_or_path,
+                  "backend": qa.model.backend}
     print_json(result)
 
 
 @app.command()
 @friendly_errors
 def predict(
-    model: str = typer.Option(DEFAULT_MODEL_ID, "--model", "-m", help="Hub id, checkpoint folder or exported ONNX folder."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD file (nested v1.1/v2.0 JSON, or flat JSON/JSONL)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass (default 8 on a CPU, 64 on a GPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: 8 on a CPU, 64 on a GPU]."),
     null_score_diff_threshold: Optional[float] = typer.Option(
         None, "--null-score-diff-threshold",
-        help="Predict '' when null score - best span score exceeds this (default: the threshold saved with the model, else 0.0).",
+        help="Predict '' when null score - best span score exceeds this [default: the model folder's, else 0.0].",
     ),
-    ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
-    n_best_size: int = typer.Option(20, "--n-best-size"),
-    max_answer_length: int = typer.Option(30, "--max-answer-length"),
-    max_seq_length: int = typer.Option(384, "--max-seq-length"),
-    doc_stride: int = typer.Option(128, "--doc-stride", help="Step between window starts, as run_squad."),
-    max_query_length: int = typer.Option(64, "--max-query-length"),
-    legacy: bool = typer.Option(False, "--legacy", help="Build windows and recover text exactly as run_squad did."),
-    do_lower_case: bool = typer.Option(False, "--do-lower-case", help="run_squad's flag: lower-cases when projecting answers back (get_final_text)."),
-    version_2_with_negative: bool = typer.Option(True, "--version-2-with-negative/--no-null", help="Allow the empty answer (SQuAD v2)."),
+    ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold/--use-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
+    n_best_size: Optional[int] = typer.Option(None, "--n-best-size", help="[default: 20]"),
+    max_answer_length: Optional[int] = typer.Option(None, "--max-answer-length", help="[default: the model folder's, else 30]"),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="[default: the model folder's, else 384]"),
+    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help="Step between window starts, as run_squad [default: the model folder's, else 128]."),
+    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help="[default: the model folder's, else 64]"),
+    legacy: bool = typer.Option(False, "--legacy/--no-legacy", help="Build windows and recover text exactly as run_squad did."),
+    do_lower_case: Optional[bool] = typer.Option(None, "--do-lower-case/--no-do-lower-case", help="run_squad's flag: lower-cases when projecting answers back [default: the model folder's, else off].", show_default=False),
+    version_2_with_negative: Optional[bool] = typer.Option(
+        None, "--version-2-with-negative/--no-version-2-with-negative", " /--no-null",
+        help="Allow the empty answer [default: off for SQuAD v1.1 data, else the model folder's, else on].",
+        show_default=False),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on answer offsets that do not point at their text."),
+    strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
 ) -> None:
     """Write run_squad's prediction files for a SQuAD file (and eval_results.json when it has answers)."""
     from .predict import run_predict
@@ -272,7 +342,7 @@ def predict(
         null_score_diff_threshold=null_score_diff_threshold, ignore_saved_threshold=ignore_saved_threshold,
         n_best_size=n_best_size, max_answer_length=max_answer_length, max_seq_length=max_seq_length,
         doc_stride=doc_stride, max_query_length=max_query_length, legacy=legacy, do_lower_case=do_lower_case,
-        version_2_with_negative=version_2_with_negative, strict=strict, show_progress=sys.stderr.isatty(),
+        version_2_with_negative=version_2_with_negative, strict=strict, show_progress=True, note=note,
     )
     if summary is not None:
         print_json(summary)
@@ -282,78 +352,88 @@ def predict(
 # train  (squadkit.train)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:TRAIN
-def _opt(default, *names: str, **kwargs):
-    """An option under run_squad's snake_case name(s) and the kebab-case spelling of each."""
-    spelled = []
-    for n in names:
-        spelled.append(n)
-        if "_" in n:
-            spelled.append(n.replace("_", "-"))
-    return typer.Option(default, *dict.fromkeys(spelled), **kwargs)
+class RunSquadFlags(typer.core.TyperCommand):
+    """A command that also accepts run_squad's snake_case spellings (``--max_seq_length``) and a few
+    aliases (``--per_device_train_batch_size``), without listing them twice in ``--help``."""
+
+    aliases: dict[str, str] = {}
+
+    def parse_args(self, ctx, args):
+        known = {o for p in self.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+        fixed = []
+        _TYPED.clear()
+        for arg in args:
+            head, eq, value = arg.partition("=")
+            if head.startswith("--") and head not in known:
+                kebab = self.aliases.get(head.replace("_", "-"), head.replace("_", "-"))
+                if kebab in known:
+                    _TYPED[kebab] = head  # errors name the flag as the user typed it
+                    head = kebab
+            fixed.append(head + eq + value)
+        return super().parse_args(ctx, fixed)
 
 
-@app.command("train", no_args_is_help=True)
-@friendly_errors
-def train_cmd(
-    model_name_or_path: str = _opt(..., "--model_name_or_path", "--model", "-m", help="Base model: local folder or hub id (a base encoder gets a fresh QA head)."),
-    output_dir: Path = _opt(..., "--output_dir", "-o", help="Where the model, checkpoints, log.jsonl, predictions and README.md go. Must be empty unless --overwrite_output_dir or --resume_from_checkpoint."),
-    train_file: Optional[str] = _opt(None, "--train_file", help="Training data: SQuAD JSON (v1.1/v2.0) or flat `datasets` records (JSON/JSONL)."),
-    predict_file: Optional[str] = _opt(None, "--predict_file", help="Dev data to evaluate on (--do_eval, --eval_steps)."),
-    data_dir: Optional[str] = _opt(None, "--data_dir", help="Folder the data files are relative to (run_squad's; defaults to train-v2.0.json / dev-v2.0.json there)."),
-    model_type: Optional[str] = _opt(None, "--model_type", help="Accepted for run_squad compatibility; checked against the model's config (a note when they differ)."),
-    config_name: Optional[str] = _opt(None, "--config_name", help="Config to use instead of the model's."),
-    tokenizer_name: Optional[str] = _opt(None, "--tokenizer_name", help="Tokenizer to use instead of the model's."),
-    cache_dir: Optional[str] = _opt(None, "--cache_dir", help="Hugging Face download cache; also the default folder of the feature cache."),
-    features_cache_dir: Optional[str] = _opt(None, "--features_cache_dir", help="Where tokenized features are cached as squadkit-features-<hash>.npz (hash of data bytes, tokenizer, window settings). Default: --cache_dir, else the output folder's parent."),
-    do_train: bool = _opt(False, "--do_train", help="Fine-tune."),
-    do_eval: bool = _opt(False, "--do_eval", help="Predict --predict_file at the end; write predictions, null odds and eval_results.json."),
-    do_lower_case: bool = _opt(False, "--do_lower_case", help="Lower-case (tokenizers that keep case, e.g. RoBERTa's, ignore it: a warning says so)."),
-    version_2_with_negative: bool = _opt(False, "--version_2_with_negative", help="SQuAD v2: train on unanswerable questions and allow the empty answer."),
-    max_seq_length: int = _opt(384, "--max_seq_length", help="Tokens per window."),
-    doc_stride: int = _opt(128, "--doc_stride", help="Step between window starts (run_squad's meaning)."),
-    max_query_length: int = _opt(64, "--max_query_length", help="Questions are cut to this many tokens."),
-    per_gpu_train_batch_size: int = _opt(8, "--per_gpu_train_batch_size", "--per_device_train_batch_size", help="Windows per device per micro-step."),
-    per_gpu_eval_batch_size: int = _opt(8, "--per_gpu_eval_batch_size", "--per_device_eval_batch_size"),
-    learning_rate: float = _opt(5e-5, "--learning_rate", help="Peak AdamW learning rate."),
-    gradient_accumulation_steps: int = _opt(1, "--gradient_accumulation_steps"),
-    weight_decay: float = _opt(0.0, "--weight_decay"),
-    adam_epsilon: float = _opt(1e-8, "--adam_epsilon"),
-    max_grad_norm: float = _opt(1.0, "--max_grad_norm"),
-    num_train_epochs: float = _opt(3.0, "--num_train_epochs"),
-    max_steps: int = _opt(-1, "--max_steps", help="> 0: train this many optimizer steps (overrides --num_train_epochs)."),
-    warmup_steps: int = _opt(0, "--warmup_steps"),
-    warmup_ratio: float = _opt(0.0, "--warmup_ratio", help="Warmup as a fraction of all steps (when --warmup_steps is 0)."),
-    n_best_size: int = _opt(20, "--n_best_size"),
-    max_answer_length: int = _opt(30, "--max_answer_length"),
-    null_score_diff_threshold: float = _opt(0.0, "--null_score_diff_threshold", help="Threshold for the evaluation's predictions; the best one on the dev data is what gets saved."),
-    logging_steps: int = _opt(500, "--logging_steps", help="Log loss, learning rate and samples/s every N steps (log.jsonl and terminal)."),
-    save_steps: int = _opt(500, "--save_steps", help="Write a resumable checkpoint-N every N steps (0: none)."),
-    save_total_limit: Optional[int] = _opt(None, "--save_total_limit", help="Keep only the newest K checkpoints."),
-    eval_steps: int = _opt(0, "--eval_steps", help="Evaluate on --predict_file every N steps and keep the best weights (by F1) in checkpoint-best."),
-    evaluate_during_training: bool = _opt(False, "--evaluate_during_training", help="run_squad's flag: evaluate every --logging_steps (same as --eval_steps LOGGING_STEPS)."),
-    load_best_model_at_end: bool = _opt(False, "--load_best_model_at_end", help="Save checkpoint-best's weights as the final model rather than the last step's."),
-    seed: int = _opt(42, "--seed"),
-    bf16: bool = _opt(False, "--bf16", help="bfloat16 autocast (CPU, or GPUs that support it)."),
-    fp16: bool = _opt(False, "--fp16", help="float16 autocast with loss scaling (CUDA only)."),
-    fp16_opt_level: Optional[str] = _opt(None, "--fp16_opt_level", help="Accepted for run_squad compatibility (apex); ignored."),
-    no_cuda: bool = _opt(False, "--no_cuda", help="Train on the CPU even where a GPU is present."),
-    overwrite_output_dir: bool = _opt(False, "--overwrite_output_dir", help="Train into a non-empty output folder: removes only an earlier run's checkpoint-*/ folders and log.jsonl; other files stay (model, card and prediction files are replaced at the end)."),
-    overwrite_cache: bool = _opt(False, "--overwrite_cache", help="Re-tokenize even when the feature cache holds this data."),
-    resume_from_checkpoint: Optional[str] = _opt(None, "--resume_from_checkpoint", help="Continue from a checkpoint folder, or 'auto' for the newest in the output folder (a fresh start when there is none)."),
-    eval_all_checkpoints: bool = _opt(False, "--eval_all_checkpoints", help="Accepted for run_squad compatibility; not supported (use --eval_steps): a warning."),
-    threads: Optional[int] = _opt(None, "--threads", help="Accepted for run_squad compatibility; tokenization is batched in the fast tokenizer."),
-    local_rank: int = _opt(-1, "--local_rank", help="Accepted for launcher compatibility; the launcher's environment decides."),
-    verbose_logging: bool = _opt(False, "--verbose_logging", help="Accepted for run_squad compatibility; ignored."),
-    quiet: bool = _opt(False, "--quiet", "-q", help="No log lines on the terminal (log.jsonl is still written)."),
-) -> None:
-    """Fine-tune an extractive QA model with run_squad's recipe and flags (snake_case or kebab-case).
+# run_squad flags squadkit accepts and does not need (hidden from --help; a note says so when given)
+_RUN_SQUAD_EXTRAS = {
+    "evaluate_during_training": (bool, "run_squad's: evaluate every --logging-steps (same as --eval-steps N)."),
+    "fp16_opt_level": (Optional[str], "apex's; ignored (--fp16 uses torch autocast)."),
+    "eval_all_checkpoints": (bool, "not supported (use --eval-steps); ignored with a warning."),
+    "threads": (Optional[int], "tokenization is batched in the fast tokenizer; ignored."),
+    "local_rank": (int, "the launcher's environment decides; ignored."),
+    "verbose_logging": (bool, "ignored."),
+}
 
-    The card's command runs as written, e.g. squadkit train --model_type roberta
-    --model_name_or_path ./roberta-base --do_train --do_eval --version_2_with_negative
-    --train_file train-v2.0.json --predict_file dev-v2.0.json --output_dir out ...
-    Under `accelerate launch` or `torchrun` it trains data-parallel (batch per device =
-    --per_gpu_train_batch_size). Tokenized features are cached in
-    <features_cache_dir or cache_dir or output_dir/..>/squadkit-features-<hash>.npz.
+
+def _train_parameters() -> list:
+    """One CLI option per TrainConfig field (its help, default and type), plus run_squad's extras."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("cli"):
+            continue
+        kind, optional = hints[f.name], False
+        args = typing.get_args(kind)
+        if type(None) in args:
+            kind, optional = next(a for a in args if a is not type(None)), True
+        flag = "--" + f.name.replace("_", "-")
+        extra = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))  # short flags are shown
+        required = f.default is dataclasses.MISSING
+        default = f.metadata.get("cli_default", f.default)
+        if kind is bool:
+            decls = (flag,) if f.name.startswith("no_") else (f"{flag}/--no-{f.name.replace('_', '-')}",)
+        else:
+            decls = (flag,)
+        shown = ("on" if default else "off") if kind is bool else (not required and default is not None)
+        option = typer.Option(... if required else default, *decls, *extra, help=f.metadata["help"],
+                              show_default=shown)
+        annotation = Optional[kind] if optional else kind
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    for name, (annotation, help_text) in _RUN_SQUAD_EXTRAS.items():
+        default = False if annotation is bool else (-1 if annotation is int else None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(
+            default, "--" + name.replace("_", "-"), help=help_text, hidden=True)))
+    return params
+
+
+class TrainFlags(RunSquadFlags):
+    aliases = {"--model": "--model-name-or-path", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
+               "--per-device-eval-batch-size": "--per-gpu-eval-batch-size"}
+
+
+def train_cmd(**flags) -> None:
+    """Fine-tune an extractive QA model with run_squad's recipe and flags.
+
+    The card's command runs as written (run_squad's snake_case flags are accepted as well as the
+    kebab-case shown here), e.g. squadkit train --model_type roberta --model_name_or_path
+    ./roberta-base --do_train --do_eval --version_2_with_negative --train_file train-v2.0.json
+    --predict_file dev-v2.0.json --output_dir out ... Under `accelerate launch` or `torchrun` it
+    trains data-parallel (batch per device = --per-gpu-train-batch-size).
     """
     import os
     import shlex
@@ -365,37 +445,24 @@ def train_cmd(
         if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
             typer.echo(f"{'warning' if issubclass(category, TrainWarning) else category.__name__}: {message}", err=True)
 
+    extras = {name: flags.pop(name) for name in _RUN_SQUAD_EXTRAS}
     notes = []
-    if eval_all_checkpoints:
-        notes.append("--eval_all_checkpoints is not supported (ignored); --eval_steps evaluates during training")
-    if fp16_opt_level is not None:
+    if extras["eval_all_checkpoints"]:
+        notes.append("--eval_all_checkpoints is not supported (ignored); --eval-steps evaluates during training")
+    if extras["fp16_opt_level"] is not None:
         notes.append("--fp16_opt_level is ignored (apex is not used; --fp16 uses torch autocast)")
-    if evaluate_during_training:
-        notes.append(f"--evaluate_during_training: evaluating every {logging_steps} steps (--eval_steps)")
-    config = TrainConfig(
-        model_name_or_path=model_name_or_path, output_dir=str(output_dir), train_file=train_file,
-        predict_file=predict_file, data_dir=data_dir, model_type=model_type, config_name=config_name,
-        tokenizer_name=tokenizer_name, cache_dir=cache_dir, features_cache_dir=features_cache_dir,
-        do_train=do_train, do_eval=do_eval, do_lower_case=do_lower_case, version_2_with_negative=version_2_with_negative,
-        max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length,
-        per_gpu_train_batch_size=per_gpu_train_batch_size, per_gpu_eval_batch_size=per_gpu_eval_batch_size,
-        learning_rate=learning_rate, gradient_accumulation_steps=gradient_accumulation_steps, weight_decay=weight_decay,
-        adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm, num_train_epochs=num_train_epochs, max_steps=max_steps,
-        warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, n_best_size=n_best_size,
-        max_answer_length=max_answer_length, null_score_diff_threshold=null_score_diff_threshold,
-        logging_steps=logging_steps, save_steps=save_steps, save_total_limit=save_total_limit,
-        eval_steps=eval_steps or (logging_steps if evaluate_during_training else 0),
-        load_best_model_at_end=load_best_model_at_end, seed=seed, bf16=bf16, fp16=fp16, no_cuda=no_cuda,
-        overwrite_output_dir=overwrite_output_dir, overwrite_cache=overwrite_cache,
-        resume_from_checkpoint=resume_from_checkpoint, show_progress=sys.stderr.isatty() and not quiet, quiet=quiet,
-        command=shlex.join(["squadkit", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else None,
-    )
+    if extras["evaluate_during_training"] and not flags["eval_steps"]:
+        flags["eval_steps"] = flags["logging_steps"]
+        notes.append(f"--evaluate_during_training: evaluating every {flags['logging_steps']} steps (--eval-steps)")
+    flags["output_dir"] = str(flags["output_dir"])
+    config = TrainConfig(**flags, show_progress=sys.stderr.isatty() and not flags["quiet"],
+                         command=shlex.join(["squadkit", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else None)
     # (no accelerate state may be created before train(): its first creation decides CPU vs GPU)
     with warnings.catch_warnings():
         warnings.simplefilter("always", TrainWarning)
         warnings.showwarning = show
-        for note in notes:
-            warnings.warn(note, TrainWarning)
+        for text in notes:
+            warnings.warn(text, TrainWarning)
         result = train(config)
     if result.is_main_process:
         print_json({
@@ -410,6 +477,18 @@ def train_cmd(
         })
 
 
+def _register_train() -> None:
+    import inspect
+
+    params = _train_parameters()
+    train_cmd.__signature__ = inspect.Signature(params)
+    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("train", cls=TrainFlags, no_args_is_help=True)(friendly_errors(train_cmd))
+
+
+_register_train()
+
+
 # ---------------------------------------------------------------------------------------------
 # export  (squadkit.export)
 # ---------------------------------------------------------------------------------------------
@@ -417,17 +496,18 @@ def train_cmd(
 @app.command("export")
 @friendly_errors
 def export_cmd(
-    model: str = typer.Option(DEFAULT_MODEL_ID, "--model", "-m", help="Hub id or checkpoint folder of a QA model."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id or checkpoint folder of a QA model.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write (model.onnx, tokenizer, settings, squadkit_export.json)."),
     quantize: Optional[str] = typer.Option(
         None, "--quantize", help="int8: also write model.int8.onnx (dynamic int8 weights), served by default from this folder."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17; the dynamo exporter uses at least 18)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder (atomically)."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing folder (atomically)."),
     exporter: str = typer.Option("auto", "--exporter", help="auto (TorchScript where torch has it), torchscript or dynamo."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's own modelling code."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code", help="Allow the checkpoint's own modelling code."),
 ) -> None:
     """Export a QA model to ONNX (dynamic batch and sequence), optionally int8, for fast CPU answers."""
-    from .export import read_record, export_model
+    from .backends.onnx import read_record
+    from .export import export_model
 
     folder = export_model(model, output, quantize=quantize, opset=opset, overwrite=overwrite, exporter=exporter,
                           trust_remote_code=trust_remote_code)
@@ -444,10 +524,10 @@ def export_cmd(
 @app.command()
 @friendly_errors
 def serve(
-    model: str = typer.Option(DEFAULT_MODEL_ID, "--model", "-m", help="Hub id, checkpoint folder or exported ONNX folder."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's, one per core)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of the model (ONNX Runtime's session, or torch's) [default: one per core]."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; 0.0.0.0 for all)."),
     port: int = typer.Option(8000, help="Port to listen on (0 picks a free one)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Questions answered in one forward pass (1 disables batching)."),

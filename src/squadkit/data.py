@@ -446,8 +446,13 @@ def _load_squad(path: Path) -> SquadDataset:
     version = None
     if isinstance(obj, dict):
         if "data" not in obj:
+            hint = ""
+            if obj and all(isinstance(v, str) for v in obj.values()):
+                hint = " (it looks like predictions: question id -> answer text; did you swap the files?)"
+            elif obj and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj.values()):
+                hint = " (it looks like a na-prob / null-odds file; did you swap the files?)"
             raise SquadkitError(f"{path}: expected a SQuAD file ({{\"version\", \"data\": [...]}}) or flat "
-                                f"records; found an object with keys {sorted(obj)[:6]}")
+                                f"records; found an object with keys {sorted(obj)[:6]}{hint}")
         raw_version = obj.get("version")
         if raw_version is not None and not isinstance(raw_version, (str, int, float)):
             raise SquadkitError(f"{path}: field 'version' must be a string, got {_type_name(raw_version)}")

@@ -113,11 +113,18 @@ def pipeline_answers(
     top_k: int = 1,
     handle_impossible_answer: bool = False,
     align_to_words: bool = True,
+    null_score_diff_threshold: float = 0.0,
 ) -> list[dict]:
     """Merge the windows' spans of one example into the pipeline's answers, best first.
 
     Answers whose texts are equal ignoring case are merged (scores summed, the first one's
     text and offsets kept), as the pipeline does across and within windows.
+
+    With ``handle_impossible_answer`` the empty answer (score: the smallest null probability
+    over windows) is ranked as if its score were ``p_null * exp(-null_score_diff_threshold)``;
+    its reported score stays ``p_null``. Within one window, p_start and p_end share their softmax
+    normalisers, so ``log p_null - log p_span`` is exactly run_squad's ``null score - span score``:
+    the rule is run_squad's threshold, read in probabilities. Threshold 0 is the pipeline's order.
     """
     answers: list[dict] = []
     by_text: dict[str, dict] = {}
@@ -139,9 +146,11 @@ def pipeline_answers(
                 answer = {"score": float(score), "start": start, "end": end, "answer": text}
                 by_text[key] = answer
                 answers.append(answer)
+    null = {"score": min_null, "start": 0, "end": 0, "answer": ""}
     if handle_impossible_answer:
-        answers.append({"score": min_null, "start": 0, "end": 0, "answer": ""})
-    answers.sort(key=lambda a: a["score"], reverse=True)
+        answers.append(null)
+    null_weight = math.exp(-null_score_diff_threshold) if null_score_diff_threshold else 1.0
+    answers.sort(key=lambda a: a["score"] * null_weight if a is null else a["score"], reverse=True)
     return answers[:top_k]
 
 

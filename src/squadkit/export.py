@@ -1,13 +1,8 @@
 """``squadkit export``: a QA checkpoint -> an ONNX folder that ONNX Runtime serves, optionally int8.
 
-The folder written::
-
-    model.onnx             fp32 graph, dynamic batch and sequence axes (always there)
-    model.int8.onnx        with --quantize int8: dynamic int8 quantization of model.onnx's weights
-    config.json            the source model's config (what architecture it is)
-    tokenizer files        the source's fast tokenizer (tokenizer.json, ...)
-    squadkit.json          squadkit's settings saved beside the source checkpoint, if any
-    squadkit_export.json   the record: source model, settings, files, exporter, versions
+The folder's layout (file names) belongs to the ONNX backend that reads it
+(``squadkit.backends.onnx``); the source's ``squadkit.json`` settings travel with it, so an
+exported model answers with the windows and threshold its training chose.
 
 Decisions (see also the README section on ONNX):
 
@@ -44,13 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from .backends.onnx import FP32_FILE, INT8_FILE, OUTPUT_NAMES, RECORD_FILE, RECORD_FORMAT, read_record
 from .errors import SquadkitError, first_line
 
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-RECORD_FILE = "squadkit_export.json"
-RECORD_FORMAT = "squadkit-onnx-export"
-OUTPUT_NAMES = ("start_logits", "end_logits")
+__all__ = ["export_model", "quantize_int8", "read_record", "FP32_FILE", "INT8_FILE", "RECORD_FILE"]
+
 DEFAULT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
 VERIFY_ATOL = 1e-4
@@ -167,24 +160,6 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     }
 
 
-def _check_qa_checkpoint(name: str, trust_remote_code: bool, revision: str | None) -> None:
-    """Refuse a checkpoint saved for another task: exporting it would export a random QA head."""
-    from transformers import AutoConfig
-
-    from .models import _hub_error
-
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError) as exc:
-        raise _hub_error(name, exc) from None
-    architectures = getattr(config, "architectures", None) or []
-    if architectures and not any(a.endswith("ForQuestionAnswering") for a in architectures):
-        raise SquadkitError(
-            f"{name}: not a question-answering checkpoint (saved as {', '.join(architectures)}); "
-            "export a model fine-tuned for extractive QA"
-        )
-
-
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise SquadkitError(f"{output}: exists and is not a folder")
@@ -205,8 +180,10 @@ def export_model(
     verify: bool = True,
 ) -> Path:
     """Export a QA checkpoint (hub id or folder) to an ONNX folder; ``quantize="int8"`` adds model.int8.onnx."""
+    from .backends import is_onnx_folder
+    from .backends.torch import load_torch_model
+    from .checkpoint import write_settings
     from .io import staged_dir
-    from .models import SETTINGS_FILE, is_onnx_folder, load_torch_model, read_settings
 
     if quantize not in (None, "none", "int8"):
         raise SquadkitError(f"quantize must be 'int8' (or none), got {quantize!r}")
@@ -227,7 +204,6 @@ def export_model(
     output = Path(output)
     _check_output(output, overwrite)
 
-    _check_qa_checkpoint(name, trust_remote_code, revision)
     qa = load_torch_model(name, device="cpu", dtype="fp32", trust_remote_code=trust_remote_code, revision=revision)
     torch_model, tokenizer = qa.model, qa.tokenizer
     torch_model.config.return_dict = True
@@ -253,9 +229,9 @@ def export_model(
             quant_info = quantize_int8(tmp / FP32_FILE, tmp / INT8_FILE)
         torch_model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        settings = read_settings(name if Path(name).is_dir() else None)
-        if settings:
-            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        settings = qa.settings
+        if not settings.is_empty():
+            write_settings(tmp, settings)
         files = {"fp32": FP32_FILE}
         if quantize == "int8":
             files["int8"] = INT8_FILE
@@ -274,8 +250,9 @@ def export_model(
                 "num_attention_heads": getattr(config, "num_attention_heads", None),
                 "intermediate_size": getattr(config, "intermediate_size", None),
                 "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+                "pad_token_id": getattr(config, "pad_token_id", None),
             },
-            "settings": settings,
+            "settings": settings.to_json() if not settings.is_empty() else {},
             "files": files,
             "default": "int8" if quantize == "int8" else "fp32",
             "inputs": list(input_names),
@@ -290,17 +267,3 @@ def export_model(
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         _check_output(output, overwrite)  # someone may have written there meanwhile
     return output
-
-
-def read_record(folder: str | os.PathLike) -> dict:
-    """The export record of a folder, or {} when it has none (a hand-made folder with model.onnx)."""
-    path = Path(folder) / RECORD_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SquadkitError(f"{path}: cannot read the export record: {exc}") from None
-    if not isinstance(data, dict):
-        raise SquadkitError(f"{path}: the export record must be a JSON object")
-    return data

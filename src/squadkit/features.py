@@ -25,6 +25,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from . import defaults
 from .errors import SquadkitError
 
 WindowMode = Literal["pipeline", "squad", "legacy"]
@@ -38,27 +39,25 @@ class WindowSettings:
     """How questions and contexts are cut into windows."""
 
     mode: WindowMode = "pipeline"
-    max_seq_len: int = 384
+    max_seq_len: int = defaults.MAX_SEQ_LENGTH
     doc_stride: int | None = None  # pipeline: overlap (default min(max_seq_len // 2, 128)); squad: step (128)
-    max_question_len: int = 64
+    max_question_len: int = defaults.MAX_QUERY_LENGTH
 
     def resolved_doc_stride(self) -> int:
         if self.doc_stride is not None:
             return self.doc_stride
-        return min(self.max_seq_len // 2, 128) if self.mode == "pipeline" else 128
+        return defaults.pipeline_doc_stride(self.max_seq_len) if self.mode == "pipeline" else defaults.DOC_STRIDE
 
     def validate(self) -> "WindowSettings":
         if self.mode not in ("pipeline", "squad", "legacy"):
             raise SquadkitError(f"window mode must be 'pipeline', 'squad' or 'legacy', got {self.mode!r}")
-        for name in ("max_seq_len", "max_question_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SquadkitError(f"{name} must be a positive integer, got {value!r}")
+        defaults.check_positive_int(self.max_seq_len, "max_seq_len")
+        defaults.check_positive_int(self.max_question_len, "max_question_len")
         stride = self.resolved_doc_stride()
-        if not isinstance(stride, int) or isinstance(stride, bool) or stride < (0 if self.mode == "pipeline" else 1):
-            raise SquadkitError(f"doc_stride must be a {'non-negative' if self.mode == 'pipeline' else 'positive'} integer, got {stride!r}")
+        defaults.check_positive_int(stride, "doc_stride", minimum=0 if self.mode == "pipeline" else 1)
         if stride >= self.max_seq_len:
-            raise SquadkitError(f"doc_stride ({stride}) must be smaller than max_seq_len ({self.max_seq_len})")
+            raise SquadkitError(f"doc_stride ({stride}) must be smaller than max_seq_len ({self.max_seq_len})",
+                                param="doc_stride")
         return self
 
 
@@ -382,27 +381,39 @@ class Batch:
     extra: dict = field(default_factory=dict)
 
 
+def pad_rows(flat: np.ndarray, starts: np.ndarray, sizes: np.ndarray, pad_value: int,
+             width: int | None = None) -> np.ndarray:
+    """Rows ``flat[starts[r] : starts[r] + sizes[r]]`` as one (n, width) int64 array, padded with
+    ``pad_value`` (width: the longest row). One gather for the whole batch, no Python loop:
+    the padding routine of answering batches and training batches alike."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    width = int(sizes.max()) if width is None else width
+    out = np.full((len(sizes), width), pad_value, dtype=np.int64)
+    present = np.arange(width)[None, :] < sizes[:, None]
+    out[present] = flat[(np.asarray(starts, dtype=np.int64)[:, None] + np.arange(width)[None, :])[present]]
+    return out
+
+
+def attention_mask(lengths: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) int64: 1 on each row's first ``lengths[r]`` tokens."""
+    return (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+
+
 def make_batch(windows: Sequence[Window], indices: Sequence[int], pad_id: int) -> Batch:
-    width = max(windows[i].input_ids.shape[0] for i in indices)
-    n = len(indices)
-    input_ids = np.full((n, width), pad_id, dtype=np.int64)
-    attention = np.zeros((n, width), dtype=np.int64)
-    has_types = all(windows[i].token_type_ids is not None for i in indices)
-    types = np.zeros((n, width), dtype=np.int64) if has_types else None
-    for row, i in enumerate(indices):
-        w = windows[i]
-        size = w.input_ids.shape[0]
-        input_ids[row, :size] = w.input_ids
-        attention[row, : w.length] = 1
-        if types is not None:
-            types[row, :size] = w.token_type_ids
-    return Batch(np.asarray(indices, dtype=np.int64), input_ids, attention, types)
+    rows = [windows[i] for i in indices]
+    sizes = np.fromiter((w.input_ids.shape[0] for w in rows), dtype=np.int64, count=len(rows))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    input_ids = pad_rows(np.concatenate([w.input_ids for w in rows]), starts, sizes, pad_id)
+    mask = attention_mask(np.fromiter((w.length for w in rows), dtype=np.int64, count=len(rows)), input_ids.shape[1])
+    types = None
+    if all(w.token_type_ids is not None for w in rows):
+        types = pad_rows(np.concatenate([w.token_type_ids for w in rows]), starts, sizes, 0)
+    return Batch(np.asarray(indices, dtype=np.int64), input_ids, mask, types)
 
 
 def iter_batches(windows: Sequence[Window], batch_size: int, pad_id: int, sort_by_length: bool = True) -> Iterator[Batch]:
     """Batches of windows; sorted by length (longest first) so that padding is small."""
-    if batch_size < 1:
-        raise SquadkitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    defaults.check_positive_int(batch_size, "batch_size")
     order = np.arange(len(windows))
     if sort_by_length:
         lengths = np.fromiter((w.input_ids.shape[0] for w in windows), dtype=np.int64, count=len(windows))

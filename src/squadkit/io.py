@@ -13,6 +13,26 @@ from typing import Any, Iterator
 from .errors import SquadkitError
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux allows; else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike, is_dir: bool) -> None:
+    """Give a temporary file or folder (mkstemp: 0600, mkdtemp: 0700) the mode that open() or
+    mkdir() would have given it under the user's umask, before it takes its final name."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed
@@ -21,6 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _as_created(tmp, is_dir=False)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
@@ -68,6 +89,7 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
     try:
+        _as_created(tmp, is_dir=True)
         yield tmp
         replace_dir_atomically(tmp, final_dir)
     except BaseException:

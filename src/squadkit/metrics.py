@@ -385,18 +385,29 @@ def run_precision_recall_analysis(
 def histogram_na_prob(
     na_probs: Mapping[str, float], qid_list: Sequence[str], image_dir: Union[str, os.PathLike], name: str
 ) -> None:
-    """Write ``na_prob_hist_{name}.png``: the share of ``qid_list`` per na-prob bin (20 bins on [0, 1])."""
+    """Write ``na_prob_hist_{name}.png``: the share of ``qid_list`` per na-prob bin (20 bins on [0, 1]).
+
+    Values outside [0, 1] (run_squad's null odds are logit differences) would leave the official
+    [0, 1] histogram empty; then the bins span the values' own range, the axis says so, and the
+    returned note says it once. Returns None when the official range was used.
+    """
     if not qid_list:
-        return
+        return None
     x = np.array([na_probs[k] for k in qid_list], dtype=np.float64)
     weights = np.ones_like(x) / float(len(x))
+    in_unit = bool(np.all((x >= 0.0) & (x <= 1.0)))
+    lo, hi = (0.0, 1.0) if in_unit else (float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0)
     fig = _new_figure()
     ax = fig.add_subplot()
-    ax.hist(x, weights=weights, bins=20, range=(0.0, 1.0))
-    ax.set_xlabel("Model probability of no-answer")
+    ax.hist(x, weights=weights, bins=20, range=(lo, hi))
+    ax.set_xlabel("Model probability of no-answer" if in_unit else "No-answer score (values outside 0..1: own range)")
     ax.set_ylabel("Proportion of dataset")
     ax.set_title(f"Histogram of no-answer probability: {name}")
     _save_figure(fig, Path(image_dir) / f"na_prob_hist_{name}.png")
+    if in_unit:
+        return None
+    return (f"na-prob values are outside 0..1 (e.g. null odds); the {name} histogram spans their own range "
+            f"[{lo:g}, {hi:g}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,6 +531,7 @@ def evaluate(
     out_image_dir: Optional[Union[str, os.PathLike]] = None,
     *,
     report_missing: Optional[Callable[[str], None]] = print,
+    report_note: Optional[Callable[[str], None]] = None,
     pred_name: str = "predictions",
     na_prob_name: str = "na_probs",
 ) -> "OrderedDict[str, Any]":
@@ -592,8 +604,10 @@ def evaluate(
         find_all_best_thresh(out_eval, predictions, exact_raw, f1_raw, na_probs, qid_to_has_ans)
     if have_na_probs and out_image_dir is not None:
         run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir)
-        histogram_na_prob(na_probs, has_ans_qids, out_image_dir, "hasAns")
-        histogram_na_prob(na_probs, no_ans_qids, out_image_dir, "noAns")
+        for qids, name in ((has_ans_qids, "hasAns"), (no_ans_qids, "noAns")):
+            note = histogram_na_prob(na_probs, qids, out_image_dir, name)
+            if note and report_note is not None:
+                report_note(note)
     if is_squad_v1(gold):
         out_eval["v1.1"] = evaluate_v1(gold_answers, predictions)
     return out_eval
@@ -607,6 +621,9 @@ def evaluate(
 def load_predictions(path: Union[str, os.PathLike]) -> dict[str, str]:
     """Read a predictions file: a JSON object mapping question id to answer text ('' = no answer)."""
     obj = read_json(path, "predictions file")
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        raise SquadkitError(f"{path}: this is a SQuAD data file, not predictions; did you swap the files? "
+                            f"The data file comes first: squadkit evaluate DATA PREDS")
     if not isinstance(obj, dict):
         raise SquadkitError(f"{path}: predictions must be a JSON object of question id to answer text, "
                             f"got {_json_type(obj)}")
@@ -645,6 +662,7 @@ def evaluate_files(
     best_always: bool = False,
     out_image_dir: Optional[Union[str, os.PathLike]] = None,
     report_missing: Optional[Callable[[str], None]] = print,
+    report_note: Optional[Callable[[str], None]] = None,
 ) -> "OrderedDict[str, Any]":
     """:func:`evaluate` on files, as the official script's ``main``: errors name the file at fault."""
     from .data import load_squad
@@ -653,5 +671,5 @@ def evaluate_files(
     preds = load_predictions(pred_file)
     na_probs = load_na_probs(na_prob_file) if na_prob_file is not None else None
     return evaluate(dataset, preds, na_probs, na_prob_thresh, best_always, out_image_dir,
-                    report_missing=report_missing, pred_name=str(pred_file),
+                    report_missing=report_missing, report_note=report_note, pred_name=str(pred_file),
                     na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")

@@ -10,13 +10,21 @@ Same call forms, keyword names, defaults and answers as the transformers pipelin
 a list of inputs always gives a list (transformers unwrapped a one-item list), and top_k > 1
 always gives a list (transformers gave a dict when only one answer was found).
 
+Options given when the pipeline is made are the defaults of every call, as in transformers;
+an unknown keyword is an error there and at call time. Where an option is given neither way,
+the model folder's settings (``squadkit.json``, written by ``squadkit train``) decide, then the
+pipeline's own defaults; ``settings_in_force()`` says which applied.
+
 This module imports torch and transformers only when a model is loaded.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
+from . import defaults
+from .checkpoint import SettingsInForce
 from .errors import SquadkitError
 
 TASK_NAMES = ("question-answering", "question_answering", "qa")
@@ -58,19 +66,42 @@ def _pair_from_dict(item, index: int) -> tuple[Any, Any]:
     return item["question"], item["context"]
 
 
-def check_options(top_k: int = 1, max_answer_len: int = 15, doc_stride: int | None = None, max_seq_len: int = 384,
-                  max_question_len: int = 64):
-    """Validate the pipeline's options (a clear ValueError); returns the window settings.
+# The pipeline's call options; each may also be given when the pipeline is made.
+CALL_OPTIONS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+                "handle_impossible_answer", "align_to_words", "batch_size", "null_score_diff_threshold")
+_NO_EFFECT = ("padding", "num_workers")  # transformers' keywords, accepted for compatibility
 
-    Callable before any model is loaded, so the CLI refuses bad flags at once.
-    """
+
+def _check_keywords(options: dict, where: str) -> dict:
+    """Refuse unknown keywords (a typo would otherwise be ignored) and fold ``topk`` into ``top_k``."""
+    unknown = sorted(set(options) - set(CALL_OPTIONS) - set(_NO_EFFECT) - {"topk"})
+    if unknown:
+        raise SquadkitError(f"unknown keyword argument(s) {where}: {', '.join(unknown)} "
+                            f"(known: {', '.join(CALL_OPTIONS)})", param=unknown[0])
+    options = {k: v for k, v in options.items() if k not in _NO_EFFECT and v is not None}
+    if "topk" in options:
+        options.setdefault("top_k", options.pop("topk"))
+    return options
+
+
+def check_options(top_k: int | None = None, max_answer_len: int | None = None, doc_stride: int | None = None,
+                  max_seq_len: int | None = None, max_question_len: int | None = None, batch_size: int | None = None,
+                  null_score_diff_threshold: float | None = None, **_ignored) -> None:
+    """Validate the pipeline's options (a one-line ValueError naming the keyword), before any model loads."""
     from .features import WindowSettings
 
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise SquadkitError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if not isinstance(max_answer_len, int) or isinstance(max_answer_len, bool) or max_answer_len < 1:
-        raise SquadkitError(f"max_answer_len must be an integer >= 1, got {max_answer_len!r}")
-    return WindowSettings("pipeline", max_seq_len, doc_stride, max_question_len).validate()
+    for name, value in (("top_k", top_k), ("max_answer_len", max_answer_len), ("batch_size", batch_size),
+                        ("max_seq_len", max_seq_len), ("max_question_len", max_question_len)):
+        if value is not None:
+            defaults.check_positive_int(value, name)
+    if doc_stride is not None:
+        defaults.check_positive_int(doc_stride, "doc_stride", minimum=0)
+    if max_seq_len is not None:
+        WindowSettings("pipeline", max_seq_len, doc_stride, max_question_len or defaults.MAX_QUERY_LENGTH).validate()
+    if null_score_diff_threshold is not None and (isinstance(null_score_diff_threshold, bool) or not isinstance(
+            null_score_diff_threshold, (int, float)) or not math.isfinite(null_score_diff_threshold)):
+        raise SquadkitError(f"null_score_diff_threshold must be a finite number, got {null_score_diff_threshold!r}",
+                            param="null_score_diff_threshold")
 
 
 class QuestionAnswerer:
@@ -78,6 +109,8 @@ class QuestionAnswerer:
 
     ``model`` is a hub id, a checkpoint folder, an exported ONNX folder (served by ONNX
     Runtime without being told) or an in-memory transformers model with its ``tokenizer``.
+    Keyword options (``top_k``, ``max_seq_len``, ``handle_impossible_answer``, ...) become the
+    defaults of every call. ``precision``, ``threads`` and ``providers`` go to ONNX Runtime.
     """
 
     def __init__(
@@ -88,124 +121,111 @@ class QuestionAnswerer:
         backend: str = "auto",
         device: str | int | None = None,
         dtype: str | None = None,
-        batch_size: int = 8,
         trust_remote_code: bool = False,
         revision: str | None = None,
-        **backend_options,
+        precision: str = "auto",
+        threads: int | None = None,
+        providers: list | None = None,
+        **options,
     ) -> None:
-        from .models import load_model
+        from .backends import load_model
 
+        self.options = _check_keywords(options, "to the pipeline")
+        check_options(**self.options)
         self.model = load_model(
-            model, tokenizer, backend=backend, device=device, dtype=dtype,
-            trust_remote_code=trust_remote_code, revision=revision, **backend_options,
+            model, tokenizer, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+            revision=revision, precision=precision, threads=threads, providers=providers,
         )
         self.tokenizer = self.model.tokenizer
-        self.batch_size = batch_size
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.settings_in_force()  # refuse now what every call would refuse (e.g. windows too long)
 
     # the transformers pipeline's public attributes, for code written against it
     @property
     def device(self) -> str:
         return getattr(self.model, "device", "cpu")
 
-    def __call__(
-        self,
-        *args,
-        question: str | Sequence[str] | None = None,
-        context: str | Sequence[str] | None = None,
-        top_k: int = 1,
-        topk: int | None = None,
-        doc_stride: int | None = None,
-        max_answer_len: int = 15,
-        max_seq_len: int | None = None,
-        max_question_len: int = 64,
-        handle_impossible_answer: bool = False,
-        align_to_words: bool = True,
-        batch_size: int | None = None,
-        **kwargs,
-    ):
+    @property
+    def batch_size(self) -> int:
+        return self.settings_in_force().values["batch_size"]
+
+    def settings_in_force(self, **call_options) -> SettingsInForce:
+        """Each answering option's value for a call with ``call_options``, and where it came from:
+        the call or the pipeline's construction ("argument"), the model folder, or the default."""
+        from .checkpoint import check_window_fits
+
+        given = {**self.options, **_check_keywords(call_options, "to the call")}
+        saved = self.model.settings
+        out = SettingsInForce()
+        limit = self.model.window_limit
+        out.pick("max_seq_len", given.get("max_seq_len"), saved.max_seq_length,
+                 min(limit, defaults.MAX_SEQ_LENGTH) if limit else defaults.MAX_SEQ_LENGTH, "max_seq_length")
+        out.pick("max_question_len", given.get("max_question_len"), saved.max_query_length, defaults.MAX_QUERY_LENGTH,
+                 "max_query_length")
+        # The folder's doc_stride is a step between windows (run_squad's meaning); the pipeline's
+        # is an overlap, so the pipeline keeps its own default, computed on the window in force.
+        out.pick("doc_stride", given.get("doc_stride"), None, defaults.pipeline_doc_stride(out.values["max_seq_len"]))
+        out.pick("max_answer_len", given.get("max_answer_len"), saved.max_answer_length,
+                 defaults.PIPELINE_MAX_ANSWER_LEN, "max_answer_length")
+        out.pick("handle_impossible_answer", given.get("handle_impossible_answer"), saved.version_2_with_negative,
+                 False, "version_2_with_negative")
+        out.pick("null_score_diff_threshold", given.get("null_score_diff_threshold"),
+                 saved.null_score_diff_threshold, defaults.NULL_SCORE_DIFF_THRESHOLD)
+        out.pick("top_k", given.get("top_k"), None, defaults.PIPELINE_TOP_K)
+        out.pick("align_to_words", given.get("align_to_words"), None, True)
+        on_gpu = str(self.device).startswith("cuda")
+        out.pick("batch_size", given.get("batch_size"), None, defaults.GPU_BATCH_SIZE if on_gpu else defaults.CPU_BATCH_SIZE)
+        check_options(**out.values)
+        check_window_fits(out.values["max_seq_len"], limit, f"model {self.model.name_or_path}")
+        return out
+
+    def __call__(self, *args, question: str | Sequence[str] | None = None, context: str | Sequence[str] | None = None,
+                 **options):
         """Answer one input (a dict back; a list for top_k > 1) or many (a list back)."""
-        if kwargs:
-            allowed = {"padding", "num_workers"}  # accepted for compatibility, no effect here
-            unknown = set(kwargs) - allowed
-            if unknown:
-                raise SquadkitError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-        options = dict(
-            top_k=topk if topk is not None else top_k,
-            doc_stride=doc_stride,
-            max_answer_len=max_answer_len,
-            max_seq_len=max_seq_len,
-            max_question_len=max_question_len,
-            handle_impossible_answer=handle_impossible_answer,
-            align_to_words=align_to_words,
-        )
         pairs, single = _pairs_from_call(args, question, context)
-        results = self.answer_pairs(pairs, batch_size=batch_size, **options)
-        if options["top_k"] == 1:
+        in_force = self.settings_in_force(**options).values
+        results = self.answer_pairs(pairs, **in_force)
+        if in_force["top_k"] == 1:
             results = [r[0] if r else {"score": 0.0, "start": 0, "end": 0, "answer": ""} for r in results]
         return results[0] if single else results
 
-    def answer_pairs(
-        self,
-        pairs: Iterable[tuple[str, str]],
-        *,
-        top_k: int = 1,
-        doc_stride: int | None = None,
-        max_answer_len: int = 15,
-        max_seq_len: int | None = None,
-        max_question_len: int = 64,
-        handle_impossible_answer: bool = False,
-        align_to_words: bool = True,
-        batch_size: int | None = None,
-        chunk_size: int = 256,
-    ) -> list[list[dict]]:
+    def answer_pairs(self, pairs: Iterable[tuple[str, str]], *, chunk_size: int = 256, progress=None,
+                     window_progress=None, **options) -> list[list[dict]]:
         """The ``top_k`` best answers of every (question, context) pair, best first.
 
-        Pairs are processed ``chunk_size`` at a time, and each window is reduced to its best
-        spans as soon as the model has scored it, so memory stays bounded for long inputs.
+        Options not given are those in force (see ``settings_in_force``). ``progress(n)`` is
+        called with the number of pairs finished after each chunk, ``window_progress(done, total)``
+        after each batch of windows (see ``engine.score_pairs``).
         """
         from .decode import allowed_tokens, pipeline_answers, pipeline_window_spans
-        from .features import build_windows, iter_batches
+        from .engine import score_pairs
+        from .features import WindowSettings
 
-        if max_seq_len is None:
-            max_seq_len = min(int(getattr(self.tokenizer, "model_max_length", 384) or 384), 384)
-        settings = check_options(top_k, max_answer_len, doc_stride, max_seq_len, max_question_len)
-        batch_size = batch_size or self.batch_size
-        pre_topk = top_k * 2 + 10 if align_to_words else top_k
+        o = self.settings_in_force(**options).values
+        window_settings = WindowSettings("pipeline", o["max_seq_len"], o["doc_stride"], o["max_question_len"])
+        pre_topk = o["top_k"] * 2 + 10 if o["align_to_words"] else o["top_k"]
+
+        def reduce(start, end, batch, rows):
+            allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
+            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_len"])
+
         pairs = list(pairs)
-        results: list[list[dict]] = []
-        for lo in range(0, len(pairs), chunk_size):
-            chunk = pairs[lo : lo + chunk_size]
-            questions = [q for q, _ in chunk]
-            contexts = [c for _, c in chunk]
-            windows = build_windows(self.tokenizer, questions, contexts, settings, first_example_index=lo)
-            spans = [None] * len(windows)
-            for batch in iter_batches(windows, batch_size, self._pad_id):
-                start, end = self.model.logits(batch)
-                batch_windows = [windows[i] for i in batch.window_indices]
-                allowed = allowed_tokens(batch_windows, start.shape[1]) & batch.attention_mask.astype(bool)
-                for i, s in zip(batch.window_indices, pipeline_window_spans(start, end, allowed, pre_topk, max_answer_len)):
-                    spans[i] = s
-            by_example: dict[int, list[int]] = {}
-            for i, window in enumerate(windows):
-                by_example.setdefault(window.example_index - lo, []).append(i)
-            for j, context_text in enumerate(contexts):
-                idx = by_example.get(j, [])
-                results.append(
-                    pipeline_answers(
-                        context_text,
-                        [windows[i] for i in idx],
-                        [spans[i] for i in idx],
-                        top_k=top_k,
-                        handle_impossible_answer=handle_impossible_answer,
-                        align_to_words=align_to_words,
-                    )
-                )
-        return results
+        questions = [q for q, _ in pairs]
+        contexts = [c for _, c in pairs]
+        return [
+            pipeline_answers(contexts[item.index], item.windows, item.reduced, top_k=o["top_k"],
+                             handle_impossible_answer=o["handle_impossible_answer"],
+                             align_to_words=o["align_to_words"],
+                             null_score_diff_threshold=o["null_score_diff_threshold"])
+            for item in score_pairs(self.model, questions, contexts, window_settings, reduce, o["batch_size"],
+                                    chunk_size, progress, window_progress)
+        ]
 
 
 def pipeline(task: str = "question-answering", model: Any = None, tokenizer: Any = None, **kwargs) -> QuestionAnswerer:
-    """``pipeline("question-answering", model=...)``, as in transformers; returns a QuestionAnswerer."""
+    """``pipeline("question-answering", model=...)``, as in transformers; returns a QuestionAnswerer.
+
+    Keyword options are the defaults of every call (``pipeline(..., top_k=3)``).
+    """
     if task not in TASK_NAMES:
-        raise SquadkitError(f"squadkit only provides the 'question-answering' task, got {task!r}")
+        raise SquadkitError(f"squadkit only provides the 'question-answering' task, got {task!r}", param="task")
     return QuestionAnswerer(model, tokenizer, **kwargs)

@@ -13,10 +13,12 @@ Under ``torchrun`` / ``accelerate launch`` each process predicts a shard of the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from . import defaults
+from .checkpoint import SettingsInForce, check_window_fits
 from .decode import (
     NBestEntry,
     SquadPrediction,
@@ -25,7 +27,7 @@ from .decode import (
     squad_window_nbest,
 )
 from .errors import SquadkitError
-from .features import WindowSettings, build_windows, iter_batches
+from .features import WindowSettings
 from .io import atomic_write_json
 
 
@@ -33,26 +35,66 @@ from .io import atomic_write_json
 class SquadDecodeSettings:
     """run_squad's evaluation flags, with its defaults."""
 
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    n_best_size: int = 20
-    max_answer_length: int = 30
-    null_score_diff_threshold: float = 0.0
+    max_seq_length: int = defaults.MAX_SEQ_LENGTH
+    doc_stride: int = defaults.DOC_STRIDE
+    max_query_length: int = defaults.MAX_QUERY_LENGTH
+    n_best_size: int = defaults.N_BEST_SIZE
+    max_answer_length: int = defaults.MAX_ANSWER_LENGTH
+    null_score_diff_threshold: float = defaults.NULL_SCORE_DIFF_THRESHOLD
     version_2_with_negative: bool = True
     legacy: bool = False
     do_lower_case: bool = False
 
     def validate(self) -> "SquadDecodeSettings":
-        for name in ("n_best_size", "max_answer_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SquadkitError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_best_size", "max_answer_length", "max_seq_length", "max_query_length", "doc_stride"):
+            defaults.check_positive_int(getattr(self, name), name)
         self.window_settings().validate()
         return self
 
     def window_settings(self) -> WindowSettings:
         return WindowSettings("legacy" if self.legacy else "squad", self.max_seq_length, self.doc_stride, self.max_query_length)
+
+
+def decode_settings_for(model, dataset=None, ignore_saved_threshold: bool = False,
+                        **explicit) -> tuple[SquadDecodeSettings, SettingsInForce, list[str]]:
+    """The decode settings for ``model``: each explicit value (not None), else the model folder's,
+    else run_squad's default; with where each came from, and notes worth telling the user.
+
+    ``version_2_with_negative`` not given: SQuAD v1.1 data (no unanswerable question, version
+    1.x) is predicted without the empty answer, with a note; else the folder's, else True.
+    """
+    unknown = set(explicit) - {f.name for f in fields(SquadDecodeSettings)}
+    if unknown:
+        raise SquadkitError(f"unknown decode option(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+    saved = model.settings
+    out = SettingsInForce()
+    notes = []
+    out.pick("max_seq_length", explicit.get("max_seq_length"), saved.max_seq_length, defaults.MAX_SEQ_LENGTH)
+    out.pick("doc_stride", explicit.get("doc_stride"), saved.doc_stride, defaults.DOC_STRIDE)
+    out.pick("max_query_length", explicit.get("max_query_length"), saved.max_query_length, defaults.MAX_QUERY_LENGTH)
+    out.pick("n_best_size", explicit.get("n_best_size"), None, defaults.N_BEST_SIZE)
+    out.pick("max_answer_length", explicit.get("max_answer_length"), saved.max_answer_length, defaults.MAX_ANSWER_LENGTH)
+    out.pick("null_score_diff_threshold", explicit.get("null_score_diff_threshold"),
+             None if ignore_saved_threshold else saved.null_score_diff_threshold, defaults.NULL_SCORE_DIFF_THRESHOLD)
+    v1_data = dataset is not None and _is_v1_data(dataset)
+    if explicit.get("version_2_with_negative") is None and v1_data:
+        out.values["version_2_with_negative"], out.sources["version_2_with_negative"] = False, "data (SQuAD v1.1)"
+        notes.append(f"{getattr(dataset, 'path', None) or 'the data'} is SQuAD v1.1 (no unanswerable questions): "
+                     f"predicting without the empty answer (--version-2-with-negative to allow it)")
+    else:
+        out.pick("version_2_with_negative", explicit.get("version_2_with_negative"), saved.version_2_with_negative, True)
+    out.pick("legacy", explicit.get("legacy"), None, False)
+    out.pick("do_lower_case", explicit.get("do_lower_case"), saved.do_lower_case, False)
+    settings = SquadDecodeSettings(**out.values).validate()
+    check_window_fits(settings.max_seq_length, getattr(model, "window_limit", None),
+                      f"model {getattr(model, 'name_or_path', '')}".strip(), param="max_seq_length")
+    return settings, out, notes
+
+
+def _is_v1_data(dataset) -> bool:
+    version = (getattr(dataset, "version", None) or "").lstrip("vV")
+    fmt = getattr(dataset, "format", "")
+    return not any(e.is_impossible for e in dataset.examples) and (fmt == "squad-v1.1" or version.startswith("1"))
 
 
 @dataclass
@@ -90,53 +132,41 @@ def predict_squad(
     model,
     examples: Sequence,
     settings: SquadDecodeSettings = SquadDecodeSettings(),
-    batch_size: int = 32,
+    batch_size: int = defaults.CPU_BATCH_SIZE,
     shard: tuple[int, int] | None = None,
     chunk_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> SquadPredictions:
     """Predict answers for SQuAD examples (objects with ``id``, ``question`` and ``context``).
 
-    ``model`` is anything ``squadkit.models.load_model`` returns. ``progress(n)`` is called
+    ``model`` is anything ``squadkit.backends.load_model`` returns. ``progress(n)`` is called
     with the number of questions finished after each chunk.
     """
+    from .engine import score_pairs
+
     settings.validate()
-    tokenizer = model.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    window_settings = settings.window_settings()
+    defaults.check_positive_int(batch_size, "batch_size")
     if shard is not None:
         rank, world = shard
         examples = examples[rank::world]
+    legacy = settings.legacy
+
+    def reduce(start, end, batch, rows):
+        widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]
+        return squad_window_nbest(start, end, widths, settings.n_best_size)
+
     out = SquadPredictions()
-    for lo in range(0, len(examples), chunk_size):
-        chunk = examples[lo : lo + chunk_size]
-        windows = build_windows(tokenizer, [e.question for e in chunk], [e.context for e in chunk], window_settings)
-        nbests = [None] * len(windows)
-        for batch in iter_batches(windows, batch_size, pad_id):
-            start, end = model.logits(batch)
-            widths = [windows[i].input_ids.shape[0] if settings.legacy else windows[i].length for i in batch.window_indices]
-            for i, nb in zip(batch.window_indices, squad_window_nbest(start, end, widths, settings.n_best_size)):
-                nbests[i] = nb
-        by_example: dict[int, list[int]] = {}
-        for i, window in enumerate(windows):
-            by_example.setdefault(window.example_index, []).append(i)
-        for j, example in enumerate(chunk):
-            idx = by_example.get(j, [])
-            text_of_span = squad_text_recoverer(tokenizer, example.context, settings.do_lower_case)
-            out.add(
-                example.id,
-                squad_prediction(
-                    [windows[i] for i in idx],
-                    [nbests[i] for i in idx],
-                    text_of_span,
-                    n_best_size=settings.n_best_size,
-                    max_answer_length=settings.max_answer_length,
-                    version_2_with_negative=settings.version_2_with_negative,
-                    null_score_diff_threshold=settings.null_score_diff_threshold,
-                ),
-            )
-        if progress is not None:
-            progress(len(chunk))
+    questions = [e.question for e in examples]
+    contexts = [e.context for e in examples]
+    for item in score_pairs(model, questions, contexts, settings.window_settings(), reduce, batch_size, chunk_size,
+                            progress):
+        example = examples[item.index]
+        text_of_span = squad_text_recoverer(model.tokenizer, example.context, settings.do_lower_case)
+        out.add(example.id, squad_prediction(
+            item.windows, item.reduced, text_of_span, n_best_size=settings.n_best_size,
+            max_answer_length=settings.max_answer_length, version_2_with_negative=settings.version_2_with_negative,
+            null_score_diff_threshold=settings.null_score_diff_threshold,
+        ))
     return out
 
 
@@ -182,14 +212,6 @@ def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, 
 EVAL_RESULTS_FILE = "eval_results.json"
 
 
-def resolve_threshold(model, given: float | None, ignore_saved: bool) -> float:
-    """The null-score threshold to use: the flag, else the one saved beside the model, else 0.0."""
-    if given is not None:
-        return float(given)
-    saved = None if ignore_saved else model.settings.get("null_score_diff_threshold")
-    return float(saved) if saved is not None else 0.0
-
-
 def evaluate_predictions(dataset, preds: SquadPredictions, threshold: float) -> dict:
     """The official metric on ``preds``, with the real null odds as na-probs.
 
@@ -209,25 +231,30 @@ def run_predict(
     backend: str = "auto",
     batch_size: int | None = None,
     device: str | None = None,
-    null_score_diff_threshold: float | None = None,
     ignore_saved_threshold: bool = False,
     strict: bool = False,
     show_progress: bool = False,
+    note: Callable[[str], None] | None = None,
     **decode_options,
 ) -> dict | None:
     """``squadkit predict``: load model and data, predict, write the files, score when possible.
 
-    Under ``torchrun`` or ``accelerate launch`` every process predicts its shard of the
-    questions; the main process gathers the shards and writes one merged set of files.
-    Returns the metric's results (or a summary without gold answers) on the main process,
-    None on the others.
+    Decode options not given (None) come from the model folder's settings, else run_squad's
+    defaults (see ``decode_settings_for``). Under ``torchrun`` or ``accelerate launch`` every
+    process predicts its shard of the questions; the main process gathers the shards and writes
+    one merged set of files. Returns the metric's results (or a summary without gold answers) on
+    the main process, None on the others. ``note(text)`` receives notes for the user.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
+    from .backends import check_backend, load_model
     from .data import load_squad
-    from .models import load_model
+    from .progress import ProgressLines
 
+    check_backend(backend)
+    if batch_size is not None:
+        defaults.check_positive_int(batch_size, "batch_size")
     dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
     # cpu=True where no GPU will be used: accelerate only forms a CPU (gloo) process group under
     # torchrun / accelerate launch when told so; otherwise every process would predict everything.
@@ -235,19 +262,23 @@ def run_predict(
     if device is None and state.num_processes > 1:
         device = str(state.device)
     qa_model = load_model(model, backend=backend, device=device)
+    settings, _, notes = decode_settings_for(qa_model, dataset, ignore_saved_threshold, **decode_options)
     if batch_size is None:  # small length-sorted batches are fastest on a CPU (benchmarks/bench_cpu.py)
-        batch_size = 64 if str(getattr(qa_model, "device", "cpu")).startswith("cuda") else 8
-    threshold = resolve_threshold(qa_model, null_score_diff_threshold, ignore_saved_threshold)
-    settings = SquadDecodeSettings(null_score_diff_threshold=threshold, **decode_options).validate()
+        on_gpu = str(getattr(qa_model, "device", "cpu")).startswith("cuda")
+        batch_size = defaults.GPU_BATCH_SIZE if on_gpu else defaults.CPU_BATCH_SIZE
+    if note is not None and state.is_main_process:
+        for text in notes:
+            note(text)
     examples = dataset.examples
     shard = (state.process_index, state.num_processes) if state.num_processes > 1 else None
     total = len(examples[shard[0] :: shard[1]]) if shard else len(examples)
 
-    progress_cb, finish = _progress(total, show_progress and state.is_main_process)
+    progress = ProgressLines("predict", total) if (show_progress and state.is_main_process) else None
     try:
-        preds = predict_squad(qa_model, examples, settings, batch_size=batch_size, shard=shard, progress=progress_cb)
+        preds = predict_squad(qa_model, examples, settings, batch_size=batch_size, shard=shard, progress=progress)
     finally:
-        finish()
+        if progress is not None:
+            progress.close()
     if shard is not None:
         parts = gather_object([preds])
         if not state.is_main_process:
@@ -256,7 +287,7 @@ def run_predict(
     paths = write_prediction_files(preds, output_dir)
     has_gold = any(e.answers for e in examples)
     if has_gold:
-        results = evaluate_predictions(dataset, preds, threshold)
+        results = evaluate_predictions(dataset, preds, settings.null_score_diff_threshold)
         atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
         return results
     return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
@@ -267,15 +298,3 @@ def _cpu_only(device) -> bool:
     import torch
 
     return not torch.cuda.is_available() or (device is not None and str(device).startswith("cpu"))
-
-
-def _progress(total: int, enabled: bool):
-    """A rich progress bar on a terminal; no-ops elsewhere."""
-    if not enabled:
-        return None, lambda: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = bar.add_task("predict", total=total)
-    bar.start()
-    return (lambda n: bar.advance(task, n)), bar.stop

@@ -54,6 +54,7 @@ from .errors import SquadkitError, first_line
 
 try:  # the serve extra: pip install "squadkit[serve]"
     from fastapi import FastAPI, Request
+    from fastapi_offline import FastAPIOffline
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -84,7 +85,7 @@ class ServeSettings:
     port: int = 8000
     backend: str = "auto"  # used when the app is given a model name or folder
     device: Optional[str] = None
-    threads: Optional[int] = None  # torch intra-op threads for this process (serve() only); None: torch's default
+    threads: Optional[int] = None  # intra-op threads: ONNX Runtime's session; torch's for this process (serve() only)
     max_batch_size: int = 16  # pairs per micro-batch, and windows per forward pass
     max_wait_ms: float = 5.0  # how long the oldest waiting pair may wait for others to join it
     max_queue: int = 256  # pairs admitted but not yet being answered; beyond it, 503
@@ -320,15 +321,16 @@ def request_models(settings: ServeSettings) -> tuple[type[BaseModel], type[BaseM
         question: Annotated[StrictStr, Field(min_length=1, max_length=settings.max_question_chars)]
         context: Annotated[StrictStr, Field(min_length=1, max_length=settings.max_context_chars)]
         top_k: Annotated[StrictInt, Field(ge=1, le=settings.max_top_k)] = 1
-        handle_impossible_answer: StrictBool = False
-        max_answer_len: Annotated[StrictInt, Field(ge=1, le=MAX_ANSWER_LEN_LIMIT)] = 15
+        # None: the model folder's setting (squadkit.json), else the pipeline's default
+        handle_impossible_answer: Optional[StrictBool] = None
+        max_answer_len: Optional[Annotated[StrictInt, Field(ge=1, le=MAX_ANSWER_LEN_LIMIT)]] = None
 
         @field_validator("question", "context")
         @classmethod
         def not_blank(cls, value: str) -> str:
             return _not_blank(value)
 
-        def pair(self) -> tuple[str, str, tuple[int, bool, int]]:
+        def pair(self) -> tuple[str, str, tuple[int, Optional[bool], Optional[int]]]:
             return self.question, self.context, (self.top_k, self.handle_impossible_answer, self.max_answer_len)
 
     class BatchRequest(BaseModel):
@@ -426,12 +428,23 @@ class ServerState:
 
 
 def _as_pipeline(qa_or_model: Any, settings: ServeSettings) -> Any:
-    """A QuestionAnswerer (or anything callable like one) from what create_app was given."""
+    """A QuestionAnswerer (or anything callable like one) from what create_app was given.
+
+    ``settings.threads`` goes to the backend: ONNX Runtime's intra-op pool, or torch's threads."""
     from .pipeline import QuestionAnswerer
 
     if callable(qa_or_model) and hasattr(qa_or_model, "answer_pairs"):
         return qa_or_model
-    return QuestionAnswerer(qa_or_model, backend=settings.backend, device=settings.device)
+    return QuestionAnswerer(qa_or_model, backend=settings.backend, device=settings.device, threads=settings.threads)
+
+
+def _model_settings(qa: Any) -> dict:
+    """The answering settings in force for a request that sets none, and where each came from."""
+    if qa is None or not hasattr(qa, "settings_in_force"):
+        return {}
+    saved = getattr(qa.model, "settings", None)
+    return {"in_force": qa.settings_in_force().as_dict(),
+            "saved": saved.to_json() if saved is not None and not saved.is_empty() else None}
 
 
 def _model_name(qa_or_model: Any) -> str:
@@ -486,7 +499,7 @@ def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None) -> Fa
             if state.batcher is not None:
                 await state.batcher.drain()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with Swagger UI's files served from the package, not a CDN
         title="squadkit",
         version=_version(),
         description="Extractive question answering in the SQuAD v2 style. Requests that arrive together "
@@ -563,7 +576,7 @@ def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None) -> Fa
             "stats": {"micro_batches": getattr(state.batcher, "batches_run", 0),
                       "pairs_answered": getattr(state.batcher, "pairs_answered", 0),
                       "queued": getattr(state.batcher, "queued", 0)},
-            "model_settings": dict(getattr(model, "settings", {}) or {}),
+            "model_settings": _model_settings(state.qa),
             "settings": settings.public(),
             "squadkit_version": _version(),
         }
@@ -623,15 +636,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _check_model_path(model: Any) -> None:
-    """A name that is clearly a path (./x, /x, ~/x) must exist: fail fast rather than ask the Hub."""
-    if isinstance(model, (str, os.PathLike)):
-        text = str(model)
-        if text.startswith((".", "~")) or Path(text).is_absolute():
-            if not Path(text).expanduser().exists():
-                raise SquadkitError(f"{text}: model folder not found")
-
-
 def _uvicorn_server(app: FastAPI, settings: ServeSettings) -> Any:
     import uvicorn
 
@@ -657,11 +661,10 @@ def serve(qa_or_model: Any = None, settings: Optional[ServeSettings] = None, **o
     """
     import sys
 
-    from .models import DEFAULT_MODEL
+    from .defaults import DEFAULT_MODEL
 
     settings = dataclasses.replace(settings or ServeSettings(), **overrides).validate()
     qa_or_model = DEFAULT_MODEL if qa_or_model is None else qa_or_model
-    _check_model_path(qa_or_model)
     sock = bind_socket(settings.host, settings.port)
     try:
         _set_threads(settings.threads)

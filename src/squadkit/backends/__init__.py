@@ -1,0 +1,89 @@
+"""Backends: a loaded QA model that turns a padded batch of windows into start and end logits.
+
+Everything around a backend (windows, batching, decoding) is shared, so both give the same
+answers. ``load_model`` picks one: ONNX Runtime for an exported folder, torch otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..checkpoint import ModelSettings
+from ..defaults import DEFAULT_MODEL
+from ..errors import SquadkitError
+from ..features import Batch
+
+BACKENDS = ("auto", "torch", "onnx")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class QAModel(Protocol):
+    """What the rest of squadkit needs from a model: a tokenizer, its folder's settings and logits."""
+
+    tokenizer: Any
+    name_or_path: str
+    backend: str
+    device: str
+    settings: ModelSettings
+    window_limit: int | None  # the longest window the model can take, in tokens
+
+    @property
+    def input_names(self) -> tuple[str, ...]: ...
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """float32 start and end logits, each (batch, width)."""
+        ...
+
+
+def is_onnx_folder(path: str | os.PathLike) -> bool:
+    from .onnx import FP32_FILE, INT8_FILE
+
+    p = Path(path).expanduser()
+    return p.is_dir() and ((p / FP32_FILE).is_file() or (p / INT8_FILE).is_file())
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SquadkitError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}", param="backend")
+    return backend
+
+
+def load_model(
+    model: Any = None,
+    tokenizer=None,
+    backend: str = "auto",
+    device: str | int | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    providers: list | None = None,
+) -> QAModel:
+    """Any QA model squadkit can run: a hub id, a checkpoint folder, an exported ONNX folder,
+    or an already loaded transformers model (with its tokenizer).
+
+    ``backend="auto"`` picks ONNX Runtime for an exported folder and torch otherwise.
+    ``precision``, ``threads`` and ``providers`` are ONNX Runtime's (torch's threads are process-wide:
+    ``torch.set_num_threads``, which ``squadkit serve --threads`` calls).
+    """
+    check_backend(backend)
+    if model is None:
+        model = DEFAULT_MODEL
+    if hasattr(model, "logits") and hasattr(model, "tokenizer") and hasattr(model, "backend"):
+        return model  # already a squadkit model
+    if not isinstance(model, (str, os.PathLike)):
+        from .torch import wrap_torch_model
+
+        return wrap_torch_model(model, tokenizer, device)
+    if backend == "onnx" or (backend == "auto" and (is_onnx_folder(model) or os.fspath(model).endswith(".onnx"))):
+        from .onnx import load_onnx_model
+
+        return load_onnx_model(model, tokenizer=tokenizer, precision=precision, threads=threads, providers=providers)
+    from .torch import load_torch_model
+
+    return load_torch_model(model, tokenizer, device, dtype, trust_remote_code, revision)

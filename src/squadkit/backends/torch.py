@@ -1,0 +1,133 @@
+"""The torch backend: a transformers ``AutoModelForQuestionAnswering`` on a torch device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import (
+    ModelSettings,
+    check_head_loaded,
+    check_qa_checkpoint,
+    config_window_limit,
+    hub_error,
+    load_config,
+    load_tokenizer,
+    quiet_transformers,
+    read_settings,
+    resolve_model_source,
+)
+from ..errors import SquadkitError
+from ..features import Batch
+
+DTYPES = ("fp32", "bf16", "fp16", "auto")
+
+
+def pick_device(device: str | int | None = None) -> str:
+    """'cuda' when a GPU is there and none was asked for; ints mean a CUDA index, -1 the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, int):
+        return "cpu" if device < 0 else f"cuda:{device}"
+    return str(device)
+
+
+@dataclass
+class TorchQAModel:
+    """A transformers QA model on a torch device, with its tokenizer and folder settings."""
+
+    model: Any
+    tokenizer: Any
+    name_or_path: str
+    device: str = "cpu"
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    window_limit: int | None = None
+    backend: str = "torch"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        names = tuple(n for n in self.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids"))
+        return names if "input_ids" in names else ("input_ids", "attention_mask")
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names and batch.token_type_ids is not None:
+            arrays["token_type_ids"] = batch.token_type_ids
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
+            out = self.model(**inputs)
+            start = out.start_logits.float().cpu().numpy()
+            end = out.end_logits.float().cpu().numpy()
+        return start, end
+
+
+def _torch_dtype(dtype: str | None):
+    import torch
+
+    table = {None: None, "auto": "auto", "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise SquadkitError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}", param="dtype")
+    return table[dtype]
+
+
+def load_torch_model(
+    name_or_path: str | os.PathLike,
+    tokenizer=None,
+    device: str | int | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> TorchQAModel:
+    """Load a QA checkpoint (hub id or folder) and its tokenizer for inference.
+
+    Refuses, before loading weights, a path that does not exist, an unreachable hub id, and a
+    checkpoint saved without a QA head; after loading, a checkpoint whose QA head was missing.
+    """
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    torch_dtype = _torch_dtype(dtype)
+    source = resolve_model_source(name_or_path, revision)
+    config = load_config(source, trust_remote_code, revision)
+    check_qa_checkpoint(config, source.name)
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForQuestionAnswering.from_pretrained(
+                source.name, config=config, trust_remote_code=trust_remote_code, revision=revision,
+                output_loading_info=True, **source.hub_kwargs(), **kwargs,
+            )
+    except (OSError, ValueError) as exc:
+        raise hub_error(source.name, exc) from None
+    check_head_loaded(list(info.get("missing_keys", [])), source.name)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=revision)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=trust_remote_code)
+    device = pick_device(device)
+    model.to(device).eval()
+    settings = read_settings(source.name if source.is_local else None)
+    return TorchQAModel(model, tokenizer, source.name, device, settings, config_window_limit(config, tokenizer))
+
+
+def wrap_torch_model(model, tokenizer, device: str | int | None = None) -> TorchQAModel:
+    """An in-memory transformers QA model (and its tokenizer, or a tokenizer folder) as a backend."""
+    if tokenizer is None:
+        raise SquadkitError("pass the tokenizer along with an in-memory model", param="tokenizer")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(str(tokenizer))
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") or type(model).__name__
+    dev = str(next(model.parameters()).device) if device is None else pick_device(device)
+    model.to(dev).eval()
+    settings = read_settings(name if name and Path(name).is_dir() else None)
+    return TorchQAModel(model, tokenizer, name, dev, settings, config_window_limit(config, tokenizer))

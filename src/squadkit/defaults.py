@@ -1,0 +1,41 @@
+"""Every default of squadkit's answering and training settings, defined once.
+
+A leaf module (it imports nothing of squadkit), so that windows, decoding, the model folder's
+settings, the pipeline, ``predict``, ``train`` and the CLI all read the same numbers.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "mrm8488/roberta-base-1B-1-finetuned-squadv2"  # the model card's checkpoint
+
+# run_squad's window and decoding defaults (squad mode; also what `train` uses)
+MAX_SEQ_LENGTH = 384  # tokens per window
+DOC_STRIDE = 128  # squad mode: step between window starts
+MAX_QUERY_LENGTH = 64  # question tokens kept
+MAX_ANSWER_LENGTH = 30  # tokens, squad mode (run_squad's --max_answer_length)
+N_BEST_SIZE = 20
+NULL_SCORE_DIFF_THRESHOLD = 0.0
+
+# transformers' question-answering pipeline defaults (pipeline mode)
+PIPELINE_MAX_ANSWER_LEN = 15  # tokens
+PIPELINE_TOP_K = 1
+
+
+def pipeline_doc_stride(max_seq_len: int) -> int:
+    """The pipeline's default overlap between neighbouring windows: min(max_seq_len // 2, 128)."""
+    return min(max_seq_len // 2, DOC_STRIDE)
+
+
+# batch sizes for answering, from benchmarks/bench_cpu.py (see the README's speed table)
+CPU_BATCH_SIZE = 8
+GPU_BATCH_SIZE = 64
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (bools refused), else a one-line SquadkitError naming ``name``."""
+    from .errors import SquadkitError
+
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SquadkitError(f"{name} must be {what}, got {value!r}", param=name)
+    return value

@@ -1,0 +1,56 @@
+"""The model card (README.md) that ``train`` writes beside the model, in the shape of the card's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint import SETTINGS_FILE, ModelSettings
+from .config import TrainConfig
+
+
+def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path | None, results: dict | None,
+               stats: dict | None, global_step: int, settings: ModelSettings) -> str:
+    """Base model, data, the command, the results, and how the saved settings are used (true to the code)."""
+    name = Path(config.output_dir).name
+    v2 = config.version_2_with_negative
+    lines = [f"# {name}", "", f"`{config.model_name_or_path}` fine-tuned for extractive question answering "
+             f"(SQuAD{' v2' if v2 else ''} style) with `squadkit train`.", "",
+             "## Details of the language model", "", f"Base model: `{config.model_name_or_path}`", "",
+             "## Details of the downstream task (Q&A) - Dataset", ""]
+    if train_path is not None:
+        lines.append(f"- train: `{train_path.name}`" + (
+            f" ({stats['examples_used']} questions used of {stats['examples']}, {stats['windows']} windows)"
+            if stats else ""))
+    if predict_path is not None:
+        lines.append(f"- dev: `{predict_path.name}`")
+    lines += ["", "## Model training", "", f"Trained for {global_step} steps with:", "", "```bash",
+              config.as_command(), "```", ""]
+    if results:
+        lines += ["## Results", "", "| Metric | # Value |", "| ------ | --------- |",
+                  f"| **EM** | **{results['exact']:.2f}** |", f"| **F1** | **{results['f1']:.2f}** |", "",
+                  "```json", json.dumps(results, indent=2), "```", ""]
+    threshold = settings.null_score_diff_threshold or 0.0
+    lines += [
+        "## How squadkit uses this folder", "",
+        f"`{SETTINGS_FILE}` holds what training decided, and every squadkit command reads it unless told otherwise "
+        f"by an explicit argument (`squadkit answer --explain` shows the settings in force and where each came from):",
+        "",
+        f"- windows of {config.max_seq_length} tokens, questions cut to {config.max_query_length} tokens, answers of "
+        f"at most {config.max_answer_length} tokens{', lower-cased text recovery' if config.do_lower_case else ''};",
+        f"- the null-score threshold {threshold:.4f}"
+        + (f" ({settings.null_score_diff_threshold_from})" if settings.null_score_diff_threshold_from else "") + ".",
+        "",
+        f"`squadkit predict` answers \"\" when the null score minus the best span's score exceeds {threshold:.4f} "
+        f"(run_squad's rule), with windows stepping by {config.doc_stride} tokens.",
+    ]
+    if v2:
+        lines += ["",
+                  "`squadkit answer`, `squadkit serve` and `squadkit.pipeline(...)` may answer \"\" "
+                  "(`handle_impossible_answer` is on for this model); the empty answer ranks as if its probability "
+                  f"were p_null × e^(−{threshold:.4f}), which within one window is the same rule in probabilities. "
+                  "Their windows overlap by the pipeline's default (min(max_seq_len // 2, 128) tokens)."]
+    else:
+        lines += ["", "Trained without unanswerable questions: the pipeline does not offer the empty answer "
+                      "unless asked (`handle_impossible_answer=True`)."]
+    return "\n".join(lines) + "\n"

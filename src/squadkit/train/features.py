@@ -1,0 +1,187 @@
+"""Training features: every window with its start/end labels, tokenized once and cached on disk.
+
+Windows are concatenated flat (no per-window Python objects in the loop) and padded per batch
+by the same routine answering uses. The cache file ``squadkit-features-<hash>.npz`` is keyed by
+the data file's bytes, the tokenizer's full definition and the window settings, and written
+atomically; a damaged one is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import SquadkitError
+from ..features import WindowSettings, attention_mask, build_windows, pad_rows
+from ..io import atomic_open
+from .config import warn_main
+
+FEATURES_VERSION = 1  # bump when the cached feature layout or labelling changes
+
+
+@dataclass
+class TrainFeatures:
+    """All training windows, concatenated flat (no per-window Python objects in the loop)."""
+
+    input_ids: np.ndarray  # (total_tokens,) int32, windows back to back
+    token_type_ids: np.ndarray | None  # (total_tokens,) int8
+    offsets: np.ndarray  # (n + 1,) int64: window k is [offsets[k], offsets[k + 1])
+    start_positions: np.ndarray  # (n,) int64, 0 (CLS) for no answer in this window
+    end_positions: np.ndarray
+    stats: dict
+
+    def __len__(self) -> int:
+        return len(self.start_positions)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per window (no padding)."""
+        return np.diff(self.offsets)
+
+    def batch(self, indices: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+        """Windows ``indices`` padded to the longest of them: one array per model input, padded
+        by the same routine as answering batches (``features.pad_rows``)."""
+        starts, sizes = self.offsets[indices], self.lengths[indices]
+        ids = pad_rows(self.input_ids, starts, sizes, pad_id)
+        out = {"input_ids": ids, "attention_mask": attention_mask(sizes, ids.shape[1])}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = pad_rows(self.token_type_ids, starts, sizes, 0)
+        out["start_positions"] = self.start_positions[indices]
+        out["end_positions"] = self.end_positions[indices]
+        return out
+
+    def save(self, path: Path) -> None:
+        """Written to a temporary file and renamed: a reader never sees half a cache."""
+        with atomic_open(path, "wb") as handle:
+            np.savez(
+                handle, input_ids=self.input_ids, offsets=self.offsets, start_positions=self.start_positions,
+                end_positions=self.end_positions,
+                token_type_ids=self.token_type_ids if self.token_type_ids is not None else np.zeros(0, np.int8),
+                has_types=np.array(self.token_type_ids is not None), stats=np.array(json.dumps(self.stats)),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainFeatures":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                input_ids=z["input_ids"], token_type_ids=z["token_type_ids"] if bool(z["has_types"]) else None,
+                offsets=z["offsets"], start_positions=z["start_positions"], end_positions=z["end_positions"],
+                stats=json.loads(str(z["stats"])),
+            )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Everything about a fast tokenizer that changes its output: its full JSON definition."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(list(tokenizer.model_input_names)).encode())
+    return h.hexdigest()
+
+
+def features_cache_path(folder: str | os.PathLike, data_file: str | os.PathLike, tokenizer, settings: WindowSettings,
+                        version_2_with_negative: bool) -> Path:
+    """``<folder>/squadkit-features-<hash>.npz``; the hash covers data bytes, tokenizer and settings."""
+    h = hashlib.sha256(f"squadkit-features-v{FEATURES_VERSION}".encode())
+    with open(data_file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(json.dumps([asdict(settings), version_2_with_negative]).encode())
+    return Path(folder) / f"squadkit-features-{h.hexdigest()[:24]}.npz"
+
+
+def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings, version_2_with_negative: bool,
+                        source: str = "training data", chunk_size: int = 2000) -> TrainFeatures:
+    """Windows with start/end labels for the first answer of each question (as run_squad).
+
+    Answers whose text is not at their offset, and (without version_2_with_negative) questions
+    with no answer, are skipped and counted; an error when nothing usable is left.
+    """
+    kept, spans = [], []
+    mismatched, unanswerable = [], 0
+    for ex in examples:
+        if ex.answers:
+            a = ex.answers[0]
+            if ex.context[a.answer_start:a.answer_start + len(a.text)] != a.text:
+                mismatched.append(ex.id)
+                continue
+            spans.append((a.answer_start, a.answer_start + len(a.text)))
+        elif version_2_with_negative:
+            spans.append(None)
+        else:
+            unanswerable += 1
+            continue
+        kept.append(ex)
+    if not kept:
+        why = []
+        if mismatched:
+            why.append(f"{len(mismatched)} answer(s) not found in their context (first: {mismatched[0]})")
+        if unanswerable:
+            why.append(f"{unanswerable} unanswerable question(s) without --version_2_with_negative")
+        raise SquadkitError(f"{source}: no usable training examples out of {len(examples)}"
+                            + (f" ({'; '.join(why)})" if why else ""))
+    pieces = []
+    for lo in range(0, len(kept), chunk_size):
+        chunk = kept[lo:lo + chunk_size]
+        pieces.extend(build_windows(tokenizer, [e.question for e in chunk], [e.context for e in chunk], settings,
+                                    first_example_index=lo, answers=spans[lo:lo + chunk_size]))
+    lengths = np.fromiter((w.length for w in pieces), dtype=np.int64, count=len(pieces))
+    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    has_types = "token_type_ids" in tokenizer.model_input_names and all(w.token_type_ids is not None for w in pieces)
+    starts = np.fromiter((w.start_position for w in pieces), dtype=np.int64, count=len(pieces))
+    stats = {
+        "examples": len(examples), "examples_used": len(kept), "windows": len(pieces),
+        "windows_with_answer": int((starts > 0).sum()),
+        "skipped": {"answer_not_in_context": len(mismatched), "unanswerable_without_v2": unanswerable},
+        "first_skipped_ids": mismatched[:5],
+    }
+    return TrainFeatures(
+        input_ids=np.concatenate([w.input_ids for w in pieces]).astype(np.int32),
+        token_type_ids=np.concatenate([w.token_type_ids for w in pieces]).astype(np.int8) if has_types else None,
+        offsets=offsets, start_positions=starts,
+        end_positions=np.fromiter((w.end_position for w in pieces), dtype=np.int64, count=len(pieces)),
+        stats=stats,
+    )
+
+
+def load_features(config, accelerator, train_path: Path, tokenizer, result) -> TrainFeatures:
+    """Tokenize the training data once (main process), cached on disk; the others read the cache."""
+    settings = config.window_settings()
+    folder = config.features_cache_dir or config.cache_dir or str(Path(config.output_dir).resolve().parent)
+    path = features_cache_path(folder, train_path, tokenizer, settings, config.version_2_with_negative)
+    result.features_cache = path
+    cached = path.is_file() and not config.overwrite_cache
+    features = None
+    if cached:
+        try:
+            features = TrainFeatures.load(path)
+        except (OSError, ValueError, KeyError):
+            cached = False  # a damaged cache is rebuilt, never trusted
+    if features is None:
+        from ..data import load_squad
+
+        features = make_train_features(load_squad(train_path).examples, tokenizer, settings,
+                                       config.version_2_with_negative, source=str(train_path))
+    result.features_cached = cached
+    if not cached and accelerator.is_main_process:
+        try:
+            features.save(path)
+        except OSError as exc:
+            warn_main(accelerator, f"cannot write the feature cache {path}: {exc}")
+    stats = features.stats
+    result.examples_used, result.train_windows = stats["examples_used"], stats["windows"]
+    result.examples_skipped = {k: v for k, v in stats["skipped"].items() if v}
+    if stats["skipped"]["answer_not_in_context"]:
+        warn_main(accelerator, f"{train_path}: skipped {stats['skipped']['answer_not_in_context']} question(s) whose answer "
+                           f"text is not at its answer_start (first: {', '.join(stats['first_skipped_ids'])})")
+    if stats["skipped"]["unanswerable_without_v2"]:
+        warn_main(accelerator, f"{train_path}: skipped {stats['skipped']['unanswerable_without_v2']} unanswerable "
+                           f"question(s); pass --version_2_with_negative to train on them")
+    return features
