@@ -61,3 +61,8 @@ def tiny_bert(tmp_path_factory) -> Path:
     from tiny_models import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), seed=0)
+
+
+# No test contacts a hub: the Hugging Face libraries are told so before any of them is imported.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")

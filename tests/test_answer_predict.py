@@ -139,8 +139,8 @@ def test_answer_command_prints_the_pipeline_answer(tiny_bert, qa, tmp_path):
     "args,fragment",
     [
         (["--question", "", "--context", CONTEXT], "empty"),
-        (["--question", "q", "--context", CONTEXT, "--top-k", "0"], "top_k"),
-        (["--question", "q", "--context", CONTEXT, "--doc-stride", "400"], "doc_stride"),
+        (["--question", "q", "--context", CONTEXT, "--top-k", "0"], "--top-k must be a positive integer"),
+        (["--question", "q", "--context", CONTEXT, "--doc-stride", "400"], "--doc-stride (400) must be smaller"),
         (["--question", "q"], "--context"),
         (["--question", "q", "--context-file", "/nonexistent/passage.txt"], "/nonexistent/passage.txt"),
     ],

@@ -71,7 +71,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     log_one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     l1 = [r["loss"] for r in log_one if "loss" in r]
     l2 = [r["loss"] for r in log_two if "loss" in r]
-    assert len(l1) == len(l2) == 2 and all(abs(x - y) < 1e-4 for x, y in zip(l1, l2))
+    assert len(l1) == len(l2) >= 2 and all(abs(x - y) < 1e-4 for x, y in zip(l1, l2))
     # the sharded evaluation wrote one merged set of predictions, in data order, for every question
     preds_two = json.loads((tmp_path / "two" / "predictions.json").read_text())
     preds_one = json.loads((tmp_path / "one" / "predictions.json").read_text())

@@ -149,8 +149,12 @@ def pipeline_answers(
     null = {"score": min_null, "start": 0, "end": 0, "answer": ""}
     if handle_impossible_answer:
         answers.append(null)
-    null_weight = math.exp(-null_score_diff_threshold) if null_score_diff_threshold else 1.0
-    answers.sort(key=lambda a: a["score"] * null_weight if a is null else a["score"], reverse=True)
+
+    def rank(answer: dict) -> float:  # in log space: any threshold, no overflow
+        log_score = math.log(answer["score"]) if answer["score"] > 0 else -math.inf
+        return log_score - null_score_diff_threshold if answer is null else log_score
+
+    answers.sort(key=rank, reverse=True)
     return answers[:top_k]
 
 

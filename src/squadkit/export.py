@@ -66,9 +66,10 @@ def _example_inputs(input_names: tuple[str, ...], tokenizer) -> dict[str, Any]:
     import torch
 
     batch, width = 2, 16
-    low = max(int(getattr(tokenizer, "vocab_size", 100) or 100) // 4, 5)
+    vocab = int(len(tokenizer) or 100)
+    low = min(max(vocab // 4, 5), vocab - 1)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(low, low + 50, (batch, width), generator=gen)
+    ids = torch.randint(low, min(low + 50, vocab), (batch, width), generator=gen)
     mask = torch.ones(batch, width, dtype=torch.long)
     mask[1, -5:] = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

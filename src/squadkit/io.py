@@ -91,6 +91,10 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     try:
         _as_created(tmp, is_dir=True)
         yield tmp
+        # what libraries wrote inside (safetensors writes through a 0600 temporary file) as well
+        for path in tmp.rglob("*"):
+            if not path.is_symlink():
+                _as_created(path, is_dir=path.is_dir())
         replace_dir_atomically(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -146,8 +146,9 @@ def check_resume_compatible(resume: Path, group_by_length: bool) -> None:
     state = json.loads((resume / STATE_FILE).read_text(encoding="utf-8"))
     saved = bool(state.get("group_by_length", False))  # squadkit 0.1 did not group
     if saved != group_by_length:
-        raise SquadkitError(f"{resume}: that run was started with group_by_length={saved}; resume it with the same "
-                            f"setting", param="group_by_length")
+        how = ("with length-grouped batches (--group-by-length, group_by_length=True)" if saved else
+               "without length-grouped batches (--no-group-by-length, group_by_length=False)")
+        raise SquadkitError(f"{resume}: that run was started {how}; resume it with the same setting")
 
 
 def restore_training_state(resume: Path, optimizer, scheduler, accelerator, global_batch: int) -> dict:

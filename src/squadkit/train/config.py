@@ -134,6 +134,9 @@ class TrainConfig:
                                 "checkpoint-best)", param="load_best_model_at_end")
         if self.eval_steps and not self.predict_file and not self.data_dir:
             raise SquadkitError("eval_steps needs a predict_file to evaluate on", param="eval_steps")
+        if self.doc_stride >= self.max_seq_length:
+            raise SquadkitError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length "
+                                f"({self.max_seq_length})", param="doc_stride")
         self.window_settings().validate()
         return self
 
