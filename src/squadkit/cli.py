@@ -35,6 +35,9 @@ data_app = typer.Typer(help="Inspect and validate SQuAD data files.", no_args_is
 app.add_typer(data_app, name="data")
 
 
+_TYPED: dict[str, str] = {}  # flag -> the spelling the user typed (e.g. --max-seq-length -> --max_seq_length)
+
+
 def _show_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -49,6 +52,7 @@ def _main_options(
                                  help="Print squadkit's version and exit."),
 ) -> None:
     """Extractive question answering in the SQuAD v2 style: train, evaluate, answer, serve."""
+    _TYPED.clear()  # runs before the command's own flags are read
 
 
 @data_app.command("stats")
@@ -136,9 +140,6 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit with ``code``."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
-
-_TYPED: dict[str, str] = {}  # flag -> the spelling the user typed (e.g. --max-seq-length -> --max_seq_length)
 
 
 def _flag_of(func: Callable, param: str | None) -> str | None:
