@@ -52,7 +52,7 @@ def main() -> None:
         sys.exit(f"needs the real data at {data_file}")
 
     from squadkit.data import load_squad
-    from squadkit.models import load_model
+    from squadkit.backends import load_model
     from squadkit.predict import SquadDecodeSettings, predict_squad
 
     examples = load_squad(data_file).examples[: args.n]

@@ -26,7 +26,8 @@ def run_squadkit(model_path: str, out: Path, args) -> float:
         model_name_or_path=model_path, output_dir=str(out / "squadkit"), train_file=str(TRAIN), do_train=True,
         version_2_with_negative=True, max_seq_length=args.max_seq_length, doc_stride=128,
         per_gpu_train_batch_size=args.batch_size, max_steps=args.steps, save_steps=0,
-        features_cache_dir=str(out / "cache"), learning_rate=3e-5, quiet=True, logging_steps=1))
+        features_cache_dir=str(out / "cache"), learning_rate=3e-5, quiet=True, logging_steps=1,
+        group_by_length=False))  # the same batches as the Trainer below (its order is this ungrouped one)
     # steps 2..N only, as for the Trainer below (the first step pays one-off warm-up costs)
     log = [json.loads(x) for x in (out / "squadkit" / "log.jsonl").read_text().splitlines()]
     rates = [r["samples_per_second"] for r in log if "loss" in r and r["step"] > 1]
@@ -39,7 +40,7 @@ def run_trainer(model_path: str, out: Path, args) -> float:
                               TrainingArguments)
 
     from squadkit.data import load_squad
-    from squadkit.models import load_tokenizer
+    from squadkit.checkpoint import load_tokenizer
     from squadkit.train import TrainConfig, make_train_features
 
     tok = load_tokenizer(model_path)

@@ -144,3 +144,14 @@ def test_load_best_model_at_end_needs_keep_best(tmp_path):
     with pytest.raises(SquadkitError, match="load_best_model_at_end needs keep_best"):
         TrainConfig(model_name_or_path="m", output_dir=str(tmp_path), train_file="t", predict_file="d",
                     eval_steps=2, load_best_model_at_end=True, keep_best=False).validate()
+
+
+def test_an_exported_model_refuses_windows_longer_than_its_source(tiny_bert, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from squadkit.export import export_model
+
+    folder = export_model(str(tiny_bert), tmp_path / "onnx")
+    with pytest.raises(ValueError, match=r"max_seq_len=1000 is longer than .* \(512 tokens\)"):
+        QuestionAnswerer(str(folder), max_seq_len=1000)
+    line = one_error_line(cli("answer", "-m", folder, "-q", "where ?", "-c", "paris .", "--max-seq-len", 1000))
+    assert "--max-seq-len=1000" in line

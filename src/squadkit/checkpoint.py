@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .defaults import DEFAULT_MODEL  # noqa: F401  (re-exported: the model folder's default)
 from .errors import SquadkitError, first_line
 
 SETTINGS_FILE = "squadkit.json"

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import typer
 
+from . import defaults as D
 from .defaults import DEFAULT_MODEL
 from .errors import SquadkitError, first_line
 
@@ -277,10 +278,10 @@ def answer(
     null_score_diff_threshold: Optional[float] = typer.Option(
         None, "--null-score-diff-threshold",
         help="With the empty answer: it wins when log p_null - log p_span exceeds this [default: the model folder's, else 0]."),
-    max_answer_len: Optional[int] = typer.Option(None, "--max-answer-len", help="Longest answer, in tokens [default: the model folder's, else 15]."),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Tokens per window [default: the model folder's, else min(model max, 384)]."),
-    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help="Tokens shared by neighbouring windows [default: min(max_seq_len // 2, 128)]."),
-    max_question_len: Optional[int] = typer.Option(None, "--max-question-len", help="Question tokens kept [default: the model folder's, else 64]."),
+    max_answer_len: Optional[int] = typer.Option(None, "--max-answer-len", help=f"Longest answer, in tokens [default: the model folder's, else {D.PIPELINE_MAX_ANSWER_LEN}]."),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help=f"Tokens per window [default: the model folder's, else min(model max, {D.MAX_SEQ_LENGTH})]."),
+    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help=f"Tokens shared by neighbouring windows [default: min(max_seq_len // 2, {D.DOC_STRIDE})]."),
+    max_question_len: Optional[int] = typer.Option(None, "--max-question-len", help=f"Question tokens kept [default: the model folder's, else {D.MAX_QUERY_LENGTH}]."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     explain: bool = typer.Option(False, "--explain/--no-explain", help="Also print the settings in force and where each came from."),
 ) -> None:
@@ -321,11 +322,11 @@ def predict(
         help="Predict '' when null score - best span score exceeds this [default: the model folder's, else 0.0].",
     ),
     ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold/--use-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
-    n_best_size: Optional[int] = typer.Option(None, "--n-best-size", help="[default: 20]"),
-    max_answer_length: Optional[int] = typer.Option(None, "--max-answer-length", help="[default: the model folder's, else 30]"),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="[default: the model folder's, else 384]"),
-    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help="Step between window starts, as run_squad [default: the model folder's, else 128]."),
-    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help="[default: the model folder's, else 64]"),
+    n_best_size: Optional[int] = typer.Option(None, "--n-best-size", help=f"[default: {D.N_BEST_SIZE}]"),
+    max_answer_length: Optional[int] = typer.Option(None, "--max-answer-length", help=f"[default: the model folder's, else {D.MAX_ANSWER_LENGTH}]"),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help=f"[default: the model folder's, else {D.MAX_SEQ_LENGTH}]"),
+    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help=f"Step between window starts, as run_squad [default: the model folder's, else {D.DOC_STRIDE}]."),
+    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help=f"[default: the model folder's, else {D.MAX_QUERY_LENGTH}]"),
     legacy: bool = typer.Option(False, "--legacy/--no-legacy", help="Build windows and recover text exactly as run_squad did."),
     do_lower_case: Optional[bool] = typer.Option(None, "--do-lower-case/--no-do-lower-case", help="run_squad's flag: lower-cases when projecting answers back [default: the model folder's, else off].", show_default=False),
     version_2_with_negative: Optional[bool] = typer.Option(
