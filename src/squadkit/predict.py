@@ -245,10 +245,14 @@ def run_predict(
     one merged set of files. Returns the metric's results (or a summary without gold answers) on
     the main process, None on the others. ``note(text)`` receives notes for the user.
     """
+    from .backends import check_backend, load_model
+    from .checkpoint import resolve_model_source
+
+    if isinstance(model, (str, os.PathLike)):
+        resolve_model_source(model)  # a path that does not exist fails before the heavy imports
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from .backends import check_backend, load_model
     from .data import load_squad
     from .progress import ProgressLines
 

@@ -92,11 +92,11 @@ def load_torch_model(
     Refuses, before loading weights, a path that does not exist, an unreachable hub id, and a
     checkpoint saved without a QA head; after loading, a checkpoint whose QA head was missing.
     """
+    source = resolve_model_source(name_or_path, revision)  # before importing torch: a bad path fails at once
     import torch
     from transformers import AutoModelForQuestionAnswering
 
     torch_dtype = _torch_dtype(dtype)
-    source = resolve_model_source(name_or_path, revision)
     config = load_config(source, trust_remote_code, revision)
     check_qa_checkpoint(config, source.name)
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
