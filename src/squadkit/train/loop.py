@@ -484,9 +484,6 @@ def train(config: TrainConfig) -> TrainResult:
     without a QA architecture, windows longer than the model's positions or data without usable
     examples is a SquadkitError, and the output folder is left as it was.
     """
-    from transformers import AutoModelForQuestionAnswering
-    from transformers.trainer_utils import set_seed
-
     from ..checkpoint import (check_qa_architecture, check_window_fits, config_window_limit, hub_error, load_config,
                               load_tokenizer, resolve_model_source)
     from ..data import load_squad
@@ -502,14 +499,17 @@ def train(config: TrainConfig) -> TrainResult:
                      (predict_path if (config.do_eval or config.eval_steps) else None, "predict_file")):
         if p is not None and not p.is_file():
             raise SquadkitError(f"{p}: data file not found", param=param)
-    accelerator = make_accelerator(config)
     resume = resolve_resume(config, output_dir) if config.do_train else None
     if resume is not None:
         check_resume_compatible(resume, config.group_by_length)
     check_output_dir(config, output_dir, resume)
-
-    # model and tokenizer: from the checkpoint when resuming, else the base model
+    # model and tokenizer: from the checkpoint when resuming, else the base model (checked before heavy imports)
     source = resolve_model_source(str(resume) if resume is not None else config.model_name_or_path)
+
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.trainer_utils import set_seed
+
+    accelerator = make_accelerator(config)
     hub = {"cache_dir": config.cache_dir} if config.cache_dir else {}
     config_source = resolve_model_source(config.config_name, what="config") \
         if (config.config_name and resume is None) else source
