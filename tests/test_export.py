@@ -245,3 +245,15 @@ def test_bad_folder_and_options(bert_export, bert_source, tmp_path):
     with pytest.raises(SquadkitError, match="quantize"):
         export_model(bert_source, tmp_path / "x", quantize="int4")
     assert_one_line_error(cli("export", "--model", bert_source, "--output", tmp_path / "y", "--opset", "7"), "opset")
+
+
+def test_answering_batch_size_defaults_to_the_measured_best_per_backend_and_precision(bert_export, bert_source):
+    from squadkit.defaults import CPU_BATCH_SIZES
+
+    int8 = pipeline(model=bert_export)
+    fp32 = pipeline(model=bert_export, precision="fp32")
+    torch_qa = pipeline(model=bert_source, device="cpu")
+    assert int8.settings_in_force().values["batch_size"] == CPU_BATCH_SIZES[("onnx", "int8")]
+    assert fp32.settings_in_force().values["batch_size"] == CPU_BATCH_SIZES[("onnx", "fp32")]
+    assert torch_qa.settings_in_force().values["batch_size"] == CPU_BATCH_SIZES[("torch", "fp32")]
+    assert int8.settings_in_force(batch_size=5).sources["batch_size"] == "argument"

@@ -532,7 +532,8 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of the model (ONNX Runtime's session, or torch's) [default: one per core]."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; 0.0.0.0 for all)."),
     port: int = typer.Option(8000, help="Port to listen on (0 picks a free one)."),
-    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Questions answered in one forward pass (1 disables batching)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Questions answered together (1 disables batching)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: the measured best for the backend and precision]."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a question may wait for others to share its batch."),
     max_queue: int = typer.Option(256, "--max-queue", help="Questions waiting at most; beyond it 503 with Retry-After."),
     max_body_bytes: int = typer.Option(2_097_152, "--max-body-bytes", help="Largest request body; beyond it 413."),
@@ -549,6 +550,7 @@ def serve(
 
     settings = ServeSettings(
         host=host, port=port, backend=backend, device=device, threads=threads, max_batch_size=max_batch_size,
+        batch_size=batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
         max_context_chars=max_context_chars, max_question_chars=max_question_chars,
         max_batch_items=max_batch_items, max_top_k=max_top_k, request_timeout_s=request_timeout,

@@ -26,9 +26,19 @@ def pipeline_doc_stride(max_seq_len: int) -> int:
     return min(max_seq_len // 2, DOC_STRIDE)
 
 
-# batch sizes for answering, from benchmarks/bench_cpu.py (see the README's speed table)
-CPU_BATCH_SIZE = 8
+# Windows per forward pass when answering, per backend and precision, measured with
+# benchmarks/bench_cpu.py (see the README's speed table): small length-sorted batches keep the
+# work in cache on a CPU. GPU: large batches.
+CPU_BATCH_SIZES = {("torch", "fp32"): 8, ("torch", "bf16"): 8, ("onnx", "fp32"): 8, ("onnx", "int8"): 1}
+CPU_BATCH_SIZE = 8  # any other CPU combination
 GPU_BATCH_SIZE = 64
+
+
+def answer_batch_size(backend: str, precision: str, device: str) -> int:
+    """The default windows per forward pass for a model on ``device`` (see CPU_BATCH_SIZES)."""
+    if str(device).startswith("cuda"):
+        return GPU_BATCH_SIZE
+    return CPU_BATCH_SIZES.get((backend, precision), CPU_BATCH_SIZE)
 
 
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:

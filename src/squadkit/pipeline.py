@@ -151,6 +151,7 @@ class QuestionAnswerer:
     def settings_in_force(self, **call_options) -> SettingsInForce:
         """Each answering option's value for a call with ``call_options``, and where it came from:
         the call or the pipeline's construction ("argument"), the model folder, or the default."""
+        from .backends import default_batch_size
         from .checkpoint import check_window_fits
 
         given = {**self.options, **_check_keywords(call_options, "to the call")}
@@ -172,8 +173,7 @@ class QuestionAnswerer:
                  saved.null_score_diff_threshold, defaults.NULL_SCORE_DIFF_THRESHOLD)
         out.pick("top_k", given.get("top_k"), None, defaults.PIPELINE_TOP_K)
         out.pick("align_to_words", given.get("align_to_words"), None, True)
-        on_gpu = str(self.device).startswith("cuda")
-        out.pick("batch_size", given.get("batch_size"), None, defaults.GPU_BATCH_SIZE if on_gpu else defaults.CPU_BATCH_SIZE)
+        out.pick("batch_size", given.get("batch_size"), None, default_batch_size(self.model))
         check_options(**out.values)
         check_window_fits(out.values["max_seq_len"], limit, f"model {self.model.name_or_path}")
         return out

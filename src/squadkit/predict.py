@@ -245,7 +245,7 @@ def run_predict(
     one merged set of files. Returns the metric's results (or a summary without gold answers) on
     the main process, None on the others. ``note(text)`` receives notes for the user.
     """
-    from .backends import check_backend, load_model
+    from .backends import check_backend, default_batch_size, load_model
     from .checkpoint import resolve_model_source
 
     if isinstance(model, (str, os.PathLike)):
@@ -267,9 +267,8 @@ def run_predict(
         device = str(state.device)
     qa_model = load_model(model, backend=backend, device=device)
     settings, _, notes = decode_settings_for(qa_model, dataset, ignore_saved_threshold, **decode_options)
-    if batch_size is None:  # small length-sorted batches are fastest on a CPU (benchmarks/bench_cpu.py)
-        on_gpu = str(getattr(qa_model, "device", "cpu")).startswith("cuda")
-        batch_size = defaults.GPU_BATCH_SIZE if on_gpu else defaults.CPU_BATCH_SIZE
+    if batch_size is None:  # the measured best for this backend and precision (defaults.CPU_BATCH_SIZES)
+        batch_size = default_batch_size(qa_model)
     if note is not None and state.is_main_process:
         for text in notes:
             note(text)

@@ -86,7 +86,8 @@ class ServeSettings:
     backend: str = "auto"  # used when the app is given a model name or folder
     device: Optional[str] = None
     threads: Optional[int] = None  # intra-op threads: ONNX Runtime's session; torch's for this process (serve() only)
-    max_batch_size: int = 16  # pairs per micro-batch, and windows per forward pass
+    max_batch_size: int = 16  # pairs per micro-batch
+    batch_size: Optional[int] = None  # windows per forward pass; None: the measured best for the backend
     max_wait_ms: float = 5.0  # how long the oldest waiting pair may wait for others to join it
     max_queue: int = 256  # pairs admitted but not yet being answered; beyond it, 503
     max_body_bytes: int = 2_097_152  # request body (a full batch of full contexts fits); beyond it, 413
@@ -107,6 +108,8 @@ class ServeSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SquadkitError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise SquadkitError(f"batch_size must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise SquadkitError(f"threads must be an integer >= 1, got {self.threads!r}")
         if not 0 <= self.port <= 65535:
@@ -273,7 +276,7 @@ class MicroBatcher:
             inputs = [{"question": batch[i].question, "context": batch[i].context} for i in indices]
             try:
                 answers = self.qa(inputs, top_k=top_k, handle_impossible_answer=impossible,
-                                  max_answer_len=max_answer_len, batch_size=self.settings.max_batch_size)
+                                  max_answer_len=max_answer_len, batch_size=self.settings.batch_size)
             except Exception as exc:  # handed to the requests of this group only
                 answers = [exc] * len(indices)
             for i, answer in zip(indices, answers):

@@ -39,6 +39,21 @@ class QAModel(Protocol):
         ...
 
 
+def default_batch_size(model: QAModel) -> int:
+    """Windows per forward pass for ``model`` unless told: the measured best for its backend and precision."""
+    from ..defaults import answer_batch_size
+
+    return answer_batch_size(model.backend, precision_of(model), getattr(model, "device", "cpu"))
+
+
+def precision_of(model: QAModel) -> str:
+    """fp32, bf16, fp16 or int8: what the model computes in."""
+    if getattr(model, "precision", None):
+        return model.precision
+    dtype = str(getattr(getattr(model, "model", None), "dtype", "torch.float32"))
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(dtype, "fp32")
+
+
 def is_onnx_folder(path: str | os.PathLike) -> bool:
     from .onnx import FP32_FILE, INT8_FILE
 
