@@ -254,7 +254,12 @@ def evaluate_predictions(dataset, preds: SquadPredictions, threshold: float) -> 
     from .metrics import evaluate
 
     null_odds = preds.null_odds or None
-    return dict(evaluate(dataset, preds.predictions, na_probs=null_odds, na_prob_thresh=threshold, report_missing=None))
+    out = dict(evaluate(dataset, preds.predictions, na_probs=null_odds, na_prob_thresh=threshold, report_missing=None))
+    if preds.confidence:  # calibrated: how well the confidences of these predictions are calibrated
+        from .metrics import confidence_report
+
+        out["confidence"] = confidence_report(dataset, preds.predictions, preds.confidence)
+    return out
 
 
 def run_predict(
