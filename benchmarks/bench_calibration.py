@@ -82,11 +82,14 @@ def main() -> None:
     correct = np.array([cmap[q] for q in qids], float)
 
     methods = {"raw score": raw_confidence(x, abstains)}
-    conf = {name: np.zeros(len(qids)) for name in ("platt-margin", "isotonic-margin", "logistic-3 (squadkit)")}
+    names = ("platt-margin", "isotonic-margin", "logistic-3 (squadkit)")
+    conf = {name: np.zeros(len(qids)) for name in names}
+    span_conf = {"raw score": np.exp(x[:, 1]), **{name: np.zeros(len(qids)) for name in names}}
     for article in dict.fromkeys(groups.tolist()):
         test, fit = groups == article, groups != article
         cal = fit_calibrator(x[fit], right[fit], unanswerable[fit])
         conf["logistic-3 (squadkit)"][test] = confidence_of_final(cal, x[test], abstains[test])
+        span_conf["logistic-3 (squadkit)"][test] = cal.answer_confidence(x[test])
         # margin-only Platt and isotonic: one curve for spans (target: right), one for "" (target: unanswerable)
         m, mt = x[fit, :1], x[test, :1]
         w_ans, w_abs = _fit_logistic(m, right[fit]), _fit_logistic(m, unanswerable[fit])
@@ -95,7 +98,25 @@ def main() -> None:
         iso_ans = pav(x[fit, 0], right[fit])
         iso_abs = pav(-x[fit, 0], unanswerable[fit])
         conf["isotonic-margin"][test] = np.where(abstains[test], iso_abs(-x[test, 0]), iso_ans(x[test, 0]))
+        span_conf["platt-margin"][test] = _sigmoid(w_ans[0] + mt @ w_ans[1:])
+        span_conf["isotonic-margin"][test] = iso_ans(x[test, 0])
     methods.update(conf)
+
+    # The service's policy: answer the top span when its confidence is at least P, else "" (the null
+    # threshold left out: the confidence alone decides). ECE here is that of the span confidence
+    # against "the top span is an exact match", on all questions.
+    unans = unanswerable.astype(bool)
+    selective = {}
+    for name, c in span_conf.items():
+        r = calibration_report(c, right)
+        row = {"ece_span": r["ece"]}
+        for cut in (0.5, 0.7, 0.9):
+            answered = c >= cut
+            em = np.where(answered, right, unans).mean()
+            row[f"{cut:g}"] = {"coverage": float(answered.mean()), "answered": int(answered.sum()),
+                               "precision": float(right[answered].mean()) if answered.any() else None,
+                               "exact_match": float(em)}
+        selective[name] = row
 
     rows = {}
     for name, c in methods.items():
@@ -114,7 +135,7 @@ def main() -> None:
         "exact_match_final": float(correct.mean()), "top_span_right": int(right.sum()),
         "abstentions": int(abstains.sum()), "predict_seconds": round(predict_s, 1),
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "cpu": platform.processor() or platform.machine(), "methods": rows,
+        "cpu": platform.processor() or platform.machine(), "methods": rows, "selective": selective,
     }
     print(json.dumps(result, indent=2))
     print()
@@ -129,6 +150,17 @@ def main() -> None:
             p = f"{a['precision'] * 100:.1f}%" if a["precision"] is not None else "-"
             cells.append(f"{a['coverage'] * 100:.1f}% / {p}")
         print(f"| {name} | {r['ece']:.3f} | {r['aurc']:.3f} | " + " | ".join(cells) + " |")
+    print()
+    print("Selective answering: the top span if its confidence >= P, else \"\" (EM counts \"\" right when unanswerable)")
+    print("| method | span ECE | P=0.5: answered / precision / EM | P=0.7 | P=0.9 |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, r in selective.items():
+        cells = []
+        for cut in ("0.5", "0.7", "0.9"):
+            a = r[cut]
+            p = f"{a['precision'] * 100:.1f}%" if a["precision"] is not None else "-"
+            cells.append(f"{a['coverage'] * 100:.1f}% / {p} / {a['exact_match'] * 100:.1f}%")
+        print(f"| {name} | {r['ece_span']:.3f} | " + " | ".join(cells) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
