@@ -362,6 +362,10 @@ def test_evaluate_reports_calibration_from_predicts_output(trained, dev_file, tm
     assert 0 <= report["ece"] <= 1 and sum(r["count"] for r in report["reliability"]) == 120
     assert (tmp_path / "img" / "reliability.png").stat().st_size > 0
     assert (tmp_path / "img" / "risk_coverage.png").stat().st_size > 0
+    res = runner.invoke(app, ["evaluate", str(dev_file), str(tmp_path / "p" / "predictions.json"), "--cutoffs", "0.2,0.6"])
+    assert res.exit_code == 0 and set(json.loads(res.stdout)["confidence"]["at_confidence"]) == {"0.2", "0.6"}
+    res = runner.invoke(app, ["evaluate", str(dev_file), str(tmp_path / "p" / "predictions.json"), "--cutoffs", "2"])
+    assert res.exit_code == 2 and "--cutoffs" in res.output
     # a confidence file with a value out of range is refused in one line
     (tmp_path / "bad.json").write_text(json.dumps({q: 2.0 for q in preds}))
     res = runner.invoke(app, ["evaluate", str(dev_file), str(tmp_path / "p" / "predictions.json"),

@@ -215,6 +215,9 @@ def evaluate_cmd(
         help="Calibrated confidences (id -> probability that the prediction is an exact match; predict's "
              "confidence.json, also read from beside PREDS when there): adds ECE, the reliability table, "
              "precision at 0.5/0.7/0.9 and the risk-coverage AURC under 'confidence' (images with -p)."),
+    cutoffs: str = typer.Option(
+        "0.5,0.7,0.9", "--cutoffs", metavar="P,P,...",
+        help="With confidences: the cut-offs to report precision and coverage at (comma-separated, each in [0, 1])."),
 ) -> None:
     """Score predictions with the official SQuAD v2.0 evaluation, number for number.
 
@@ -244,6 +247,12 @@ def evaluate_cmd(
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
                                  report_missing=report_missing, report_note=note)
     if confidence_file is not None:
+        try:
+            cuts = tuple(float(c) for c in cutoffs.split(",") if c.strip())
+        except ValueError:
+            cuts = ()
+        if not cuts or not all(0.0 <= c <= 1.0 for c in cuts):
+            raise SquadkitError(f"cutoffs must be comma-separated numbers in [0, 1], got {cutoffs!r}", param="cutoffs")
         from .data import load_squad
         from .errors import first_line
 
@@ -253,7 +262,7 @@ def evaluate_cmd(
             raise SquadkitError(f"{confidence_file}: cannot read the confidences: {first_line(exc)}",
                                 param="confidence_file") from None
         out["confidence"] = metrics.confidence_report(load_squad(data_file), metrics.load_predictions(pred_file),
-                                                      confidence, out_image_dir=confidence_images,
+                                                      confidence, cutoffs=cuts, out_image_dir=confidence_images,
                                                       confidence_name=str(confidence_file))
     if verbose:
         typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
