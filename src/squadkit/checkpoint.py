@@ -53,6 +53,7 @@ class ModelSettings:
     base_model: str | None = None
     training: dict | None = None  # the training run: its config, command, step (informational)
     eval: dict | None = None  # the dev results the threshold came from (informational)
+    calibration: dict | None = None  # the confidence calibrator (calibration.Calibrator.to_json()), validated on read
 
     def to_json(self) -> dict:
         body = {k: v for k, v in asdict(self).items() if v is not None}
@@ -66,6 +67,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_seq_length": (int,), "doc_stride": (int,), "max_query_length": (int,), "do_lower_case": (bool,),
     "max_answer_length": (int,), "null_score_diff_threshold": (int, float), "null_score_diff_threshold_from": (str,),
     "version_2_with_negative": (bool,), "base_model": (str,), "training": (dict,), "eval": (dict,),
+    "calibration": (dict,),
 }
 
 
@@ -104,6 +106,10 @@ def settings_from_json(data: Any, source: str) -> ModelSettings:
             names = " or ".join(t.__name__ for t in types)
             raise SquadkitError(f"{source}: field '{key}' must be {names}, got {value!r}")
         values[key] = float(value) if key == "null_score_diff_threshold" else value
+    if "calibration" in values:
+        from .calibration import Calibrator
+
+        Calibrator.from_json(values["calibration"], source)  # refuse a malformed calibrator on read
     return ModelSettings(**values)
 
 

@@ -210,6 +210,14 @@ def evaluate_cmd(
         help="Report best_exact/best_f1 and their thresholds even without --na-prob-file (all na-probs 0.0), "
              "as transformers' run_squad did; its model cards show best_exact at threshold 0.0."),
     verbose: bool = typer.Option(False, "--verbose/--quiet", "-v", help="Print a summary and the metric time on stderr."),
+    confidence_file: Optional[Path] = typer.Option(
+        None, "--confidence", "-c", metavar="FILE",
+        help="Calibrated confidences (id -> probability that the prediction is an exact match; predict's "
+             "confidence.json, also read from beside PREDS when there): adds ECE, the reliability table, "
+             "precision at 0.5/0.7/0.9 and the risk-coverage AURC under 'confidence' (images with -p)."),
+    cutoffs: str = typer.Option(
+        "0.5,0.7,0.9", "--cutoffs", metavar="P,P,...",
+        help="With confidences: the cut-offs to report precision and coverage at (comma-separated, each in [0, 1])."),
 ) -> None:
     """Score predictions with the official SQuAD v2.0 evaluation, number for number.
 
@@ -219,8 +227,15 @@ def evaluate_cmd(
 
     from . import metrics
 
+    if confidence_file is None and (pred_file.parent / "confidence.json").is_file() and \
+            pred_file.name.endswith("predictions.json"):
+        confidence_file = pred_file.parent / "confidence.json"
+        note(f"reading the confidences from {confidence_file} (predict's output beside {pred_file.name})")
+    confidence_images = out_image_dir
     if out_image_dir is not None and na_prob_file is None:
-        typer.echo("note: --out-image-dir needs --na-prob-file (as in the official script); no images written", err=True)
+        if confidence_file is None:
+            typer.echo("note: --out-image-dir needs --na-prob-file (as in the official script); no images written",
+                       err=True)
         out_image_dir = None
     missing: list[str] = []
 
@@ -231,6 +246,24 @@ def evaluate_cmd(
     start = time.perf_counter()
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
                                  report_missing=report_missing, report_note=note)
+    if confidence_file is not None:
+        try:
+            cuts = tuple(float(c) for c in cutoffs.split(",") if c.strip())
+        except ValueError:
+            cuts = ()
+        if not cuts or not all(0.0 <= c <= 1.0 for c in cuts):
+            raise SquadkitError(f"cutoffs must be comma-separated numbers in [0, 1], got {cutoffs!r}", param="cutoffs")
+        from .data import load_squad
+        from .errors import first_line
+
+        try:
+            confidence = json.loads(Path(confidence_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SquadkitError(f"{confidence_file}: cannot read the confidences: {first_line(exc)}",
+                                param="confidence_file") from None
+        out["confidence"] = metrics.confidence_report(load_squad(data_file), metrics.load_predictions(pred_file),
+                                                      confidence, cutoffs=cuts, out_image_dir=confidence_images,
+                                                      confidence_name=str(confidence_file))
     if verbose:
         typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
                    f"({len(missing)} without a prediction)", err=True)
@@ -284,6 +317,9 @@ def answer(
     max_question_len: Optional[int] = typer.Option(None, "--max-question-len", help=f"Question tokens kept [default: the model folder's, else {D.MAX_QUERY_LENGTH}]."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     explain: bool = typer.Option(False, "--explain/--no-explain", help="Also print the settings in force and where each came from."),
+    min_confidence: Optional[float] = typer.Option(
+        None, "--min-confidence", metavar="P",
+        help='Answer "" unless the calibrated confidence is at least P (0-1; needs a calibrated model: squadkit calibrate).'),
 ) -> None:
     """Answer one question about a passage (pipeline mode) and print JSON."""
     from .pipeline import QuestionAnswerer, check_options
@@ -291,7 +327,7 @@ def answer(
 
     options = dict(top_k=top_k, handle_impossible_answer=handle_impossible_answer, max_answer_len=max_answer_len,
                    max_seq_len=max_seq_len, doc_stride=doc_stride, max_question_len=max_question_len,
-                   null_score_diff_threshold=null_score_diff_threshold)
+                   null_score_diff_threshold=null_score_diff_threshold, min_confidence=min_confidence)
     check_options(**options)  # before the model loads
     text = _read_context(context, context_file)
     qa = QuestionAnswerer(model, backend=backend, device=device)
@@ -335,8 +371,13 @@ def predict(
         show_default=False),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
+    min_confidence: Optional[float] = typer.Option(
+        None, "--min-confidence", metavar="P",
+        help='Predict "" where the calibrated confidence of the best span is below P (0-1; needs a calibrated model).'),
 ) -> None:
-    """Write run_squad's prediction files for a SQuAD file (and eval_results.json when it has answers)."""
+    """Write run_squad's prediction files for a SQuAD file (and eval_results.json when it has answers).
+
+    With a calibrated model (squadkit calibrate) also confidence.json: question id -> confidence of its prediction."""
     from .predict import run_predict
 
     summary = run_predict(
@@ -345,9 +386,31 @@ def predict(
         n_best_size=n_best_size, max_answer_length=max_answer_length, max_seq_length=max_seq_length,
         doc_stride=doc_stride, max_query_length=max_query_length, legacy=legacy, do_lower_case=do_lower_case,
         version_2_with_negative=version_2_with_negative, strict=strict, show_progress=True, note=note,
+        min_confidence=min_confidence,
     )
     if summary is not None:
         print_json(summary)
+
+
+@app.command()
+@friendly_errors
+def calibrate(
+    model: str = typer.Option(..., "--model", "-m", help="A local model folder (checkpoint or ONNX export); the calibrator is saved in its squadkit.json."),
+    data: Path = typer.Option(..., "--data", "-d", help="SQuAD dev data with answers (v2.0 for the empty answer's confidence)."),
+    backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: 8 on a CPU, 64 on a GPU]."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
+    cross_fit: bool = typer.Option(True, "--cross-fit/--no-cross-fit", help="Also report out-of-fold ECE (fit on all articles but one, test on it)."),
+    strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
+) -> None:
+    """Fit the confidence calibrator on dev predictions and save it in the model folder.
+
+    Every answer of pipeline/answer/predict/serve then carries "confidence" (probability of an exact match;
+    for "" the probability that the question has no answer), and --min-confidence abstains below it."""
+    from .predict import run_calibrate
+
+    print_json(run_calibrate(model, data, backend=backend, batch_size=batch_size, device=device, strict=strict,
+                             show_progress=True, cross_fit=cross_fit, note=note))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .calibration import NO_SPAN, answer_features, apply_min_confidence, log_normalizers
 from .features import Window
 
 MASKED_LOGIT = -10000.0
@@ -44,6 +45,9 @@ class WindowSpans:
     ends: np.ndarray
     scores: np.ndarray  # float32 p_start * p_end
     null_score: float  # p_start[CLS] * p_end[CLS]
+    span_logits: np.ndarray | None = None  # float64 start + end logit of each span (for calibration)
+    null_logit: float | None = None  # start + end logit of CLS
+    log_norm: float | None = None  # log of the start and end softmax normalisers (calibration.log_normalizers)
 
 
 def allowed_tokens(windows: Sequence[Window], width: int) -> np.ndarray:
@@ -99,10 +103,15 @@ def pipeline_window_spans(
     top_scores = np.take_along_axis(top_scores, order, axis=1)
     starts, offsets = np.divmod(top, k)
     ends = starts + offsets
+    span_logits = (np.take_along_axis(start_logits, starts, axis=1).astype(np.float64)
+                   + np.take_along_axis(end_logits, np.minimum(ends, width - 1), axis=1))
+    null_logits = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
+    log_norms = log_normalizers(start_logits, end_logits, allowed)
     results = []
     for b in range(batch):
         keep = top_scores[b] > 0
-        results.append(WindowSpans(starts[b][keep], ends[b][keep], top_scores[b][keep], float(null[b])))
+        results.append(WindowSpans(starts[b][keep], ends[b][keep], top_scores[b][keep], float(null[b]),
+                                   span_logits[b][keep], float(null_logits[b]), float(log_norms[b])))
     return results
 
 
@@ -114,6 +123,8 @@ def pipeline_answers(
     handle_impossible_answer: bool = False,
     align_to_words: bool = True,
     null_score_diff_threshold: float = 0.0,
+    calibrator=None,
+    min_confidence: float | None = None,
 ) -> list[dict]:
     """Merge the windows' spans of one example into the pipeline's answers, best first.
 
@@ -125,9 +136,15 @@ def pipeline_answers(
     its reported score stays ``p_null``. Within one window, p_start and p_end share their softmax
     normalisers, so ``log p_null - log p_span`` is exactly run_squad's ``null score - span score``:
     the rule is run_squad's threshold, read in probabilities. Threshold 0 is the pipeline's order.
+
+    With a ``calibrator`` (``calibration.Calibrator``) every answer gets ``confidence``: a span's
+    from the features of its best occurrence (its highest-scoring window), the empty answer's from
+    the best-ranked span's; ``min_confidence`` then applies the abstain rule
+    (``calibration.apply_min_confidence``).
     """
     answers: list[dict] = []
     by_text: dict[str, dict] = {}
+    feats: dict[int, tuple[float, np.ndarray]] = {}  # id(answer) -> (best window score, features)
     min_null = 1000000.0
     for window, window_spans in zip(windows, spans):
         min_null = min(min_null, window_spans.null_score)
@@ -135,17 +152,24 @@ def pipeline_answers(
             char_starts, char_ends = window.word_starts, window.word_ends
         else:
             char_starts, char_ends = window.offsets[:, 0], window.offsets[:, 1]
-        for s, e, score in zip(window_spans.starts, window_spans.ends, window_spans.scores):
+        x = None
+        if calibrator is not None:
+            x = answer_features(window_spans.span_logits, window_spans.null_logit, window_spans.log_norm,
+                                window_spans.ends - window_spans.starts + 1)
+        for i, (s, e, score) in enumerate(zip(window_spans.starts, window_spans.ends, window_spans.scores)):
             start, end = int(char_starts[s]), int(char_ends[e])
             text = context[start:end]
             key = text.lower()
             existing = by_text.get(key)
             if existing is not None:
                 existing["score"] += float(score)
+                answer = existing
             else:
                 answer = {"score": float(score), "start": start, "end": end, "answer": text}
                 by_text[key] = answer
                 answers.append(answer)
+            if x is not None and (id(answer) not in feats or feats[id(answer)][0] < score):
+                feats[id(answer)] = (float(score), x[i])
     null = {"score": min_null, "start": 0, "end": 0, "answer": ""}
     if handle_impossible_answer:
         answers.append(null)
@@ -155,7 +179,18 @@ def pipeline_answers(
         return log_score - null_score_diff_threshold if answer is null else log_score
 
     answers.sort(key=rank, reverse=True)
-    return answers[:top_k]
+    if calibrator is None:
+        return answers[:top_k]
+    best_span = next((a for a in answers if a is not null), None)
+    null_x = feats[id(best_span)][1] if best_span is not None else np.asarray(NO_SPAN)
+    ranked = answers[: top_k + 1]  # enough for the abstain rule to replace one
+    spans_ = [a for a in ranked if a is not null]
+    if spans_:
+        conf = calibrator.answer_confidence(np.stack([feats[id(a)][1] for a in spans_]))
+        for a, c in zip(spans_, conf):
+            a["confidence"] = float(c)
+    null["confidence"] = float(calibrator.abstain_confidence(null_x)[0])
+    return apply_min_confidence(ranked, null, min_confidence)[:top_k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,9 +208,11 @@ class WindowNBest:
     end_logits: np.ndarray
     null_start_logit: float  # logit of the CLS token (index 0)
     null_end_logit: float
+    log_norm: float | None = None  # log of the start and end softmax normalisers (calibration.log_normalizers)
 
 
-def squad_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int) -> list[WindowNBest]:
+def squad_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int,
+                       log_norms: np.ndarray | None = None) -> list[WindowNBest]:
     """run_squad's ``_get_best_indexes`` for every window of a batch.
 
     The n best positions are taken over the window's whole width (question tokens included,
@@ -187,7 +224,8 @@ def squad_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths:
         e = end_logits[b, :width]
         s_idx = np.argsort(-s, kind="stable")[:n_best_size]
         e_idx = np.argsort(-e, kind="stable")[:n_best_size]
-        out.append(WindowNBest(s_idx, e_idx, s[s_idx], e[e_idx], float(s[0]), float(e[0])))
+        out.append(WindowNBest(s_idx, e_idx, s[s_idx], e[e_idx], float(s[0]), float(e[0]),
+                               float(log_norms[b]) if log_norms is not None else None))
     return out
 
 
@@ -199,6 +237,8 @@ class NBestEntry:
     probability: float = 0.0
     start: int | None = None  # character offsets in the context (None for the empty answer)
     end: int | None = None
+    window: int | None = None  # the window it came from, and its length in tokens (spans only)
+    tokens: int | None = None
 
 
 @dataclass
@@ -208,6 +248,8 @@ class SquadPrediction:
     text: str
     nbest: list[NBestEntry]
     null_odds: float | None  # null score - best non-null score (None without version_2_with_negative)
+    features: np.ndarray | None = None  # calibration features of the best non-null span (NO_SPAN if none)
+    confidence: float | None = None  # calibrated confidence of ``text`` (with a calibrator)
 
 
 def _softmax(scores: Sequence[float]) -> list[float]:
@@ -230,8 +272,13 @@ def squad_prediction(
     max_answer_length: int = 30,
     version_2_with_negative: bool = True,
     null_score_diff_threshold: float = 0.0,
+    calibrator=None,
+    min_confidence: float | None = None,
 ) -> SquadPrediction:
     """run_squad's ``compute_predictions_logits`` for one question.
+
+    With a ``calibrator``, the prediction carries ``confidence`` (of the best span, or of "" when
+    it abstains), and ``min_confidence`` applies the abstain rule (``calibration`` module doc).
 
     ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
     the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
@@ -289,7 +336,8 @@ def squad_prediction(
             if text in seen:
                 continue
             seen.add(text)
-            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end))
+            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end,
+                                    window=int(win[i]), tokens=int(en[i] - st[i] + 1)))
         else:
             seen.add("")
             nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
@@ -303,11 +351,26 @@ def squad_prediction(
     for entry, prob in zip(nbest, _softmax([e.start_logit + e.end_logit for e in nbest])):
         entry.probability = prob
     best_non_null = next((e for e in nbest if e.text), None)
+    features = np.asarray(NO_SPAN, dtype=np.float64)[None, :]
+    if best_non_null is not None and best_non_null.window is not None:
+        nb = nbests[best_non_null.window]
+        log_norm = nb.log_norm if nb.log_norm is not None else math.nan
+        features = answer_features(best_non_null.start_logit + best_non_null.end_logit,
+                                   nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
     if not version_2_with_negative:
-        return SquadPrediction(nbest[0].text, nbest, None)
-    score_diff = score_null - best_non_null.start_logit - best_non_null.end_logit
-    text = "" if score_diff > null_score_diff_threshold else best_non_null.text
-    return SquadPrediction(text, nbest, score_diff)
+        text, score_diff = nbest[0].text, None
+    else:
+        score_diff = score_null - best_non_null.start_logit - best_non_null.end_logit
+        text = "" if score_diff > null_score_diff_threshold else best_non_null.text
+    confidence = None
+    if calibrator is not None:
+        if text and best_non_null is not None and text == best_non_null.text:
+            confidence = float(calibrator.answer_confidence(features)[0])
+            if min_confidence is not None and confidence < min_confidence:
+                text = ""
+        if not text:
+            confidence = float(calibrator.abstain_confidence(features)[0])
+    return SquadPrediction(text, nbest, score_diff, features[0], confidence)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -206,6 +206,9 @@ def export_model(
     _check_output(output, overwrite)
 
     qa = load_torch_model(name, device="cpu", dtype="fp32", trust_remote_code=trust_remote_code, revision=revision)
+    from .calibration import calibrator_of
+
+    calibrator_of(qa)  # refuse, before any work, to carry a calibrator fitted on other weights
     torch_model, tokenizer = qa.model, qa.tokenizer
     torch_model.config.return_dict = True
     # Graph inputs in the order of forward()'s parameters: the TorchScript exporter flattens
@@ -252,6 +255,7 @@ def export_model(
                 "intermediate_size": getattr(config, "intermediate_size", None),
                 "max_position_embeddings": getattr(config, "max_position_embeddings", None),
                 "pad_token_id": getattr(config, "pad_token_id", None),
+                "head_sha256": qa.head_sha256,  # what a calibrator in squadkit.json is checked against
             },
             "settings": settings.to_json() if not settings.is_empty() else {},
             "files": files,

@@ -673,3 +673,71 @@ def evaluate_files(
     return evaluate(dataset, preds, na_probs, na_prob_thresh, best_always, out_image_dir,
                     report_missing=report_missing, report_note=report_note, pred_name=str(pred_file),
                     na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrated confidence (``evaluate --confidence``): ECE, reliability, risk-coverage, precision at cut-offs
+# ---------------------------------------------------------------------------------------------
+
+RELIABILITY_IMAGE = "reliability.png"
+RISK_COVERAGE_IMAGE = "risk_coverage.png"
+
+
+def confidence_report(dataset, preds: Mapping[str, str], confidence: Mapping[str, float],
+                      cutoffs: Sequence[float] = (0.5, 0.7, 0.9), out_image_dir=None,
+                      confidence_name: str = "confidence") -> dict:
+    """How well ``confidence`` (question id -> probability that its prediction is an exact match)
+    is calibrated on ``dataset``: see ``calibration.calibration_report``; images with ``out_image_dir``."""
+    from .calibration import calibration_report, correctness_of_final
+
+    if not isinstance(confidence, Mapping):
+        raise SquadkitError(f"{confidence_name}: must be a JSON object of question id to confidence", param="confidence")
+    for qid, value in confidence.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SquadkitError(f"{confidence_name}: confidence of {qid!r} must be a number, got {value!r}",
+                                param="confidence")
+    gold = {e.id: [a.text for a in e.answers] for e in dataset.examples}
+    qids = [q for q in gold if q in preds and q in confidence]
+    if not qids:
+        raise SquadkitError(f"{confidence_name}: no question has both a prediction and a confidence", param="confidence")
+    bad = next((q for q in qids if not 0.0 <= float(confidence[q]) <= 1.0), None)
+    if bad is not None:
+        raise SquadkitError(f"{confidence_name}: confidence of {bad} is {confidence[bad]!r}, not in [0, 1]",
+                            param="confidence")
+    correct_map = correctness_of_final({q: preds[q] for q in qids}, gold)
+    conf = np.array([float(confidence[q]) for q in qids])
+    correct = np.array([correct_map[q] for q in qids], dtype=float)
+    report = calibration_report(conf, correct, cutoffs=cutoffs)
+    curve = report.pop("risk_coverage")
+    if out_image_dir is not None:
+        _make_image_dir(out_image_dir)
+        _plot_reliability(report, Path(out_image_dir) / RELIABILITY_IMAGE)
+        _plot_risk_coverage(curve, Path(out_image_dir) / RISK_COVERAGE_IMAGE)
+    return report
+
+
+def _plot_reliability(report: dict, path: Path) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for row in report["reliability"]:
+        lo, hi = row["bin"]
+        ax.bar(lo, row["accuracy"], width=hi - lo, align="edge", color="b", alpha=0.3, edgecolor="b")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set_xlabel("Confidence")
+    ax.set_ylabel("Exact match")
+    ax.set_xlim([0.0, 1.0])
+    ax.set_ylim([0.0, 1.0])
+    ax.set_title(f"Reliability (ECE {report['ece']:.3f})")
+    _save_figure(fig, path)
+
+
+def _plot_risk_coverage(curve: dict, path: Path) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot(curve["coverage"], curve["risk"], color="b")
+    ax.set_xlabel("Coverage (answered, most confident first)")
+    ax.set_ylabel("Risk (1 - exact match)")
+    ax.set_xlim([0.0, 1.0])
+    ax.set_ylim([0.0, 1.05])
+    ax.set_title("Risk-coverage")
+    _save_figure(fig, path)

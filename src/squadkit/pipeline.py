@@ -24,6 +24,7 @@ import math
 from typing import Any, Iterable, Sequence
 
 from . import defaults
+from .calibration import calibrator_of, check_min_confidence
 from .checkpoint import SettingsInForce
 from .errors import SquadkitError
 
@@ -68,7 +69,8 @@ def _pair_from_dict(item, index: int) -> tuple[Any, Any]:
 
 # The pipeline's call options; each may also be given when the pipeline is made.
 CALL_OPTIONS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-                "handle_impossible_answer", "align_to_words", "batch_size", "null_score_diff_threshold")
+                "handle_impossible_answer", "align_to_words", "batch_size", "null_score_diff_threshold",
+                "min_confidence")
 _NO_EFFECT = ("padding", "num_workers")  # transformers' keywords, accepted for compatibility
 
 
@@ -86,7 +88,8 @@ def _check_keywords(options: dict, where: str) -> dict:
 
 def check_options(top_k: int | None = None, max_answer_len: int | None = None, doc_stride: int | None = None,
                   max_seq_len: int | None = None, max_question_len: int | None = None, batch_size: int | None = None,
-                  null_score_diff_threshold: float | None = None, **_ignored) -> None:
+                  null_score_diff_threshold: float | None = None, min_confidence: float | None = None,
+                  **_ignored) -> None:
     """Validate the pipeline's options (a one-line ValueError naming the keyword), before any model loads."""
     from .features import WindowSettings
 
@@ -102,6 +105,7 @@ def check_options(top_k: int | None = None, max_answer_len: int | None = None, d
             null_score_diff_threshold, (int, float)) or not math.isfinite(null_score_diff_threshold)):
         raise SquadkitError(f"null_score_diff_threshold must be a finite number, got {null_score_diff_threshold!r}",
                             param="null_score_diff_threshold")
+    check_min_confidence(min_confidence)
 
 
 class QuestionAnswerer:
@@ -137,6 +141,8 @@ class QuestionAnswerer:
             revision=revision, precision=precision, threads=threads, providers=providers,
         )
         self.tokenizer = self.model.tokenizer
+        # the folder's confidence calibrator: every answer then carries "confidence" (see calibration.py)
+        self.calibrator = calibrator_of(self.model)
         self.settings_in_force()  # refuse now what every call would refuse (e.g. windows too long)
 
     # the transformers pipeline's public attributes, for code written against it
@@ -174,7 +180,9 @@ class QuestionAnswerer:
         out.pick("top_k", given.get("top_k"), None, defaults.PIPELINE_TOP_K)
         out.pick("align_to_words", given.get("align_to_words"), None, True)
         out.pick("batch_size", given.get("batch_size"), None, default_batch_size(self.model))
+        out.pick("min_confidence", given.get("min_confidence"), None, None)
         check_options(**out.values)
+        check_min_confidence(out.values["min_confidence"], calibrated=self.calibrator is not None)
         check_window_fits(out.values["max_seq_len"], limit, f"model {self.model.name_or_path}")
         return out
 
@@ -215,7 +223,8 @@ class QuestionAnswerer:
             pipeline_answers(contexts[item.index], item.windows, item.reduced, top_k=o["top_k"],
                              handle_impossible_answer=o["handle_impossible_answer"],
                              align_to_words=o["align_to_words"],
-                             null_score_diff_threshold=o["null_score_diff_threshold"])
+                             null_score_diff_threshold=o["null_score_diff_threshold"],
+                             calibrator=self.calibrator, min_confidence=o["min_confidence"])
             for item in score_pairs(self.model, questions, contexts, window_settings, reduce, o["batch_size"],
                                     chunk_size, progress, window_progress)
         ]

@@ -44,10 +44,14 @@ class SquadDecodeSettings:
     version_2_with_negative: bool = True
     legacy: bool = False
     do_lower_case: bool = False
+    min_confidence: float | None = None  # abstain below this calibrated confidence (calibration.py)
 
     def validate(self) -> "SquadDecodeSettings":
+        from .calibration import check_min_confidence
+
         for name in ("n_best_size", "max_answer_length", "max_seq_length", "max_query_length", "doc_stride"):
             defaults.check_positive_int(getattr(self, name), name)
+        check_min_confidence(self.min_confidence)
         self.window_settings().validate()
         return self
 
@@ -85,6 +89,7 @@ def decode_settings_for(model, dataset=None, ignore_saved_threshold: bool = Fals
         out.pick("version_2_with_negative", explicit.get("version_2_with_negative"), saved.version_2_with_negative, True)
     out.pick("legacy", explicit.get("legacy"), None, False)
     out.pick("do_lower_case", explicit.get("do_lower_case"), saved.do_lower_case, False)
+    out.pick("min_confidence", explicit.get("min_confidence"), None, None)
     settings = SquadDecodeSettings(**out.values).validate()
     check_window_fits(settings.max_seq_length, getattr(model, "window_limit", None),
                       f"model {getattr(model, 'name_or_path', '')}".strip(), param="max_seq_length")
@@ -104,12 +109,23 @@ class SquadPredictions:
     predictions: dict[str, str] = field(default_factory=dict)
     nbest: dict[str, list[NBestEntry]] = field(default_factory=dict)
     null_odds: dict[str, float] = field(default_factory=dict)
+    confidence: dict[str, float] = field(default_factory=dict)  # with a calibrator: of each final prediction
+    features: dict[str, list[float]] = field(default_factory=dict)  # calibration features of the top span
 
     def add(self, qid: str, prediction: SquadPrediction) -> None:
         self.predictions[qid] = prediction.text
         self.nbest[qid] = prediction.nbest
         if prediction.null_odds is not None:
             self.null_odds[qid] = prediction.null_odds
+        if prediction.confidence is not None:
+            self.confidence[qid] = prediction.confidence
+        if prediction.features is not None:
+            self.features[qid] = [float(v) for v in prediction.features]
+
+    def top_spans(self) -> dict[str, str]:
+        """The best non-empty answer of every question (what the calibrator's ``answer`` part is fitted on)."""
+        return {qid: next((e.text for e in entries if e.text and e.window is not None), "")
+                for qid, entries in self.nbest.items()}
 
     def nbest_json(self) -> dict[str, list[dict]]:
         return {
@@ -136,15 +152,21 @@ def predict_squad(
     shard: tuple[int, int] | None = None,
     chunk_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    calibrate: bool = True,
 ) -> SquadPredictions:
     """Predict answers for SQuAD examples (objects with ``id``, ``question`` and ``context``).
 
     ``model`` is anything ``squadkit.backends.load_model`` returns. ``progress(n)`` is called
-    with the number of questions finished after each chunk.
+    with the number of questions finished after each chunk. With a calibrator in the model's
+    settings (and ``calibrate``), every prediction carries its confidence.
     """
+    from .calibration import calibrator_of, check_min_confidence
+    from .decode import allowed_tokens
     from .engine import score_pairs
 
     settings.validate()
+    calibrator = calibrator_of(model) if calibrate else None
+    check_min_confidence(settings.min_confidence, calibrated=calibrator is not None)
     defaults.check_positive_int(batch_size, "batch_size")
     if shard is not None:
         rank, world = shard
@@ -152,8 +174,11 @@ def predict_squad(
     legacy = settings.legacy
 
     def reduce(start, end, batch, rows):
+        from .calibration import log_normalizers
+
         widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]
-        return squad_window_nbest(start, end, widths, settings.n_best_size)
+        allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
+        return squad_window_nbest(start, end, widths, settings.n_best_size, log_normalizers(start, end, allowed))
 
     out = SquadPredictions()
     questions = [e.question for e in examples]
@@ -166,6 +191,7 @@ def predict_squad(
             item.windows, item.reduced, text_of_span, n_best_size=settings.n_best_size,
             max_answer_length=settings.max_answer_length, version_2_with_negative=settings.version_2_with_negative,
             null_score_diff_threshold=settings.null_score_diff_threshold,
+            calibrator=calibrator, min_confidence=settings.min_confidence,
         ))
     return out
 
@@ -177,19 +203,23 @@ def merge_predictions(parts: Iterable[SquadPredictions], order: Sequence[str]) -
         merged.predictions.update(part.predictions)
         merged.nbest.update(part.nbest)
         merged.null_odds.update(part.null_odds)
+        merged.confidence.update(part.confidence)
+        merged.features.update(part.features)
     out = SquadPredictions()
     for qid in order:
         if qid in merged.predictions:
             out.predictions[qid] = merged.predictions[qid]
             out.nbest[qid] = merged.nbest[qid]
-            if qid in merged.null_odds:
-                out.null_odds[qid] = merged.null_odds[qid]
+            for name in ("null_odds", "confidence", "features"):
+                if qid in getattr(merged, name):
+                    getattr(out, name)[qid] = getattr(merged, name)[qid]
     return out
 
 
 PREDICTIONS_FILE = "predictions.json"
 NBEST_FILE = "nbest_predictions.json"
 NULL_ODDS_FILE = "null_odds.json"
+CONFIDENCE_FILE = "confidence.json"
 
 
 def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
@@ -206,6 +236,9 @@ def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, 
         atomic_write_json(paths["null_odds"], preds.null_odds)
     else:
         del paths["null_odds"]
+    if preds.confidence:  # question id -> calibrated confidence of its final prediction
+        paths["confidence"] = out_dir / f"{prefix}{CONFIDENCE_FILE}"
+        atomic_write_json(paths["confidence"], preds.confidence)
     return paths
 
 
@@ -221,7 +254,12 @@ def evaluate_predictions(dataset, preds: SquadPredictions, threshold: float) -> 
     from .metrics import evaluate
 
     null_odds = preds.null_odds or None
-    return dict(evaluate(dataset, preds.predictions, na_probs=null_odds, na_prob_thresh=threshold, report_missing=None))
+    out = dict(evaluate(dataset, preds.predictions, na_probs=null_odds, na_prob_thresh=threshold, report_missing=None))
+    if preds.confidence:  # calibrated: how well the confidences of these predictions are calibrated
+        from .metrics import confidence_report
+
+        out["confidence"] = confidence_report(dataset, preds.predictions, preds.confidence)
+    return out
 
 
 def run_predict(
@@ -301,3 +339,150 @@ def _cpu_only(device) -> bool:
     import torch
 
     return not torch.cuda.is_available() or (device is not None and str(device).startswith("cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# fitting the confidence calibrator on dev predictions (``squadkit calibrate``, ``train --do_eval``)
+# ----------------------------------------------------------------------------------------------
+
+
+def calibration_data(dataset, preds: SquadPredictions):
+    """(features (n, 3), top span right?, unanswerable?, question ids, article of each) of the questions
+    predicted; refuses data without gold answers (one line)."""
+    import numpy as np
+
+    from .calibration import calibration_targets
+
+    examples = [e for e in dataset.examples if e.id in preds.features]
+    if not any(e.answers for e in examples):
+        where = getattr(dataset, "path", None) or "the data"
+        raise SquadkitError(f"{where}: has no gold answers; calibrating needs dev data with answers", param="data")
+    tops = preds.top_spans()
+    right, unanswerable = calibration_targets([tops[e.id] for e in examples],
+                                              [[a.text for a in e.answers] for e in examples])
+    x = np.asarray([preds.features[e.id] for e in examples], dtype=np.float64)
+    return x, right, unanswerable, [e.id for e in examples], [e.title or str(e.article_index) for e in examples]
+
+
+def raw_confidence(x, abstains):
+    """The uncalibrated "before" of a final prediction, in the pipeline's terms: a span's window
+    softmax probability (its ``score`` for one window), the empty answer's p_null of that window."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    log_p_null = x[:, 1] - x[:, 0]
+    return np.exp(np.where(np.asarray(abstains, bool), log_p_null, x[:, 1]))
+
+
+def confidence_of_final(calibrator, x, abstains):
+    """The calibrated confidence of final predictions (``abstains``: the prediction is "")."""
+    import numpy as np
+
+    return np.where(np.asarray(abstains, bool), calibrator.abstain_confidence(x), calibrator.answer_confidence(x))
+
+
+def cross_fit_report(x, right, unanswerable, abstains, correct, groups, cutoffs=(0.5, 0.7, 0.9)) -> dict:
+    """Out-of-fold calibration: fit on all groups but one, apply to that one, for every group
+    (articles; two halves when there is one article); ECE and precision before and after."""
+    import numpy as np
+
+    from .calibration import calibration_report, fit_calibrator
+
+    groups = np.asarray(groups)
+    names = list(dict.fromkeys(groups.tolist()))
+    if len(names) < 2:
+        groups = np.where(np.arange(len(groups)) < len(groups) // 2, "first half", "second half")
+        names = ["first half", "second half"]
+    conf = np.zeros(len(right))
+    for name in names:
+        test = groups == name
+        cal = fit_calibrator(x[~test], right[~test], unanswerable[~test])
+        conf[test] = confidence_of_final(cal, x[test], abstains[test])
+    raw = raw_confidence(x, abstains)
+    before = calibration_report(raw, correct, cutoffs=cutoffs)
+    after = calibration_report(conf, correct, cutoffs=cutoffs)
+    for r in (before, after):
+        r.pop("risk_coverage")
+    return {"folds": names, "before": before, "after": after}
+
+
+def fit_calibration(dataset, preds: SquadPredictions, weights_sha256: str | None, source: str,
+                    cross_fit: bool = True) -> tuple[dict, dict]:
+    """Fit the calibrator on ``preds`` of ``dataset`` (the top span of every question); returns its JSON
+    (for ``ModelSettings.calibration``) and a report (in-sample and, with ``cross_fit``, out-of-fold)."""
+    import numpy as np
+
+    from .calibration import calibration_report, correctness_of_final, fit_calibrator
+
+    x, right, unanswerable, qids, groups = calibration_data(dataset, preds)
+    cal = fit_calibrator(x, right, unanswerable, weights_sha256, {"data": source})
+    abstains = np.array([preds.predictions[q] == "" for q in qids])
+    gold = {e.id: [a.text for a in e.answers] for e in dataset.examples}
+    correct_map = correctness_of_final({q: preds.predictions[q] for q in qids}, gold)
+    correct = np.array([correct_map[q] for q in qids], float)
+    in_sample = calibration_report(confidence_of_final(cal, x, abstains), correct)
+    in_sample.pop("risk_coverage")
+    report = {"questions": len(qids), "in_sample": in_sample}
+    if cross_fit:
+        try:
+            report["cross_fit"] = cross_fit_report(x, right, unanswerable, abstains, correct, groups)
+        except SquadkitError as exc:  # a fold too small to fit: say so, keep the calibrator
+            report["cross_fit"] = {"skipped": str(exc)}
+    out = cal.to_json()
+    out["fitted_on"] = {**out.get("fitted_on", {}), "ece_in_sample": in_sample["ece"]}
+    if "after" in report.get("cross_fit", {}):
+        cf = report["cross_fit"]
+        out["fitted_on"]["cross_fit"] = {
+            "folds": cf["folds"], "ece_raw_score": cf["before"]["ece"], "ece": cf["after"]["ece"],
+            "at_confidence": cf["after"]["at_confidence"], "aurc": cf["after"]["aurc"]}
+    return out, report
+
+
+def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = None, device: str | None = None,
+                  strict: bool = False, show_progress: bool = False, cross_fit: bool = True,
+                  note: Callable[[str], None] | None = None) -> dict:
+    """``squadkit calibrate``: predict ``data`` with the model folder's settings, fit the calibrator on
+    the predictions and save it in the folder's ``squadkit.json``; returns the report."""
+    import dataclasses
+
+    from .backends import check_backend, load_model
+    from .checkpoint import write_settings
+    from .data import load_squad
+    from .progress import ProgressLines
+
+    check_backend(backend)
+    if batch_size is not None:
+        defaults.check_positive_int(batch_size, "batch_size")
+    folder = Path(os.fspath(model)).expanduser()
+    if not folder.is_dir():
+        raise SquadkitError(f"{model}: calibrate needs a local model folder (it saves the calibrator there)",
+                            param="model")
+    dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
+    if not any(e.answers for e in dataset.examples):
+        raise SquadkitError(f"{getattr(dataset, 'path', None) or data}: has no gold answers; calibrating needs dev "
+                            f"data with answers", param="data")
+    from .calibration import MIN_QUESTIONS
+
+    if len(dataset.examples) < MIN_QUESTIONS:
+        raise SquadkitError(f"too few questions to fit a calibrator: {len(dataset.examples)} (at least "
+                            f"{MIN_QUESTIONS} are needed)", param="data")
+    qa_model = load_model(str(folder), backend=backend, device=device)
+    settings, _, notes = decode_settings_for(qa_model, dataset)
+    for text in notes:
+        if note is not None:
+            note(text)
+    if batch_size is None:
+        on_gpu = str(getattr(qa_model, "device", "cpu")).startswith("cuda")
+        batch_size = defaults.GPU_BATCH_SIZE if on_gpu else defaults.CPU_BATCH_SIZE
+    progress = ProgressLines("calibrate", len(dataset.examples)) if show_progress else None
+    try:
+        preds = predict_squad(qa_model, dataset.examples, settings, batch_size=batch_size, progress=progress,
+                              calibrate=False)
+    finally:
+        if progress is not None:
+            progress.close()
+    source = Path(getattr(dataset, "path", None) or "data").name
+    calibration, report = fit_calibration(dataset, preds, getattr(qa_model, "head_sha256", None), source, cross_fit)
+    path = write_settings(folder, dataclasses.replace(qa_model.settings, calibration=calibration))
+    report["saved"] = str(path)
+    return report

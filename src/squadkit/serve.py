@@ -153,7 +153,7 @@ class _Item:
 
     question: str
     context: str
-    options: tuple[int, bool, int]  # top_k, handle_impossible_answer, max_answer_len
+    options: tuple  # top_k, handle_impossible_answer, max_answer_len, min_confidence
     future: asyncio.Future
     arrived: float
 
@@ -272,11 +272,12 @@ class MicroBatcher:
         for index, item in enumerate(batch):
             groups.setdefault(item.options, []).append(index)
         outcomes: list[Any] = [None] * len(batch)
-        for (top_k, impossible, max_answer_len), indices in groups.items():
+        for (top_k, impossible, max_answer_len, min_confidence), indices in groups.items():
             inputs = [{"question": batch[i].question, "context": batch[i].context} for i in indices]
             try:
                 answers = self.qa(inputs, top_k=top_k, handle_impossible_answer=impossible,
-                                  max_answer_len=max_answer_len, batch_size=self.settings.batch_size)
+                                  max_answer_len=max_answer_len, min_confidence=min_confidence,
+                                  batch_size=self.settings.batch_size)
             except Exception as exc:  # handed to the requests of this group only
                 answers = [exc] * len(indices)
             for i, answer in zip(indices, answers):
@@ -310,6 +311,9 @@ class Answer(BaseModel):
     start: int
     end: int
     answer: str
+    # with a calibrated model (squadkit calibrate): the probability that this answer is an exact match
+    # (for "": that the question has no answer); absent otherwise
+    confidence: Optional[float] = None
 
 
 def request_models(settings: ServeSettings) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -327,14 +331,17 @@ def request_models(settings: ServeSettings) -> tuple[type[BaseModel], type[BaseM
         # None: the model folder's setting (squadkit.json), else the pipeline's default
         handle_impossible_answer: Optional[StrictBool] = None
         max_answer_len: Optional[Annotated[StrictInt, Field(ge=1, le=MAX_ANSWER_LEN_LIMIT)]] = None
+        # answer "" unless the calibrated confidence is at least this (needs a calibrated model)
+        min_confidence: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = None
 
         @field_validator("question", "context")
         @classmethod
         def not_blank(cls, value: str) -> str:
             return _not_blank(value)
 
-        def pair(self) -> tuple[str, str, tuple[int, Optional[bool], Optional[int]]]:
-            return self.question, self.context, (self.top_k, self.handle_impossible_answer, self.max_answer_len)
+        def pair(self) -> tuple[str, str, tuple]:
+            return self.question, self.context, (self.top_k, self.handle_impossible_answer, self.max_answer_len,
+                                                 self.min_confidence)
 
     class BatchRequest(BaseModel):
         """Many questions, answered in order; each carries its own settings."""
@@ -446,7 +453,7 @@ def _model_settings(qa: Any) -> dict:
     if qa is None or not hasattr(qa, "settings_in_force"):
         return {}
     saved = getattr(qa.model, "settings", None)
-    return {"in_force": qa.settings_in_force().as_dict(),
+    return {"in_force": qa.settings_in_force().as_dict(), "calibrated": getattr(qa, "calibrator", None) is not None,
             "saved": saved.to_json() if saved is not None and not saved.is_empty() else None}
 
 
@@ -540,14 +547,14 @@ def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None) -> Fa
             return _error(500, f"answering failed: {type(exc).__name__}: {exc}")
 
     @app.post("/v1/answer", response_model=Union[Answer, list[Answer]], tags=["answer"],
-              responses={413: {}, 422: {}, 503: {}, 504: {}})
+              responses={413: {}, 422: {}, 503: {}, 504: {}}, response_model_exclude_none=True)
     async def answer_one(body: AnswerRequest):  # type: ignore[valid-type]
         """The pipeline's answer: one object for ``top_k`` 1, a list (best first) for more."""
         result = await answer([body.pair()])
         return result if isinstance(result, JSONResponse) else result[0]
 
     @app.post("/v1/answer/batch", response_model=BatchResponse, tags=["answer"],
-              responses={413: {}, 422: {}, 503: {}, 504: {}})
+              responses={413: {}, 422: {}, 503: {}, 504: {}}, response_model_exclude_none=True)
     async def answer_batch(body: BatchRequest):  # type: ignore[valid-type]
         """One pipeline answer per input, in order."""
         result = await answer([item.pair() for item in body.inputs])

@@ -96,6 +96,12 @@ class OnnxQAModel:
     device: str = "cpu"
 
     @property
+    def head_sha256(self) -> str | None:
+        """The QA head's fingerprint, recorded by ``export`` from the torch weights it exported."""
+        value = (self.record.get("source") or {}).get("head_sha256")
+        return value if isinstance(value, str) else None
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.session.get_inputs())
 

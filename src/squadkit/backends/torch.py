@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import torch_head_fingerprint
 from ..checkpoint import (
     ModelSettings,
     check_head_loaded,
@@ -49,6 +50,7 @@ class TorchQAModel:
     settings: ModelSettings = field(default_factory=ModelSettings)
     window_limit: int | None = None
     backend: str = "torch"
+    head_sha256: str | None = None  # fingerprint of the QA head's weights (calibration.torch_head_fingerprint)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -116,7 +118,9 @@ def load_torch_model(
     device = pick_device(device)
     model.to(device).eval()
     settings = read_settings(source.name if source.is_local else None)
-    return TorchQAModel(model, tokenizer, source.name, device, settings, config_window_limit(config, tokenizer))
+    head = torch_head_fingerprint(model)
+    return TorchQAModel(model, tokenizer, source.name, device, settings, config_window_limit(config, tokenizer),
+                        head_sha256=head)
 
 
 def wrap_torch_model(model, tokenizer, device: str | int | None = None) -> TorchQAModel:
@@ -130,4 +134,5 @@ def wrap_torch_model(model, tokenizer, device: str | int | None = None) -> Torch
     dev = str(next(model.parameters()).device) if device is None else pick_device(device)
     model.to(dev).eval()
     settings = read_settings(name if name and Path(name).is_dir() else None)
-    return TorchQAModel(model, tokenizer, name, dev, settings, config_window_limit(config, tokenizer))
+    head = torch_head_fingerprint(model)
+    return TorchQAModel(model, tokenizer, name, dev, settings, config_window_limit(config, tokenizer), head_sha256=head)

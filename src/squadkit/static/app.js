@@ -61,6 +61,14 @@
     score.textContent = best ? "score " + formatScore(best.score) : "";
     score.title = best ? String(best.score) : "";
     verdict.append(label, text, score);
+    if (best && typeof best.confidence === "number") {  // a calibrated model: P(exact match), or P(no answer) for ""
+      const confidence = document.createElement("span");
+      confidence.id = "answer-confidence";
+      confidence.className = "score";
+      confidence.textContent = " confidence " + formatScore(best.confidence);
+      confidence.title = String(best.confidence);
+      verdict.append(confidence);
+    }
   }
 
   function renderOthers(rest) {

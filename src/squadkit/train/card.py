@@ -44,6 +44,27 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
         f"`squadkit predict` answers \"\" when the null score minus the best span's score exceeds {threshold:.4f} "
         f"(run_squad's rule), with windows stepping by {config.doc_stride} tokens.",
     ]
+    calibration = settings.calibration or {}
+    fitted = calibration.get("fitted_on") or {}
+    if calibration:
+        lines += ["", "## Calibrated confidence", "",
+                  f"A confidence calibrator (logistic regression on the top span's logit margin over the null, window "
+                  f"log-probability and length) was fitted on the {fitted.get('questions', '?')} dev questions: every "
+                  f"answer carries `confidence`, the probability that it is an exact match (for \"\": that the "
+                  f"question has no answer), and `--min-confidence P` abstains below P."]
+        cross = fitted.get("cross_fit")
+        if cross:
+            lines += ["", f"Cross-fitted on the dev data ({' / '.join(map(str, cross['folds']))}: fit on the others, "
+                          f"measured on each), so never measured where fitted:", "",
+                      "| | ECE |", "| --- | --- |",
+                      f"| raw score (window softmax) | {cross['ece_raw_score']:.3f} |",
+                      f"| calibrated confidence | {cross['ece']:.3f} |", "",
+                      "| confidence at least | answered | precision (EM) |", "| --- | --- | --- |"]
+            for cut, row in cross["at_confidence"].items():
+                precision = f"{row['precision'] * 100:.1f}%" if row["precision"] is not None else "-"
+                lines.append(f"| {cut} | {row['coverage'] * 100:.1f}% | {precision} |")
+        else:
+            lines += ["", f"In-sample ECE (measured on the data it was fitted on): {fitted.get('ece_in_sample', 0):.3f}."]
     if v2:
         lines += ["",
                   "`squadkit answer`, `squadkit serve` and `squadkit.pipeline(...)` may answer \"\" "

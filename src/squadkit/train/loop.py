@@ -557,9 +557,29 @@ def train(config: TrainConfig) -> TrainResult:
     return result
 
 
+def _with_calibration(settings, net, eval_data, preds, predict_path):
+    """The settings with a confidence calibrator fitted on the final dev predictions (see
+    calibration.py); unchanged, with a warning, where the dev data cannot fit one (too few questions)."""
+    import dataclasses
+    import warnings
+
+    from ..calibration import torch_head_fingerprint
+    from ..errors import SquadkitError
+    from ..predict import fit_calibration
+
+    source = Path(predict_path).name if predict_path is not None else "dev data"
+    try:
+        calibration, _ = fit_calibration(eval_data, preds, torch_head_fingerprint(net), source)
+    except SquadkitError as exc:
+        warnings.warn(f"no confidence calibrator saved: {exc}", stacklevel=2)
+        return settings
+    return dataclasses.replace(settings, calibration=calibration)
+
+
 def _run(config, accelerator, model, tokenizer, features, eval_data, resume, result, train_path, predict_path):
     """Train and/or evaluate, then write the model folder (main process)."""
     threshold = (float(config.null_score_diff_threshold), None)
+    preds = None
     if config.do_train:
         model, threshold = train_loop(config, accelerator, model, tokenizer, features, eval_data, resume, result)
     else:
@@ -580,6 +600,8 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
         settings = config.model_settings(threshold[0], threshold[1], result.eval_results,
                                          global_step=result.global_step, examples_used=result.examples_used,
                                          train_windows=result.train_windows)
+        if config.do_eval and preds is not None:
+            settings = _with_calibration(settings, accelerator.unwrap_model(model), eval_data, preds, predict_path)
         save_final(accelerator.unwrap_model(model), tokenizer, output_dir, settings)
         card = model_card(config, train_path, predict_path if config.do_eval else None, result.eval_results,
                           features.stats, result.global_step, settings)

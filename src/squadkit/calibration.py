@@ -1,0 +1,371 @@
+"""Calibrated confidence: features of an answer, the calibrator (fit, apply, save) and the abstain rule.
+
+**Features** (``answer_features``), computed from one window's start and end logits, the same in
+pipeline mode and squad mode, so one calibrator serves ``pipeline``, ``answer``, ``serve`` and
+``predict``:
+
+* ``margin``: the span's logit sum minus the null's (CLS) logit sum *in the span's own window*.
+  Within one window this is exactly ``log p_span - log p_null`` of the pipeline, and (for a
+  one-window context) minus run_squad's null odds.
+* ``log_p_span``: the span's log probability under the window's softmax (start and end softmax over
+  the context tokens and CLS, as the pipeline masks them), i.e. ``log(score)`` for one window.
+* ``log_length``: log of the answer's length in tokens.
+
+**Calibrator**: two logistic regressions on the standardised features, fitted with numpy alone
+(Newton's method with a small L2 penalty; no scikit-learn needed at fit or answer time):
+
+* ``answer``: P(the span is an exact match), fitted on the top span of every dev question (target:
+  exact match against the gold answers; 0 for an unanswerable question);
+* ``abstain``: P(the question has no answer), fitted on the same features of the top span (target:
+  the question is unanswerable); it is the confidence of the empty answer.
+
+Each is constrained to be monotone in ``margin`` (increasing for ``answer``, decreasing for
+``abstain``): a coefficient fitted with the wrong sign is fixed at 0 and the rest refitted.
+
+**The abstain rule** (one rule, for every consumer): answers are ranked exactly as without a
+calibrator (the null threshold included); each carries ``confidence`` (``answer``'s probability for a
+span, ``abstain``'s for the empty answer). With ``min_confidence=m``, the ranked list is cut at the
+first span answer whose confidence is below ``m`` and that span is replaced by the empty answer (an
+abstention), which appears at most once. With ``top_k=1`` (``predict``, ``serve``, ``answer``): the
+best answer is given when it is "" or its confidence is at least ``m``, else "".
+
+The calibrator is saved in ``squadkit.json`` (``ModelSettings.calibration``) with a fingerprint of
+the QA head's weights it was fitted with (``weights_sha256``); loading a folder whose weights do not
+match is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import SquadkitError
+
+CALIBRATION_FORMAT = "squadkit-calibration"
+CALIBRATION_VERSION = 1
+FEATURES = ("margin", "log_p_span", "log_length")
+MIN_QUESTIONS = 50  # the fewest dev questions a calibrator is fitted on
+MIN_PER_CLASS = 5  # the fewest right and wrong top answers (answerable and unanswerable questions) needed
+_CLIP = {"margin": (-50.0, 50.0), "log_p_span": (-50.0, 0.0), "log_length": (0.0, 10.0)}
+NO_SPAN = (-50.0, -50.0, 0.0)  # the features of "no span at all"
+
+
+# ----------------------------------------------------------------------------------------------
+# features
+# ----------------------------------------------------------------------------------------------
+
+
+def log_normalizers(start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(B,) log of the start softmax's normaliser plus the end softmax's, over the allowed tokens (float64)."""
+    out = np.zeros(start_logits.shape[0])
+    for logits in (start_logits, end_logits):
+        x = np.where(allowed, logits.astype(np.float64), -np.inf)
+        top = x.max(axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        out += top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
+    return out
+
+
+def answer_features(span_logit_sum, null_logit_sum, log_norm, length_tokens) -> np.ndarray:
+    """(n, 3) features (see the module doc) from each span's start+end logit, its window's CLS
+    start+end logit, its window's log normalisers and its length in tokens."""
+    z = np.asarray(span_logit_sum, dtype=np.float64)
+    margin = z - np.asarray(null_logit_sum, dtype=np.float64)
+    log_p = z - np.asarray(log_norm, dtype=np.float64)
+    log_len = np.log(np.maximum(np.asarray(length_tokens, dtype=np.float64), 1.0))
+    x = np.stack([margin, log_p, log_len], axis=-1).reshape(-1, len(FEATURES))
+    for j, name in enumerate(FEATURES):
+        lo, hi = _CLIP[name]
+        x[:, j] = np.clip(np.nan_to_num(x[:, j], nan=lo, neginf=lo, posinf=hi), lo, hi)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# the calibrator
+# ----------------------------------------------------------------------------------------------
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 100) -> np.ndarray:
+    """Weights [intercept, coef...] of an L2-penalised logistic regression (Newton's method): the
+    objective of scikit-learn's ``LogisticRegression()`` default (C=1: log-loss summed over the
+    questions + ||coef||^2 / 2, intercept not penalised)."""
+    a = np.hstack([np.ones((x.shape[0], 1)), x])
+    w = np.zeros(a.shape[1])
+    w[0] = math.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))
+    penalty = np.full(a.shape[1], l2)
+    penalty[0] = 0.0
+    for _ in range(iters):
+        p = _sigmoid(a @ w)
+        grad = a.T @ (p - y) + penalty * w
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(penalty) + 1e-9 * np.eye(a.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def _fit_monotone(x: np.ndarray, y: np.ndarray, sign: float, column: int = 0) -> np.ndarray:
+    """Logistic regression whose coefficient on ``column`` has the sign ``sign`` (or is 0)."""
+    w = _fit_logistic(x, y)
+    if sign * w[1 + column] >= 0:
+        return w
+    keep = [j for j in range(x.shape[1]) if j != column]
+    w_rest = _fit_logistic(x[:, keep], y)
+    w = np.zeros(x.shape[1] + 1)
+    w[0] = w_rest[0]
+    w[[1 + j for j in keep]] = w_rest[1:]
+    return w
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Two logistic regressions on standardised features; see the module doc."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    answer_weights: tuple[float, ...]  # intercept, then one coefficient per feature
+    abstain_weights: tuple[float, ...] | None  # None: fitted without unanswerable questions
+    weights_sha256: str | None = None
+    fitted_on: dict | None = None
+
+    def _z(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES))
+        return (x - np.asarray(self.mean)) / np.asarray(self.scale)
+
+    def answer_confidence(self, x: np.ndarray) -> np.ndarray:
+        """P(exact match) of spans with features ``x`` (n, 3)."""
+        w = np.asarray(self.answer_weights)
+        return _sigmoid(w[0] + self._z(x) @ w[1:])
+
+    def abstain_confidence(self, x: np.ndarray) -> np.ndarray:
+        """P(no answer) of questions whose top span has features ``x`` (n, 3)."""
+        if self.abstain_weights is None:
+            return np.zeros(np.asarray(x).reshape(-1, len(FEATURES)).shape[0])
+        w = np.asarray(self.abstain_weights)
+        return _sigmoid(w[0] + self._z(x) @ w[1:])
+
+    def to_json(self) -> dict:
+        out = {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "method": "logistic",
+               "features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
+               "answer": list(self.answer_weights),
+               "abstain": list(self.abstain_weights) if self.abstain_weights is not None else None,
+               "weights_sha256": self.weights_sha256}
+        if self.fitted_on:
+            out["fitted_on"] = self.fitted_on
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "calibration") -> "Calibrator":
+        def bad(why: str) -> SquadkitError:
+            return SquadkitError(f"{source}: field 'calibration' {why}")
+
+        if not isinstance(data, dict):
+            raise bad("must be a JSON object")
+        if data.get("format") != CALIBRATION_FORMAT:
+            raise bad(f"is not a squadkit calibrator (format {data.get('format')!r})")
+        if not isinstance(data.get("version"), int) or data["version"] > CALIBRATION_VERSION:
+            raise bad(f"was written by a newer squadkit (version {data.get('version')!r}); upgrade squadkit")
+        if data.get("features") != list(FEATURES):
+            raise bad(f"uses features {data.get('features')!r}; this squadkit computes {list(FEATURES)}")
+        n = len(FEATURES)
+
+        def numbers(key: str, length: int, positive: bool = False, optional: bool = False):
+            value = data.get(key)
+            if value is None and optional:
+                return None
+            if (not isinstance(value, list) or len(value) != length
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in value)
+                    or (positive and not all(v > 0 for v in value))):
+                raise bad(f"'{key}' must be a list of {length} finite{' positive' if positive else ''} numbers")
+            return tuple(float(v) for v in value)
+
+        sha = data.get("weights_sha256")
+        if sha is not None and not isinstance(sha, str):
+            raise bad("'weights_sha256' must be a string")
+        fitted_on = data.get("fitted_on")
+        return cls(numbers("mean", n), numbers("scale", n, positive=True), numbers("answer", n + 1),
+                   numbers("abstain", n + 1, optional=True), sha, fitted_on if isinstance(fitted_on, dict) else None)
+
+
+def _exact(gold: Sequence[str], text: str) -> int:
+    from .metrics import compute_exact, normalize_answer
+
+    golds = [a for a in gold if normalize_answer(a)] or [""]
+    return max(compute_exact(a, text) for a in golds)
+
+
+def calibration_targets(top_spans: Sequence[str], gold_answers: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(is the top span an exact match, is the question unanswerable) for every question."""
+    right = np.array([0 if not gold else _exact(gold, span) for span, gold in zip(top_spans, gold_answers)], float)
+    unanswerable = np.array([0.0 if gold else 1.0 for gold in gold_answers])
+    return right, unanswerable
+
+
+def fit_calibrator(x: np.ndarray, right: np.ndarray, unanswerable: np.ndarray, weights_sha256: str | None = None,
+                   fitted_on: dict | None = None) -> Calibrator:
+    """Fit on the top span's features ``x`` (n, 3) of n dev questions, with their targets
+    (``calibration_targets``). Refuses too few questions, or too few of either outcome."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, len(FEATURES))
+    right = np.asarray(right, dtype=np.float64)
+    unanswerable = np.asarray(unanswerable, dtype=np.float64)
+    n = x.shape[0]
+    if n < MIN_QUESTIONS:
+        raise SquadkitError(f"too few questions to fit a calibrator: {n} (at least {MIN_QUESTIONS} are needed, "
+                            f"with {MIN_PER_CLASS} or more right and wrong top answers)", param="data")
+    n_right = int(right.sum())
+    if min(n_right, n - n_right) < MIN_PER_CLASS:
+        raise SquadkitError(f"cannot fit a calibrator: the model's top answer is right on {n_right} of {n} questions "
+                            f"(at least {MIN_PER_CLASS} right and {MIN_PER_CLASS} wrong are needed)", param="data")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    z = (x - mean) / scale
+    answer = _fit_monotone(z, right, +1.0)
+    n_un = int(unanswerable.sum())
+    abstain = _fit_monotone(z, unanswerable, -1.0) if min(n_un, n - n_un) >= MIN_PER_CLASS else None
+    info = {"questions": n, "right_top_answers": n_right, "unanswerable": n_un, **(fitted_on or {})}
+    return Calibrator(tuple(mean), tuple(scale), tuple(answer), tuple(abstain) if abstain is not None else None,
+                      weights_sha256, info)
+
+
+def calibrator_of(model) -> Calibrator | None:
+    """The calibrator saved in a loaded model's folder settings, or None; refuses (one line) a
+    calibrator fitted on other weights than the model's (``model.head_sha256``)."""
+    data = getattr(getattr(model, "settings", None), "calibration", None)
+    if data is None:
+        return None
+    check_fingerprint(model.settings, getattr(model, "head_sha256", None), getattr(model, "name_or_path", "model"))
+    return Calibrator.from_json(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fingerprint of the weights a calibrator was fitted with
+# ----------------------------------------------------------------------------------------------
+
+
+def head_fingerprint_from_arrays(weight: np.ndarray, bias: np.ndarray | None) -> str:
+    """sha256 of the QA head: its weight as float32 (2, hidden), then its bias as float32 (2,)."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError("the QA head's weight must be a matrix")
+    if w.shape[0] != 2 and w.shape[1] == 2:
+        w = w.T
+    digest = hashlib.sha256(np.ascontiguousarray(w).tobytes())
+    if bias is not None:
+        digest.update(np.ascontiguousarray(np.asarray(bias, dtype=np.float32)).tobytes())
+    return digest.hexdigest()
+
+
+def torch_head_fingerprint(model) -> str | None:
+    """The fingerprint of a transformers QA model's head (``qa_outputs``), or None when it has none."""
+    params = dict(model.named_parameters())
+    weight = next((v for k, v in params.items() if k.endswith("qa_outputs.weight")), None)
+    bias = next((v for k, v in params.items() if k.endswith("qa_outputs.bias")), None)
+    if weight is None:
+        return None
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return head_fingerprint_from_arrays(to_np(weight), to_np(bias) if bias is not None else None)
+
+
+def check_fingerprint(settings, fingerprint: str | None, name: str) -> None:
+    """Refuse a folder whose calibrator was fitted with other weights (one line)."""
+    data = getattr(settings, "calibration", None)
+    if data is None or fingerprint is None:
+        return
+    saved = data.get("weights_sha256") if isinstance(data, dict) else None
+    if saved and saved != fingerprint:
+        raise SquadkitError(
+            f"{name}: the calibrator in squadkit.json was fitted on other weights (QA head {saved[:12]}..., this "
+            f"model's is {fingerprint[:12]}...); refit it with `squadkit calibrate --model {name} --data DEV.json`")
+
+
+# ----------------------------------------------------------------------------------------------
+# the abstain rule
+# ----------------------------------------------------------------------------------------------
+
+
+def check_min_confidence(value: Any, calibrated: bool | None = None, param: str = "min_confidence") -> float | None:
+    """``min_confidence`` must be a number in [0, 1], and needs a calibrated model."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise SquadkitError(f"min_confidence must be a number between 0 and 1, got {value!r}", param=param)
+    if calibrated is False:
+        raise SquadkitError("min_confidence needs a calibrated model (its squadkit.json has no calibrator): fit one "
+                            "with `squadkit calibrate --model MODEL --data DEV.json`", param=param)
+    return float(value)
+
+
+def apply_min_confidence(ranked: list[dict], empty: dict, min_confidence: float | None) -> list[dict]:
+    """The abstain rule on a ranked answer list (dicts with ``confidence``; ``empty`` is the empty
+    answer, by identity): cut at the first span below ``min_confidence``, replacing it by ``empty``
+    unless ``empty`` came earlier."""
+    if min_confidence is None:
+        return ranked
+    out: list[dict] = []
+    for answer in ranked:
+        if answer is not empty and answer["confidence"] < min_confidence:
+            if not any(a is empty for a in out):
+                out.append(empty)
+            break
+        out.append(answer)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting: expected calibration error, reliability, risk-coverage, precision at cut-offs
+# ----------------------------------------------------------------------------------------------
+
+
+def calibration_report(confidence: np.ndarray, correct: np.ndarray, bins: int = 10,
+                       cutoffs: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
+    """ECE (equal-width bins), the reliability table, precision/coverage at cut-offs, and the
+    risk-coverage curve (answers sorted by confidence, most confident first)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    n = c.shape[0]
+    if n == 0:
+        raise SquadkitError("no questions with a confidence to report on", param="confidence")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(c, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            gap = abs(float(c[m].mean()) - float(y[m].mean()))
+            ece += m.sum() / n * gap
+            table.append({"bin": [float(edges[b]), float(edges[b + 1])], "count": int(m.sum()),
+                          "mean_confidence": float(c[m].mean()), "accuracy": float(y[m].mean())})
+    at = {}
+    for cut in cutoffs:
+        m = c >= cut
+        at[f"{cut:g}"] = {"coverage": float(m.mean()), "answered": int(m.sum()),
+                          "precision": float(y[m].mean()) if m.any() else None}
+    order = np.argsort(-c, kind="stable")
+    hits = np.cumsum(y[order])
+    k = np.arange(1, n + 1)
+    coverage = k / n
+    risk = 1.0 - hits / k
+    aurc = float(risk.mean())
+    return {"questions": n, "accuracy": float(y.mean()), "ece": float(ece), "bins": bins, "reliability": table,
+            "at_confidence": at, "aurc": aurc,
+            "risk_coverage": {"coverage": coverage.tolist(), "risk": risk.tolist()}}
+
+
+def correctness_of_final(predictions: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Exact match of each final prediction ("" is right on an unanswerable question)."""
+    out = {}
+    for qid, pred in predictions.items():
+        answers = gold.get(qid, [])
+        out[qid] = int(pred == "" or not pred.strip()) if not answers else _exact(answers, pred)
+    return out
