@@ -123,6 +123,8 @@ def connect(path: str | os.PathLike, create: bool = False) -> sqlite3.Connection
         uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB at most
+    except sqlite3.DatabaseError as exc:
+        raise SquadkitError(f"{path}: not a squadkit index ({exc})") from None
     except sqlite3.Error as exc:
         raise SquadkitError(f"{path}: cannot open index: {exc}") from None
     return conn

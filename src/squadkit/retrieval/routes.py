@@ -6,8 +6,7 @@ index run on FastAPI's thread pool, one at a time (a lock), so retrieval and rea
 the event loop and never compete with each other for the CPU.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": FastAPI reads the request model's annotations at runtime.
 import threading
 from typing import Any, Literal, Optional
 
