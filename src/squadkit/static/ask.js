@@ -27,18 +27,20 @@
     $("docs-error").hidden = false;
   }
 
-  // The passage as text nodes with the answer in <mark>; never innerHTML.
+  // The passage as text nodes with the answer in <mark>; never innerHTML. The server's offsets
+  // count code points (Python), JavaScript strings count UTF-16 units: slice an array of code points.
   function renderPassage(best, noAnswer) {
     const box = $("docs-passage");
     box.replaceChildren();
-    const text = best.passage;
+    const chars = Array.from(best.passage);
     const a = best.start - best.passage_start;
     const b = best.end - best.passage_start;
-    if (noAnswer) { box.append(document.createTextNode(text)); return; }
+    if (noAnswer) { box.append(document.createTextNode(best.passage)); return; }
     const mark = document.createElement("mark");
     mark.id = "docs-answer-span";
-    mark.textContent = text.slice(a, b);
-    box.append(document.createTextNode(text.slice(0, a)), mark, document.createTextNode(text.slice(b)));
+    mark.textContent = chars.slice(a, b).join("");
+    box.append(document.createTextNode(chars.slice(0, a).join("")), mark,
+               document.createTextNode(chars.slice(b).join("")));
   }
 
   function render(body) {
