@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--e2e-retrievers", default="bm25,hybrid")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--reuse-index", action="store_true", help="Keep WORKDIR/squad.sqlite from an earlier run.")
     args = ap.parse_args()
     if not DEV.is_file():
         sys.exit(f"missing real data: {DEV}")
@@ -229,7 +230,13 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - bm25 alone then
             print(f"no embedder ({exc}); bm25 only", file=sys.stderr)
         idx = workdir / "squad.sqlite"
-        seconds, passages = build_squad_index(idx, embedder)
+        if args.reuse_index and idx.is_file():
+            from squadkit.retrieval import Index
+
+            with Index(idx) as index:
+                seconds, passages = float("nan"), index.counts()["passages"]
+        else:
+            seconds, passages = build_squad_index(idx, embedder)
         print(f"indexed {passages} passages of {DEV.name} + {TRAIN.name} in {seconds:.1f} s "
               f"({'with' if embedder else 'without'} embeddings), {idx.stat().st_size / 2**20:.1f} MiB", flush=True)
     if "retrieval" in parts:

@@ -476,3 +476,13 @@ def test_serve_ask_endpoint(docs_index, tiny_bert):
         assert client.get("/v1/index").status_code == 404
     with pytest.raises(SquadkitError, match="index not found"):
         create_app(qa, ServeSettings(), index=docs_index.parent / "missing.sqlite")
+
+
+def test_short_document_fast_path_matches_the_splitter():
+    from squadkit.retrieval.documents import regex_token_count, whole_text_passage
+
+    for text in ("  a b\r\n\r\nc d .\r\n", "one", "x\n\n\n\ny z", UNICODE_CRLF):
+        offsets = regex_token_offsets(text)
+        assert regex_token_count(text) == len(offsets)
+        assert split_passages(text, offsets, max_tokens=len(offsets), overlap=0) == whole_text_passage(text)
+    assert whole_text_passage(" \r\n ") == [] == split_passages(" \r\n ", regex_token_offsets(" \r\n "), 8, 0)

@@ -238,8 +238,13 @@ _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")  # a blank line (\r counts as 
 
 def regex_token_offsets(text: str) -> np.ndarray:
     """(N, 2) character offsets of words and punctuation marks: the splitter without a tokenizer."""
-    spans = [m.span() for m in _WORD.finditer(text)]
-    return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    flat = np.fromiter((i for m in _WORD.finditer(text) for i in m.span()), dtype=np.int64)
+    return flat.reshape(-1, 2)
+
+
+def regex_token_count(text: str) -> int:
+    """How many tokens ``regex_token_offsets`` would find (cheaper: no offsets)."""
+    return len(_WORD.findall(text))
 
 
 def tokenizer_offsets_fn(tokenizer: Any) -> Callable[[str], np.ndarray]:
@@ -326,6 +331,19 @@ def split_passages(text: str, token_offsets: np.ndarray, max_tokens: int = 256, 
         pending_tokens += n
     flush()
     return [_trim(text, p) for p in out if p.end > p.start]
+
+
+def whole_text_passage(text: str) -> list[Passage]:
+    """The passage of a document short enough to be one: the whole text, whitespace trimmed.
+
+    What ``split_passages`` returns whenever the text has at most ``max_tokens`` tokens (all its
+    paragraphs pack into one passage); callers that can count tokens cheaply skip the offsets.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return []
+    start = len(text) - len(text.lstrip())
+    return [Passage(start, start + len(stripped))]
 
 
 def _trim(text: str, p: Passage) -> Passage:

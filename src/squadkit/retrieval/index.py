@@ -41,8 +41,10 @@ from .documents import (
     file_fingerprint,
     iter_files,
     read_documents,
+    regex_token_count,
     regex_token_offsets,
     split_passages,
+    whole_text_passage,
     tokenizer_offsets_fn,
 )
 
@@ -291,7 +293,10 @@ class IndexWriter:
 
     def add_document(self, doc: Document, file_id: int | None = None) -> int:
         """Store one document and its passages; returns how many passages (0: an empty document)."""
-        passages = split_passages(doc.text, self._offsets(doc.text), self.settings.max_tokens, self.settings.overlap)
+        if self._offsets is regex_token_offsets and regex_token_count(doc.text) <= self.settings.max_tokens:
+            passages = whole_text_passage(doc.text)  # the common short document: no offsets needed
+        else:
+            passages = split_passages(doc.text, self._offsets(doc.text), self.settings.max_tokens, self.settings.overlap)
         if not passages:
             return 0
         cur = self.conn.execute(
