@@ -486,3 +486,29 @@ def test_short_document_fast_path_matches_the_splitter():
         assert regex_token_count(text) == len(offsets)
         assert split_passages(text, offsets, max_tokens=len(offsets), overlap=0) == whole_text_passage(text)
     assert whole_text_passage(" \r\n ") == [] == split_passages(" \r\n ", regex_token_offsets(" \r\n "), 8, 0)
+
+
+def test_any_retriever_stands_in_for_the_index(tiny_bert):
+    """The Retriever Protocol is all DocumentQA needs: e.g. a search-engine client, here a list."""
+    from squadkit.retrieval import Retriever
+
+    class ListRetriever:
+        def __init__(self, docs: dict[str, str]) -> None:
+            self.docs = docs
+
+        def search(self, query: str, k: int) -> list[Hit]:
+            words = set(query.split())
+            ranked = sorted(self.docs.items(), key=lambda d: -len(words & set(d[1].split())))[:k]
+            return [Hit(i, name, 0, len(text), text, float(len(words & set(text.split()))))
+                    for i, (name, text) in enumerate(ranked)]
+
+    docs = {"a": "the old king was born in rome .", "b": "the red team won the game ."}
+    retriever = ListRetriever(docs)
+    assert isinstance(retriever, Retriever)
+    result = DocumentQA(None, model=str(tiny_bert), retriever=retriever, threshold=1e9).ask("where was the king born", k=1)
+    assert result.answers[0].document == "a" and docs["a"][result.answers[0].start : result.answers[0].end] == result.answer
+
+
+def test_serve_refuses_a_missing_index_before_loading_a_model(tmp_path):
+    result = runner.invoke(app, ["serve", "--index", str(tmp_path / "missing.sqlite"), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "index not found" in result.output

@@ -141,16 +141,23 @@ class DocumentQA:
 
     ``model`` is anything ``QuestionAnswerer`` loads (a folder, an exported ONNX folder, a hub id);
     or pass a loaded ``qa`` (a QuestionAnswerer) to share one model with a server. ``retriever`` is
-    bm25, dense, hybrid, or any object with ``search(query, k)``.
+    bm25, dense, hybrid, or any object with ``search(query, k) -> list[Hit]`` (the ``Retriever``
+    Protocol), in which case ``index`` may be None: a search engine can stand in for the index.
     """
 
-    def __init__(self, index: str | os.PathLike | Index, model: Any = None, *, qa: Any = None,
+    def __init__(self, index: str | os.PathLike | Index | None, model: Any = None, *, qa: Any = None,
                  retriever: str | Retriever = "bm25", k: int = DEFAULT_PASSAGES, threshold: float | None = None,
                  max_seq_length: int = 384, doc_stride: int = 128, max_answer_length: int = 30,
                  n_best_size: int = 20, batch_size: int = 8, backend: str = "auto", device: str | None = None) -> None:
         self.k = check_k(k)
-        self.index = index if isinstance(index, Index) else Index(index)
-        self.retriever: Retriever = (make_retriever(self.index, retriever) if isinstance(retriever, str) else retriever)
+        if isinstance(retriever, str):
+            if index is None:
+                raise SquadkitError("DocumentQA needs an index (or a retriever object)")
+            self.index = index if isinstance(index, Index) else Index(index)
+            self.retriever: Retriever = make_retriever(self.index, retriever)
+        else:  # any object with search(query, k) -> list[Hit]: e.g. a client of a search engine
+            self.index = index if isinstance(index, Index) or index is None else Index(index)
+            self.retriever = retriever
         if qa is None:
             if model is None:
                 raise SquadkitError("DocumentQA needs a model (a folder or hub id) or a loaded qa")
@@ -193,7 +200,8 @@ class DocumentQA:
         return results
 
     def close(self) -> None:
-        self.index.close()
+        if self.index is not None:
+            self.index.close()
 
 
 def ask(index: str | os.PathLike, question: str, model: Any, k: int = DEFAULT_PASSAGES, top_k: int = 1,
