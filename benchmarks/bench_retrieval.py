@@ -53,11 +53,12 @@ def dev_questions():
     return load_squad(DEV)
 
 
-def build_squad_index(path: Path, embedder) -> tuple[float, int]:
-    from squadkit.retrieval import build_index
+def build_squad_index(path: Path, embedder, tokenizer: str | None, max_tokens: int) -> tuple[float, int]:
+    from squadkit.retrieval import IndexSettings, build_index
 
     t0 = time.perf_counter()
-    report = build_index([DEV, TRAIN], path, embedder=embedder, rebuild=True)
+    settings = IndexSettings(tokenizer=tokenizer, max_tokens=max_tokens, overlap=32)
+    report = build_index([DEV, TRAIN], path, settings, embedder=embedder, rebuild=True)
     return time.perf_counter() - t0, report.passages
 
 
@@ -207,6 +208,8 @@ def main() -> None:
     ap.add_argument("--parts", default="retrieval,e2e,scale")
     ap.add_argument("--scales", default="10000,100000,1000000")
     ap.add_argument("--ks", default="1,5,10", help="Passages read per question in e2e.")
+    ap.add_argument("--max-tokens", type=int, default=300,
+                    help="Passage length in the reader's tokens (--model's tokenizer; words without --model).")
     ap.add_argument("--e2e-retrievers", default="bm25,hybrid")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None)
@@ -236,7 +239,7 @@ def main() -> None:
             with Index(idx) as index:
                 seconds, passages = float("nan"), index.counts()["passages"]
         else:
-            seconds, passages = build_squad_index(idx, embedder)
+            seconds, passages = build_squad_index(idx, embedder, args.model, args.max_tokens)
         print(f"indexed {passages} passages of {DEV.name} + {TRAIN.name} in {seconds:.1f} s "
               f"({'with' if embedder else 'without'} embeddings), {idx.stat().st_size / 2**20:.1f} MiB", flush=True)
     if "retrieval" in parts:

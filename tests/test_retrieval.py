@@ -93,9 +93,9 @@ def test_split_packs_small_paragraphs_up_to_the_limit():
 
 
 def test_split_in_reader_tokens(tmp_path, tiny_bert):
-    from squadkit.models import load_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = load_tokenizer(str(tiny_bert))
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     text = "normandy normandy normandy normandy\n\n" * 3
     offsets = tokenizer_offsets_fn(tok)(text)
     # the tiny vocabulary spells "normandy" as one token; each paragraph is 4 tokens

@@ -535,7 +535,7 @@ def search_cmd(
 def ask_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     question: str = typer.Argument(..., metavar="QUESTION"),
-    model: str = typer.Option(DEFAULT_MODEL_ID, "--model", "-m", help="Hub id, checkpoint folder or exported ONNX folder."),
+    model: str = typer.Option(..., "--model", "-m", help="A SQuAD v2 model: checkpoint folder, exported ONNX folder or hub id."),
     k: int = typer.Option(5, "-k", "--k", help="How many passages to retrieve and read."),
     top_k: int = typer.Option(1, "--top-k", help="How many answers to return."),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid."),

@@ -251,7 +251,11 @@ class IndexWriter:
         self.conn = connect(self.path, create=True)
         self.embedder = embedder
         self._embed_queue: list[tuple[int, str]] = []
-        self.conn.execute("BEGIN IMMEDIATE")  # one writer; readers keep the last committed index
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")  # one writer; readers keep the last committed index
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            raise SquadkitError(f"{self.path}: cannot write the index ({exc}); is another squadkit index running?") from None
         try:
             self._open(settings, rebuild)
         except BaseException:
@@ -380,9 +384,13 @@ class IndexWriter:
 
 
 def _load_tokenizer(name: str):
-    from ..models import load_tokenizer
+    """The reader's tokenizer (a model or tokenizer folder, or a hub id), for passage lengths."""
+    from transformers import AutoTokenizer
 
-    return load_tokenizer(name)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise SquadkitError(f"{name}: cannot load a tokenizer: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 
 
 def build_index(

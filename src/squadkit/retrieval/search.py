@@ -135,8 +135,11 @@ class SentenceEmbedder:
         if not folder.is_dir():
             raise SquadkitError(f"{path}: embedding model folder not found")
         self.name = str(folder.resolve())
-        self.tokenizer = AutoTokenizer.from_pretrained(self.name)
-        self.model = AutoModel.from_pretrained(self.name).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.name)
+            self.model = AutoModel.from_pretrained(self.name).eval()
+        except (OSError, ValueError) as exc:
+            raise SquadkitError(f"{path}: cannot load the embedding model: {str(exc).splitlines()[0]}") from None
         config = folder / "sentence_bert_config.json"
         saved = json.loads(config.read_text()).get("max_seq_length") if config.is_file() else None
         self.max_length = int(max_length or saved or 256)
