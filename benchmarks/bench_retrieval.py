@@ -123,6 +123,9 @@ def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kind
                 results = dqa.ask_many([e.question for e in dataset.examples], k=k, top_k=20)
                 seconds = time.perf_counter() - t0
                 score({e.id: r.answer for e, r in zip(dataset.examples, results)}, seconds, f"ask, {kind}, k={k}")
+                if k > 1:  # the other abstain rule: the best span's own passage's null score
+                    score({e.id: _own_passage_rule(r) for e, r in zip(dataset.examples, results)}, seconds,
+                          f"ask, {kind}, k={k}, abstain on own passage's null")
                 # the same answers with the retrieval score added (does it help? weights on z-scored BM25)
                 if kind == "bm25" and k == ks[-1]:
                     for weight in (0.5, 1.0):
@@ -133,6 +136,15 @@ def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kind
     table(f"End to end on the dev slice ({len(dataset.examples)} questions), model {model}, "
           f"threshold {threshold:.3f} (saved with the model)",
           ["reader input", "EM", "F1", "HasAns EM", "HasAns F1", "NoAns EM", "ms/question"], rows)
+
+
+def _own_passage_rule(result) -> str:
+    """Abstain when the best span's own passage's null score beats it by the threshold (not the min over passages)."""
+    if not result.answers:
+        return ""
+    best = result.answers[0]
+    null = result.passage_null_scores[best.retrieval_rank - 1]
+    return "" if null is not None and null - best.score > result.threshold else best.answer
 
 
 def _rescored(result, weight: float, threshold: float) -> str:

@@ -67,6 +67,7 @@ class AskResult:
     null_score: float | None  # min over passages of CLS start + end logit
     threshold: float
     passages: list[Hit] = field(default_factory=list)
+    passage_null_scores: list[float | None] = field(default_factory=list)  # per passage, in retrieval order
 
     @property
     def answer(self) -> str:
@@ -108,10 +109,12 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
     check_k(top_k, "top_k")
     spans: list[tuple[float, int, int, int]] = []  # (score, passage index, start, end)
     nulls: list[float] = []
+    passage_nulls: list[float | None] = [None] * len(hits)
     for j, (hit, nbest) in enumerate(zip(hits, nbests)):
         for e in nbest:
             if e.text == "" and e.start is None:
                 nulls.append(e.start_logit + e.end_logit)
+                passage_nulls[j] = e.start_logit + e.end_logit
             elif e.start is not None and e.end is not None and 0 <= e.start < e.end <= len(hit.text):
                 spans.append((e.start_logit + e.end_logit, j, e.start, e.end))
     spans.sort(key=lambda s: -s[0])
@@ -133,7 +136,7 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
         for a in answers:
             a.probability = math.exp(a.score - top) / total
     no_answer = not answers or (null_score is not None and null_score - answers[0].score > threshold)
-    return AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits))
+    return AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls)
 
 
 class DocumentQA:
