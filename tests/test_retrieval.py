@@ -187,6 +187,13 @@ def test_index_settings_change_resplits_everything(tmp_path):
     assert small.files_updated == 4 and small.passages > 4
     with Index(idx) as index:
         assert index.settings.max_tokens == 8
+    # a re-run without the flags keeps the index's settings: nothing to re-split
+    result = runner.invoke(app, ["index", str(folder), "-o", str(idx)])
+    assert result.exit_code == 0 and json.loads(result.stdout[result.stdout.index("{"):])["files_unchanged"] == 4
+    result = runner.invoke(app, ["index", str(folder), "-o", str(idx), "--overlap", "1"])
+    assert json.loads(result.stdout[result.stdout.index("{"):])["files_updated"] == 4
+    with Index(idx) as index:
+        assert (index.settings.max_tokens, index.settings.overlap) == (8, 1)
 
 
 CRASH_SCRIPT = textwrap.dedent("""

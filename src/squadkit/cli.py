@@ -491,17 +491,21 @@ def index_cmd(
     output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place)."),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="The reader's model or tokenizer folder: passage lengths in its tokens (default: words)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Longest passage, in tokens."),
-    overlap: int = typer.Option(32, "--overlap", help="Tokens shared by the pieces of a paragraph longer than --max-tokens."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest passage, in tokens [default: 256, or the index's]."),
+    overlap: Optional[int] = typer.Option(
+        None, "--overlap", help="Tokens shared by the pieces of a paragraph longer than --max-tokens [default: 32, or the index's]."),
     dense: bool = typer.Option(False, "--dense/--no-dense", help="Also store sentence embeddings (for --retriever dense|hybrid)."),
     embedder: Optional[str] = typer.Option(
         None, "--embedder", help="Sentence-embedding model folder (default: all-MiniLM-L6-v2 of squadkit[dense])."),
     rebuild: bool = typer.Option(False, "--rebuild/--no-rebuild", help="Start the index afresh rather than update it."),
 ) -> None:
-    """Index documents for search and ask; re-running updates only what changed (one atomic transaction)."""
-    from .retrieval.index import IndexSettings, build_index
+    """Index documents for search and ask; re-running updates only what changed (one atomic transaction).
 
-    settings = IndexSettings(tokenizer=tokenizer, max_tokens=max_tokens, overlap=overlap).validate()
+    Flags not given keep the index's own settings; changing them re-splits every file.
+    """
+    from .retrieval.index import build_index
+
+    settings = {"tokenizer": tokenizer, "max_tokens": max_tokens, "overlap": overlap}
     model = None
     if dense or embedder:
         from .retrieval.search import SentenceEmbedder, default_embedder_path

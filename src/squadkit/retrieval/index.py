@@ -244,8 +244,9 @@ class IndexWriter:
     exception rolls everything back, and a crash leaves the journal SQLite rolls back on open.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: IndexSettings | None = None,
+    def __init__(self, path: str | os.PathLike, settings: IndexSettings | dict | None = None,
                  embedder: Any = None, rebuild: bool = False) -> None:
+        """``settings``: IndexSettings to use, a dict of overrides of the index's own, or None (keep them)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = connect(self.path, create=True)
@@ -279,6 +280,9 @@ class IndexWriter:
             if statement.strip():
                 self.conn.execute(statement)
         old_settings = IndexSettings(**json.loads(existing["settings"])) if "settings" in existing else None
+        if isinstance(settings, dict):  # overrides of the index's own settings (flags given on a re-run)
+            base = old_settings or IndexSettings()
+            settings = IndexSettings(**{**base.__dict__, **{k: v for k, v in settings.items() if v is not None}})
         self.settings = (settings or old_settings or IndexSettings()).validate()
         self.resplit = old_settings is not None and old_settings.key() != self.settings.key()
         old_embedder = existing.get("embedder")
@@ -396,7 +400,7 @@ def _load_tokenizer(name: str):
 def build_index(
     paths: Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    settings: IndexSettings | None = None,
+    settings: IndexSettings | dict | None = None,
     embedder: Any = None,
     rebuild: bool = False,
     progress: Callable[[str], None] | None = None,
