@@ -110,6 +110,7 @@ def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kind
         rows.append([label, f"{ev['exact']:.2f}", f"{ev['f1']:.2f}", f"{ev.get('HasAns_exact', 0):.2f}",
                      f"{ev.get('HasAns_f1', 0):.2f}", f"{ev.get('NoAns_exact', 0):.2f}",
                      f"{1000 * seconds / len(dataset.examples):.0f}"])
+        print("  " + " | ".join(rows[-1]), flush=True)  # as it comes: a long run still leaves its rows
 
     t0 = time.perf_counter()
     gold = predict_squad(qa.model, dataset.examples, SquadDecodeSettings(null_score_diff_threshold=threshold),
@@ -177,7 +178,7 @@ def synthetic_documents(n: int, sentences: list[str], seed: int = 0):
         yield Document(f"synthetic/{i}", " ".join(rng.sample(sentences, 5)), title=f"synthetic {i}")
 
 
-def bench_scale(scales: list[int], dataset, workdir: Path, queries: int = 300) -> None:
+def bench_scale(scales: list[int], dataset, workdir: Path, queries: int = 100) -> None:
     from squadkit.retrieval import BM25Retriever, Index, IndexSettings, index_documents
 
     sentences = []
@@ -208,6 +209,7 @@ def bench_scale(scales: list[int], dataset, workdir: Path, queries: int = 300) -
         rows.append([f"{n:,}", f"{report.passages:,}", f"{build:.1f}", f"{n / build:,.0f}", f"{size / 2**20:,.1f}",
                      f"{size / report.passages:,.0f}", f"{p50:.2f}", f"{p99:.2f}", growth])
         prev = (build, size, p50)
+        print("  " + " | ".join(rows[-1]), flush=True)
         path.unlink()
     table(f"Scale (BM25, synthetic passages of 5 shuffled SQuAD sentences; {len(qs)} dev questions as queries, k=5)",
           ["passages asked", "passages", "build s", "passages/s", "size MiB", "bytes/passage", "query p50 ms",
