@@ -25,8 +25,9 @@ Ranking and abstaining, and why:
   same slice: not evidence enough to put a second, uncalibrated scale into the ranking.
 * The other abstain rule (the best span's own passage's null score) measured +1.6 EM there, for
   the same reason (more abstentions). The minimum over passages is kept: it is the rule the
-  saved threshold was tuned under (windows of one context), and it abstains only when no
-  retrieved passage's reader prefers a span; re-measure with a stronger model before switching.
+  saved threshold was tuned under (windows of one context), and it does not let an irrelevant
+  passage's confident null veto a span found elsewhere; re-measure with a stronger model before
+  switching.
 * Answers carry offsets into the stored document text: ``document_text[start:end] == answer``,
   exactly, with the passage they were found in.
 """
