@@ -17,4 +17,13 @@ from .errors import SquadkitError
 # as ``transformers.pipeline`` is.
 from .pipeline import QuestionAnswerer, pipeline  # noqa: E402
 
-__all__ = ["SquadkitError", "__version__", "pipeline", "QuestionAnswerer"]
+__all__ = ["SquadkitError", "__version__", "pipeline", "QuestionAnswerer", "DocumentQA", "ask"]
+
+
+def __getattr__(name: str):
+    """``squadkit.DocumentQA`` and ``squadkit.ask`` (questions over a document index), imported on first use."""
+    if name in ("DocumentQA", "ask"):
+        from . import retrieval
+
+        return getattr(retrieval, name)
+    raise AttributeError(f"module 'squadkit' has no attribute {name!r}")

@@ -607,6 +607,7 @@ def serve(
     request_timeout: float = typer.Option(30.0, "--request-timeout", help="Seconds a request may wait for its answer; beyond it 504."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Also answer over this document index: POST /v1/ask and a page tab."),
 ) -> None:
     """Serve the model over HTTP: JSON API (/v1/answer, /docs), health checks and a page to try it (/)."""
     from .serve import ServeSettings, serve as run_server
@@ -619,7 +620,89 @@ def serve(
         max_batch_items=max_batch_items, max_top_k=max_top_k, request_timeout_s=request_timeout,
         log_level=log_level, access_log=access_log,
     )
-    run_server(model, settings)
+    if index is not None:  # a bad index fails before the model loads
+        from .retrieval.index import Index
+
+        Index(index).close()
+    run_server(model, settings, index=index)
+
+
+# ---------------------------------------------------------------------------------------------
+# index / search / ask  (squadkit.retrieval)
+# ---------------------------------------------------------------------------------------------
+# COMMANDS:RETRIEVAL
+@app.command("index", no_args_is_help=True)
+@friendly_errors
+def index_cmd(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Files and folders: .txt .md .html .jsonl, SQuAD .json."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place)."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="The reader's model or tokenizer folder: passage lengths in its tokens (default: words)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest passage, in tokens [default: 256, or the index's]."),
+    overlap: Optional[int] = typer.Option(
+        None, "--overlap", help="Tokens shared by the pieces of a paragraph longer than --max-tokens [default: 32, or the index's]."),
+    dense: bool = typer.Option(False, "--dense/--no-dense", help="Also store sentence embeddings (for --retriever dense|hybrid)."),
+    embedder: Optional[str] = typer.Option(
+        None, "--embedder", help="Sentence-embedding model folder (default: all-MiniLM-L6-v2 of squadkit[dense])."),
+    rebuild: bool = typer.Option(False, "--rebuild/--no-rebuild", help="Start the index afresh rather than update it."),
+) -> None:
+    """Index documents for search and ask; re-running updates only what changed (one atomic transaction).
+
+    Flags not given keep the index's own settings; changing them re-splits every file.
+    """
+    from .retrieval.index import build_index
+
+    settings = {"tokenizer": tokenizer, "max_tokens": max_tokens, "overlap": overlap}
+    model = None
+    if dense or embedder:
+        from .retrieval.search import SentenceEmbedder, default_embedder_path
+
+        model = SentenceEmbedder(embedder or default_embedder_path())
+    report = build_index(paths, output, settings, embedder=model, rebuild=rebuild)
+    for name, reason in report.skipped:
+        typer.echo(f"skipped: {name}: {reason}", err=True)
+    if report.empty_documents:
+        typer.echo(f"empty: {len(report.empty_documents)} document(s), e.g. {report.empty_documents[0]}", err=True)
+    print_json(report.to_dict())
+
+
+@app.command("search", no_args_is_help=True)
+@friendly_errors
+def search_cmd(
+    index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
+    query: str = typer.Argument(..., metavar="QUERY"),
+    k: int = typer.Option(5, "-k", "--k", help="How many passages."),
+    retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
+) -> None:
+    """The best passages for a query, one JSON line each: {document, start, end, text, score}."""
+    from .retrieval.search import search
+
+    for hit in search(index, query, k=k, retriever=retriever):
+        print_json(hit.to_dict(), compact=True)
+
+
+@app.command("ask", no_args_is_help=True)
+@friendly_errors
+def ask_cmd(
+    index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
+    question: str = typer.Argument(..., metavar="QUESTION"),
+    model: str = typer.Option(..., "--model", "-m", help="A SQuAD v2 model: checkpoint folder, exported ONNX folder or hub id."),
+    k: int = typer.Option(5, "-k", "--k", help="How many passages to retrieve and read."),
+    top_k: int = typer.Option(1, "--top-k", help="How many answers to return."),
+    retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", help="No-answer threshold (default: the one saved with the model, else 0.0)."),
+    backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
+    passages: bool = typer.Option(False, "--passages/--no-passages", help="Also print the retrieved passages."),
+) -> None:
+    """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
+    from .retrieval.ask import DocumentQA
+    from .retrieval.search import check_k
+
+    check_k(k), check_k(top_k, "top_k")  # bad flags fail before a model is loaded
+    dqa = DocumentQA(index, model, retriever=retriever, k=k, threshold=threshold, backend=backend, device=device)
+    print_json(dqa.ask(question, k=k, top_k=top_k).to_dict(with_passages=passages))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -485,9 +485,10 @@ def _validation_summary(errors: list[dict]) -> tuple[str, list[dict]]:
     return f"{first['field']}: {first['msg']}{more}", cleaned
 
 
-def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None) -> FastAPI:
+def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None, index: Any = None) -> FastAPI:
     """The FastAPI app serving ``qa_or_model``: a QuestionAnswerer, a loaded squadkit model, or a
     model name / folder (loaded in the background at startup: /readyz says 503 until it is ready).
+    With ``index`` (a ``squadkit index`` file) it also answers over documents: POST /v1/ask.
     """
     settings = (settings or ServeSettings()).validate()
     state = ServerState(settings, model_name=_model_name(qa_or_model))
@@ -595,6 +596,10 @@ def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None) -> Fa
     async def page() -> FileResponse:
         return FileResponse(str(STATIC_DIR / "index.html"), media_type="text/html")
 
+    if index is not None:  # questions over a document index (squadkit.retrieval)
+        from .retrieval.routes import ask_router
+
+        app.include_router(ask_router(state, str(index), settings.max_question_chars, settings.max_top_k))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     return app
 
@@ -662,7 +667,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(qa_or_model: Any = None, settings: Optional[ServeSettings] = None, **overrides: Any) -> None:
+def serve(qa_or_model: Any = None, settings: Optional[ServeSettings] = None, index: Any = None, **overrides: Any) -> None:
     """Serve until SIGINT/SIGTERM (the ``squadkit serve`` command). Blocks.
 
     ``overrides`` replace fields of ``settings`` (``serve("model", port=9000)``). The port is bound
@@ -679,7 +684,7 @@ def serve(qa_or_model: Any = None, settings: Optional[ServeSettings] = None, **o
     try:
         _set_threads(settings.threads)
         qa = _as_pipeline(qa_or_model, settings)
-        app = create_app(qa, settings)
+        app = create_app(qa, settings, index=index)
         server = _uvicorn_server(app, settings)
         print(f"squadkit: serving {_model_name(qa)} at {url_of(sock)} (page: /, API docs: /docs)",
               file=sys.stderr, flush=True)

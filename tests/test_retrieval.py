@@ -1,0 +1,521 @@
+"""Ask your documents: reading and splitting, the index (offsets, incremental, crash-safe), search,
+ranking answers across passages, the CLI, the server endpoint and the page tab."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from squadkit.cli import app
+from squadkit.decode import NBestEntry
+from squadkit.errors import SquadkitError
+from squadkit.retrieval import (
+    DocumentQA,
+    Hit,
+    Index,
+    IndexSettings,
+    build_index,
+    rank_answers,
+    reader_threshold,
+    search,
+    split_passages,
+)
+from squadkit.retrieval.documents import SkipFile, read_documents, regex_token_offsets, tokenizer_offsets_fn
+from squadkit.retrieval.index import INDEX_FORMAT
+from squadkit.retrieval.search import fts_query
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+runner = CliRunner()
+
+# Windows line endings, accents, non-Latin scripts and an emoji (one code point, two UTF-16 units)
+UNICODE_CRLF = ("the old king was born in rome .\r\n\r\n"
+                "Zoë said the queen 👑 was born in london , not in paris .\r\n\r\n"
+                "東京 is a city . the river seine flows through paris .\r\n")
+
+
+def write_collection(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kings.txt").write_bytes(UNICODE_CRLF.encode("utf-8"))
+    (folder / "notes.md").write_text("# music\n\nthe red team won the game in paris .\n\nthe blue team lost .\n",
+                                     encoding="utf-8")
+    (folder / "page.html").write_text("<html><head><title>Rivers</title><script>var x = 1;</script></head><body>"
+                                      "<h1>Rivers</h1><p>the river thames flows through london &amp; oxford .</p>"
+                                      "</body></html>", encoding="utf-8")
+    records = [{"id": "r1", "text": "the capital of france is paris .", "source": "atlas", "year": 1999},
+               {"id": "r2", "text": "", "source": "empty"}]
+    (folder / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    (folder / "blob.txt").write_bytes(b"\x89PNG\x00\x00binary")
+    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    return folder
+
+
+def doc_text(index_path: Path, name: str) -> str:
+    with Index(index_path) as idx:
+        return idx.document_text(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and splitting
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_keeps_exact_offsets_paragraphs_and_length_limit():
+    text = UNICODE_CRLF + "\r\n" + " ".join(f"w{i}" for i in range(50)) + "\r\n"
+    offsets = regex_token_offsets(text)
+    passages = split_passages(text, offsets, max_tokens=12, overlap=3)
+    for p in passages:
+        chunk = text[p.start : p.end]
+        assert chunk == chunk.strip() and chunk  # no leading/trailing whitespace or \r
+        n = ((offsets[:, 0] >= p.start) & (offsets[:, 1] <= p.end)).sum()
+        assert n <= 12
+    # paragraphs that fit are not cut: each short paragraph is exactly one passage
+    assert any(text[p.start : p.end] == "the old king was born in rome ." for p in passages)
+    assert any(text[p.start : p.end].startswith("Zoë said the queen 👑") for p in passages)
+    # the 50-word paragraph is cut into windows sharing 3 tokens
+    long = [text[p.start : p.end].split() for p in passages if text[p.start : p.end].startswith("w")]
+    assert len(long) >= 5 and long[0][-3:] == long[1][:3]
+    assert long[0][0] == "w0" and long[-1][-1] == "w49"
+
+
+def test_split_packs_small_paragraphs_up_to_the_limit():
+    text = "a b c\n\nd e f\n\ng h i\n\nj k l"
+    passages = split_passages(text, regex_token_offsets(text), max_tokens=6, overlap=0)
+    assert [text[p.start : p.end] for p in passages] == ["a b c\n\nd e f", "g h i\n\nj k l"]
+
+
+def test_split_in_reader_tokens(tmp_path, tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    text = "normandy normandy normandy normandy\n\n" * 3
+    offsets = tokenizer_offsets_fn(tok)(text)
+    # the tiny vocabulary spells "normandy" as one token; each paragraph is 4 tokens
+    assert len(offsets) == 12
+    passages = split_passages(text, offsets, max_tokens=8, overlap=2)
+    assert len(passages) == 2
+
+
+def test_readers(tmp_path, squad_dev_path):
+    folder = write_collection(tmp_path / "docs")
+    (doc,) = read_documents(folder / "page.html", "page.html")
+    assert doc.title == "Rivers" and "var x" not in doc.text and "london & oxford" in doc.text
+    docs = list(read_documents(folder / "records.jsonl", "records.jsonl"))
+    assert docs[0].name == "records.jsonl#r1" and docs[0].metadata == {"source": "atlas", "year": 1999}
+    (kings,) = read_documents(folder / "kings.txt", "kings.txt")
+    assert kings.text == UNICODE_CRLF  # \r\n kept: offsets are into the file's own text
+    with pytest.raises(SkipFile, match="binary"):
+        list(read_documents(folder / "blob.txt", "blob.txt"))
+    with pytest.raises(SkipFile, match="UTF-8"):
+        list(read_documents(folder / "latin1.txt", "latin1.txt"))
+    squad = list(read_documents(squad_dev_path, "dev.json"))
+    assert len(squad) == 87 and squad[0].title == "Normans" and squad[0].name == "dev.json#Normans/0"
+
+
+# ---------------------------------------------------------------------------------------------
+# index and search
+# ---------------------------------------------------------------------------------------------
+
+
+def test_index_search_offsets_are_exact_on_unicode_and_crlf(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = write_collection(tmp_path / "docs")
+    report = build_index([folder], tmp_path / "idx.sqlite", IndexSettings(max_tokens=16, overlap=4))
+    assert sorted(f for f, _ in report.skipped) == ["docs/blob.txt", "docs/latin1.txt"]
+    assert report.empty_documents == ["docs/records.jsonl#r2"]
+    assert report.files_added == 4 and report.documents == 4
+    hits = search(tmp_path / "idx.sqlite", "where was the queen born", k=3)
+    assert hits[0].document == "docs/kings.txt" and "queen 👑" in hits[0].text
+    for query in ("queen london", "paris", "東京", "thames oxford", "capital france"):
+        for hit in search(tmp_path / "idx.sqlite", query, k=5):
+            assert doc_text(tmp_path / "idx.sqlite", hit.document)[hit.start : hit.end] == hit.text
+    kings = search(tmp_path / "idx.sqlite", "Zoë", k=1)[0]
+    assert kings.document == "docs/kings.txt"
+    assert UNICODE_CRLF[kings.start : kings.end] == kings.text  # offsets into the file's text itself
+    jsonl = search(tmp_path / "idx.sqlite", "capital of france", k=1)[0]
+    assert jsonl.document == "docs/records.jsonl#r1" and jsonl.metadata == {"source": "atlas", "year": 1999}
+
+
+def test_fts_query_quotes_words_and_keeps_stop_word_only_questions():
+    assert fts_query('What is "NEAR" AND NOT x*?') == '"near" OR "x" OR "near x"'
+    assert fts_query("who is it") == '"who" OR "is" OR "it" OR "who is" OR "is it"'
+    with pytest.raises(SquadkitError, match="no words"):
+        fts_query("?!")
+
+
+def test_incremental_reindex_updates_only_what_changed(tmp_path):
+    folder = write_collection(tmp_path / "docs")
+    idx = tmp_path / "idx.sqlite"
+    first = build_index([folder], idx)
+    assert first.files_added == 4
+    again = build_index([folder], idx)
+    assert (again.files_added, again.files_updated, again.files_unchanged, again.files_removed) == (0, 0, 4, 0)
+    assert again.passages_added == 0 and again.passages == first.passages
+    # same bytes, new mtime: recognised by hash, not re-read
+    os.utime(folder / "notes.md", ns=(1, 1))
+    assert build_index([folder], idx).files_unchanged == 4
+    (folder / "notes.md").write_text("the green team won the cup in rome .\n", encoding="utf-8")
+    (folder / "page.html").unlink()
+    (folder / "new.txt").write_text("a new file about the mountain .\n", encoding="utf-8")
+    third = build_index([folder], idx)
+    assert (third.files_added, third.files_updated, third.files_unchanged, third.files_removed) == (1, 1, 2, 1)
+    assert third.passages_added == 2
+    assert search(idx, "green team cup", k=1)[0].text == "the green team won the cup in rome ."
+    assert all("red team" not in h.text for h in search(idx, "red team game", k=10))
+    assert all("thames" not in h.text for h in search(idx, "thames oxford", k=10))
+    assert search(idx, "mountain", k=1)[0].document.endswith("new.txt")
+    # the full-text table holds exactly the live passages (deleted rows really went)
+    with Index(idx) as index:
+        live = index.counts()["passages"]
+        assert index.conn.execute("SELECT count(*) FROM passages_fts WHERE passages_fts MATCH '\"team\"'").fetchone()[0] == 1
+    assert live == third.passages
+
+
+def test_index_settings_change_resplits_everything(tmp_path):
+    folder = write_collection(tmp_path / "docs")
+    idx = tmp_path / "idx.sqlite"
+    build_index([folder], idx, IndexSettings(max_tokens=256, overlap=0))
+    small = build_index([folder], idx, IndexSettings(max_tokens=8, overlap=2))
+    assert small.files_updated == 4 and small.passages > 4
+    with Index(idx) as index:
+        assert index.settings.max_tokens == 8
+    # a re-run without the flags keeps the index's settings: nothing to re-split
+    result = runner.invoke(app, ["index", str(folder), "-o", str(idx)])
+    assert result.exit_code == 0 and json.loads(result.stdout[result.stdout.index("{"):])["files_unchanged"] == 4
+    result = runner.invoke(app, ["index", str(folder), "-o", str(idx), "--overlap", "1"])
+    assert json.loads(result.stdout[result.stdout.index("{"):])["files_updated"] == 4
+    with Index(idx) as index:
+        assert (index.settings.max_tokens, index.settings.overlap) == (8, 1)
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from squadkit.retrieval import index as ix
+    real_connect = ix.connect
+    def tiny_cache(*a, **k):  # spill every page to disk at once, so the crash leaves a real half-write
+        conn = real_connect(*a, **k)
+        conn.execute("PRAGMA cache_size=2")
+        return conn
+    ix.connect = tiny_cache
+    real_add = ix.IndexWriter.add_document
+    count = 0
+    def add(self, doc, file_id=None):
+        global count
+        count += 1
+        if count == int(sys.argv[3]):
+            os._exit(17)  # as kill -9: no rollback, no cleanup
+        return real_add(self, doc, file_id)
+    ix.IndexWriter.add_document = add
+    ix.build_index([sys.argv[1]], sys.argv[2])
+""")
+
+
+def _crash_index(folder: Path, idx: Path, after_docs: int) -> None:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(folder), str(idx), str(after_docs)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 17, proc.stderr
+
+
+def test_crash_mid_index_leaves_the_previous_index(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"d{i:02d}.txt").write_text(f"document {i} about the city of paris and the river .\n" * 20)
+    idx = tmp_path / "idx.sqlite"
+    before = build_index([folder], idx)
+    expected = [(h.document, h.start, h.end) for h in search(idx, "paris river", k=50)]
+    for i in range(30):  # every file changes; the crash comes after 20 of them were rewritten
+        (folder / f"d{i:02d}.txt").write_text(f"changed {i} about the mountain .\n" * 20)
+    _crash_index(folder, idx, after_docs=20)
+    assert Path(str(idx) + "-journal").exists()  # the crash really happened mid-write
+    with Index(idx) as index:  # opening rolls the half-written transaction back
+        assert index.counts()["passages"] == before.passages
+        assert index.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not Path(str(idx) + "-journal").exists()
+    assert [(h.document, h.start, h.end) for h in search(idx, "paris river", k=50)] == expected
+    assert search(idx, "mountain", k=5) == []
+    after = build_index([folder], idx)  # and the next run completes the update
+    assert after.files_updated == 30 and len(search(idx, "mountain", k=50)) == 30
+
+
+def test_crash_during_the_first_build_is_never_read_as_an_index(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"d{i}.txt").write_text(f"document {i} about paris .\n" * 50)
+    idx = tmp_path / "idx.sqlite"
+    _crash_index(folder, idx, after_docs=5)
+    result = runner.invoke(app, ["search", str(idx), "paris"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "not a squadkit index" in result.output
+    assert build_index([folder], idx).files_added == 10  # a fresh build over it works
+    assert len(search(idx, "paris", k=20)) == 10
+
+
+def test_bad_indexes_and_bad_input_are_one_line_errors(tmp_path):
+    folder = write_collection(tmp_path / "docs")
+    idx = tmp_path / "idx.sqlite"
+    build_index([folder], idx)
+    # from a newer squadkit
+    newer = tmp_path / "newer.sqlite"
+    newer.write_bytes(idx.read_bytes())
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(INDEX_FORMAT + 1),))
+    not_index = tmp_path / "other.sqlite"
+    with sqlite3.connect(not_index) as conn:
+        conn.execute("CREATE TABLE t(x)")
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database at all" * 100)
+    cases = [
+        (["search", str(newer), "paris"], "newer squadkit"),
+        (["search", str(not_index), "paris"], "not a squadkit index"),
+        (["search", str(garbage), "paris"], "not a squadkit index"),
+        (["search", str(tmp_path / "missing.sqlite"), "paris"], "index not found"),
+        (["search", str(idx), "paris", "-k", "0"], "k must be an integer >= 1"),
+        (["search", str(idx), "?!"], "no words"),
+        (["search", str(idx), "paris", "--retriever", "dense"], "no embeddings"),
+        (["ask", str(idx), "where?", "-k", "0", "--model", str(tmp_path / "no-model")], "k must be"),
+        (["index", str(tmp_path / "nowhere"), "-o", str(idx)], "no such file or folder"),
+        (["index", str(folder / "blob.txt"), "-o", str(tmp_path / "x.sqlite")], "nothing to index"),
+        (["index", str(folder), "-o", str(not_index)], "not a squadkit index"),
+        (["index", str(folder), "-o", str(idx), "--max-tokens", "4"], "max_tokens"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and result.output.startswith("error: "), (args, result.output)
+        assert result.output.strip().count("\n") == 0, result.output
+    assert not (tmp_path / "missing.sqlite").exists()  # a query never creates an index
+    # a failed index run changed nothing: x.sqlite holds no index, idx is as it was
+    with pytest.raises(SquadkitError):
+        Index(tmp_path / "x.sqlite")
+    assert search(idx, "queen london", k=1)[0].document.endswith("kings.txt")
+    # a stop-word-only question still searches (with those words)
+    assert runner.invoke(app, ["search", str(idx), "who was it"]).exit_code == 0
+
+
+def test_cli_index_and_search_print_json(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_collection(tmp_path / "docs")
+    result = runner.invoke(app, ["index", "docs", "--output", "idx.sqlite", "--max-tokens", "32", "--overlap", "4"])
+    assert result.exit_code == 0, result.output
+    assert "skipped: docs/blob.txt: binary file" in result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["documents"] == 4 and summary["files_added"] == 4
+    result = runner.invoke(app, ["search", "idx.sqlite", "where was the queen born", "-k", "2"])
+    assert result.exit_code == 0
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert 1 <= len(lines) <= 2 and set(lines[0]) >= {"document", "start", "end", "text", "score"}
+    assert lines[0]["document"] == "docs/kings.txt"
+    assert UNICODE_CRLF[lines[0]["start"] : lines[0]["end"]] == lines[0]["text"]
+    assert lines == sorted(lines, key=lambda h: -h["score"])
+
+
+# ---------------------------------------------------------------------------------------------
+# ranking across passages
+# ---------------------------------------------------------------------------------------------
+
+
+def _hit(i: int, text: str) -> Hit:
+    return Hit(i, f"doc{i}", 100 * i, 100 * i + len(text), text, score=10.0 - i)
+
+
+def test_answers_are_ranked_on_logits_not_per_passage_softmax():
+    a = _hit(1, "paris is in france")
+    b = _hit(2, "london is in england , rome in italy")
+    # passage a: one candidate, probability ~1 inside its passage, but a low logit sum (3.0)
+    nb_a = [NBestEntry("paris", 1.5, 1.5, probability=0.99, start=0, end=5), NBestEntry("", -4.0, -4.0)]
+    # passage b: candidates spread out, each with a low per-passage probability but higher logits
+    nb_b = [NBestEntry("london", 3.0, 2.0, probability=0.4, start=0, end=6),
+            NBestEntry("rome", 2.9, 2.0, probability=0.35, start=23, end=27), NBestEntry("", 0.0, 0.0)]
+    result = rank_answers("q", [a, b], [nb_a, nb_b], threshold=0.0, top_k=3)
+    assert [x.answer for x in result.answers] == ["london", "rome", "paris"]
+    assert result.answers[0].document == "doc2" and result.answers[0].start == 200 and result.answers[0].end == 206
+    assert result.answers[2].retrieval_rank == 1
+    assert result.null_score == -8.0 and not result.no_answer
+    # probabilities: one softmax over every span of every passage and the no-answer score
+    expected = np.exp([5, 4.9, 3, -8]) / np.exp([5, 4.9, 3, -8]).sum()
+    assert np.allclose([x.probability for x in result.answers], expected[:3])
+
+
+def test_abstains_when_the_lowest_null_beats_the_best_span_by_the_threshold():
+    a = _hit(0, "some text here")
+    nb = [NBestEntry("", 4.0, 4.0), NBestEntry("text", 2.0, 1.0, start=5, end=9)]
+    other = [NBestEntry("", 5.0, 5.0), NBestEntry("here", 0.5, 0.5, start=10, end=14)]
+    # min null over passages = 8; best span = 3: 8 - 3 = 5
+    assert rank_answers("q", [a, a], [nb, other], threshold=4.9).no_answer
+    kept = rank_answers("q", [a, a], [nb, other], threshold=5.1)
+    assert not kept.no_answer and kept.answer == "text"
+    assert rank_answers("q", [], [], threshold=0.0).no_answer  # nothing retrieved: abstain
+    # the same span read in two overlapping passages is one answer
+    twice = rank_answers("q", [a, a], [nb, nb], threshold=100.0, top_k=5)
+    assert [x.answer for x in twice.answers] == ["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ask with a real (tiny) model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs_index(tmp_path_factory, tiny_bert):
+    folder = write_collection(tmp_path_factory.mktemp("ask") / "docs")
+    idx = folder.parent / "idx.sqlite"
+    build_index([folder], idx, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
+    return idx
+
+
+def test_ask_answers_point_into_the_documents(docs_index, tiny_bert):
+    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.retrieval.ask import _Example
+
+    dqa = DocumentQA(docs_index, model=str(tiny_bert), threshold=1e9)  # never abstain: check the spans
+    result = dqa.ask("where was the queen born", k=4, top_k=5)
+    assert not result.no_answer and result.answers
+    assert [a.score for a in result.answers] == sorted((a.score for a in result.answers), reverse=True)
+    for a in result.answers:
+        text = dqa.index.document_text(a.document)
+        assert text[a.start : a.end] == a.answer
+        assert text[a.passage_start : a.passage_end] == a.passage
+        assert a.passage_start <= a.start < a.end <= a.passage_end
+    # the best answer is the reader's best span over the retrieved passages, by logits
+    hits = dqa.retriever.search("where was the queen born", 4)
+    preds = predict_squad(dqa.model, [_Example(str(j), "where was the queen born", h.text) for j, h in enumerate(hits)],
+                          SquadDecodeSettings(version_2_with_negative=True))
+    best = max(((e.start_logit + e.end_logit, h.start + e.start) for j, h in enumerate(hits)
+                for e in preds.nbest[str(j)] if e.start is not None), key=lambda t: t[0])
+    assert abs(result.answers[0].score - best[0]) < 1e-4 and result.answers[0].start == best[1]
+    null = min(e.start_logit + e.end_logit for j in range(len(hits)) for e in preds.nbest[str(j)]
+               if e.text == "" and e.start is None)
+    assert abs(result.null_score - null) < 1e-4
+
+
+def test_ask_uses_the_models_saved_threshold(docs_index, tiny_bert, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    (model / "squadkit.json").write_text(json.dumps({"null_score_diff_threshold": 1e6}))
+    dqa = DocumentQA(docs_index, model=str(model))
+    assert reader_threshold(dqa.model) == 1e6
+    assert not dqa.ask("where was the queen born").no_answer
+    (model / "squadkit.json").write_text(json.dumps({"null_score_diff_threshold": -1e6}))
+    abstaining = DocumentQA(docs_index, model=str(model))
+    result = abstaining.ask("where was the queen born", top_k=2)
+    assert result.no_answer and result.answer == "" and result.to_dict()["no_answer"] is True
+    assert len(result.answers) == 2  # the rejected candidates are still shown
+
+
+def test_cli_ask(docs_index, tiny_bert):
+    result = runner.invoke(app, ["ask", str(docs_index), "where was the queen born", "--model", str(tiny_bert),
+                                 "-k", "3", "--top-k", "2", "--threshold", "1e9", "--passages"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["answer"] == out["answers"][0]["answer"] and len(out["answers"]) == 2
+    best = out["answers"][0]
+    assert doc_text(docs_index, best["document"])[best["start"] : best["end"]] == best["answer"]
+    assert set(best) >= {"answer", "score", "document", "start", "end", "passage"}
+    assert 1 <= len(out["passages"]) <= 3
+
+
+def test_dense_and_hybrid_retrieval(tmp_path, tiny_bert):
+    from squadkit.retrieval.search import SentenceEmbedder
+
+    folder = write_collection(tmp_path / "docs")
+    idx = tmp_path / "idx.sqlite"
+    embedder = SentenceEmbedder(str(tiny_bert))  # any encoder folder works; a real one is all-MiniLM-L6-v2
+    report = build_index([folder], idx, embedder=embedder)
+    assert report.embedded == report.passages
+    for kind in ("dense", "hybrid"):
+        hits = search(idx, "where was the queen born", k=3, retriever=kind)
+        assert len(hits) == 3 and len({h.passage_id for h in hits}) == 3
+        for h in hits:
+            assert doc_text(idx, h.document)[h.start : h.end] == h.text
+    # a passage's own text is its nearest neighbour
+    kings = search(idx, "Zoë", k=1)[0]
+    assert search(idx, kings.text, k=1, retriever="dense")[0].passage_id == kings.passage_id
+    # incremental: new passages are embedded too; an update without the embedder is refused
+    (folder / "more.txt").write_text("the mountain is big .\n")
+    assert build_index([folder], idx, embedder=embedder).embedded == report.passages + 1
+    with pytest.raises(SquadkitError, match="holds embeddings"):
+        build_index([folder], idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# the server endpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def test_serve_ask_endpoint(docs_index, tiny_bert):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from squadkit.pipeline import QuestionAnswerer
+    from squadkit.serve import ServeSettings, create_app
+
+    qa = QuestionAnswerer(str(tiny_bert), backend="torch", device="cpu")
+    expected = DocumentQA(docs_index, qa=qa).ask("where was the queen born", k=3, top_k=2).to_dict()
+    with TestClient(create_app(qa, ServeSettings(access_log=False), index=docs_index)) as client:
+        r = client.post("/v1/ask", json={"question": "where was the queen born", "k": 3, "top_k": 2})
+        assert r.status_code == 200
+        assert r.json() == json.loads(json.dumps(expected))
+        info = client.get("/v1/index").json()
+        assert info["documents"] == 4 and info["retrievers"] == ["bm25"]
+        for body, field in [({"question": "x", "k": 0}, "k"), ({"question": ""}, "question"),
+                            ({"question": "x", "top_k": 99}, "top_k"), ({"question": "x", "extra": 1}, "extra")]:
+            r = client.post("/v1/ask", json=body)
+            assert r.status_code == 422 and r.json()["error"].startswith(field), r.json()
+        r = client.post("/v1/ask", json={"question": "?!"})
+        assert r.status_code == 422 and "no words" in r.json()["error"]
+        r = client.post("/v1/ask", json={"question": "x", "retriever": "dense"})
+        assert r.status_code == 422 and "no embeddings" in r.json()["error"]
+    with TestClient(create_app(qa, ServeSettings(access_log=False))) as client:  # no index: no endpoint
+        assert client.post("/v1/ask", json={"question": "x"}).status_code == 404
+        assert client.get("/v1/index").status_code == 404
+    with pytest.raises(SquadkitError, match="index not found"):
+        create_app(qa, ServeSettings(), index=docs_index.parent / "missing.sqlite")
+
+
+def test_short_document_fast_path_matches_the_splitter():
+    from squadkit.retrieval.documents import regex_token_count, whole_text_passage
+
+    for text in ("  a b\r\n\r\nc d .\r\n", "one", "x\n\n\n\ny z", UNICODE_CRLF):
+        offsets = regex_token_offsets(text)
+        assert regex_token_count(text) == len(offsets)
+        assert split_passages(text, offsets, max_tokens=len(offsets), overlap=0) == whole_text_passage(text)
+    assert whole_text_passage(" \r\n ") == [] == split_passages(" \r\n ", regex_token_offsets(" \r\n "), 8, 0)
+
+
+def test_any_retriever_stands_in_for_the_index(tiny_bert):
+    """The Retriever Protocol is all DocumentQA needs: e.g. a search-engine client, here a list."""
+    from squadkit.retrieval import Retriever
+
+    class ListRetriever:
+        def __init__(self, docs: dict[str, str]) -> None:
+            self.docs = docs
+
+        def search(self, query: str, k: int) -> list[Hit]:
+            words = set(query.split())
+            ranked = sorted(self.docs.items(), key=lambda d: -len(words & set(d[1].split())))[:k]
+            return [Hit(i, name, 0, len(text), text, float(len(words & set(text.split()))))
+                    for i, (name, text) in enumerate(ranked)]
+
+    docs = {"a": "the old king was born in rome .", "b": "the red team won the game ."}
+    retriever = ListRetriever(docs)
+    assert isinstance(retriever, Retriever)
+    result = DocumentQA(None, model=str(tiny_bert), retriever=retriever, threshold=1e9).ask("where was the king born", k=1)
+    assert result.answers[0].document == "a" and docs["a"][result.answers[0].start : result.answers[0].end] == result.answer
+
+
+def test_serve_refuses_a_missing_index_before_loading_a_model(tmp_path):
+    result = runner.invoke(app, ["serve", "--index", str(tmp_path / "missing.sqlite"), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "index not found" in result.output
