@@ -142,3 +142,18 @@ def test_page_shows_the_servers_validation_error(browser, qa):
             assert error.inner_text().startswith("context:") and "20" in error.inner_text()
         finally:
             page.close()
+
+
+def test_page_highlights_by_characters_after_an_emoji(browser, qa):
+    """The server's offsets count characters; an emoji (two UTF-16 units) before the answer must not shift it."""
+    context = "🙂 🙂 " + CONTEXT
+    expected = qa(question=QUESTION, context=context)
+    assert expected["answer"] and expected["start"] > 4
+    with serve_in_thread(create_app(qa, ServeSettings(**QUIET))) as url:
+        page = browser.new_page()
+        try:
+            ask(page, url, context, QUESTION)
+            assert page.locator("#passage mark").inner_text() == context[expected["start"]:expected["end"]]
+            assert page.locator("#passage").inner_text() == context
+        finally:
+            page.close()

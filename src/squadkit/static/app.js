@@ -29,13 +29,16 @@
       passage.append(document.createTextNode(context));
       return;
     }
+    // The server's offsets count characters (code points); JavaScript strings index UTF-16 units,
+    // so slice an array of code points, or an emoji before the answer would shift the highlight.
+    const chars = Array.from(context);
     const mark = document.createElement("mark");
     mark.id = "answer-span";
-    mark.textContent = context.slice(answer.start, answer.end);
+    mark.textContent = chars.slice(answer.start, answer.end).join("");
     passage.append(
-      document.createTextNode(context.slice(0, answer.start)),
+      document.createTextNode(chars.slice(0, answer.start).join("")),
       mark,
-      document.createTextNode(context.slice(answer.end)),
+      document.createTextNode(chars.slice(answer.end).join("")),
     );
   }
 
