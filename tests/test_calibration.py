@@ -371,3 +371,29 @@ def test_evaluate_reports_calibration_from_predicts_output(trained, dev_file, tm
     res = runner.invoke(app, ["evaluate", str(dev_file), str(tmp_path / "p" / "predictions.json"),
                               "--confidence", str(tmp_path / "bad.json")])
     assert res.exit_code == 2 and "not in [0, 1]" in res.output
+
+
+def test_ask_carries_the_confidence_of_its_prediction_and_applies_min_confidence(trained, dev_file, tmp_path):
+    """ask (issue 11) follows the same rule: the best span's confidence on its own passage's features."""
+    from squadkit.retrieval import DocumentQA, build_index
+
+    build_index([dev_file], tmp_path / "idx.sqlite")
+    dqa = DocumentQA(tmp_path / "idx.sqlite", model=str(trained), threshold=1000.0)  # never abstain on the null
+    qa = pipeline(model=str(trained))
+    questions = _questions(dev_file)[:12]
+    results = dqa.ask_many([q["question"] for q in questions], k=1)
+    for q, r in zip(questions, results):
+        assert r.confidence is not None and 0.0 <= r.confidence <= 1.0
+        best = r.answers[0]
+        assert best.confidence == r.confidence  # the prediction is the best span
+        if best.passage == q["context"]:  # its passage is the question's own paragraph: the pipeline agrees
+            mine = qa(question=q["question"], context=q["context"], handle_impossible_answer=False)
+            if mine["answer"] == best.answer:
+                assert best.confidence == pytest.approx(mine["confidence"], abs=1e-5)
+    cut = float(np.median([r.confidence for r in results]))
+    gated = dqa.ask_many([q["question"] for q in questions], k=1, min_confidence=cut)
+    for r, g in zip(results, gated):
+        assert g.no_answer == (r.confidence < cut)
+        assert g.answer == ("" if r.confidence < cut else r.answer)
+    with pytest.raises(SquadkitError, match="min_confidence"):
+        dqa.ask("what does kabo like ?", min_confidence=1.5)

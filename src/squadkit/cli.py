@@ -695,6 +695,7 @@ def ask_cmd(
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     passages: bool = typer.Option(False, "--passages/--no-passages", help="Also print the retrieved passages."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Abstain when the best answer's calibrated confidence is below this (needs a calibrated model)."),
 ) -> None:
     """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
     from .retrieval.ask import DocumentQA
@@ -702,7 +703,7 @@ def ask_cmd(
 
     check_k(k), check_k(top_k, "top_k")  # bad flags fail before a model is loaded
     dqa = DocumentQA(index, model, retriever=retriever, k=k, threshold=threshold, backend=backend, device=device)
-    print_json(dqa.ask(question, k=k, top_k=top_k).to_dict(with_passages=passages))
+    print_json(dqa.ask(question, k=k, top_k=top_k, min_confidence=min_confidence).to_dict(with_passages=passages))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -30,6 +30,11 @@ Ranking and abstaining, and why:
   switching.
 * Answers carry offsets into the stored document text: ``document_text[start:end] == answer``,
   exactly, with the passage they were found in.
+* With a calibrator in the model folder (``squadkit calibrate``, issue 12), the result carries
+  ``confidence``: of the best span (``calibration``'s ``answer`` part, on that span's features in
+  its own passage, which is where it is that passage's best span), or of the abstention. The best
+  answer carries it too. ``min_confidence`` is the calibration module's one abstain rule: the
+  reader abstains when the best span's confidence is below it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Answer:
     passage_end: int
     retrieval_score: float
     retrieval_rank: int  # 1 = the retriever's best passage
+    confidence: float | None = None  # calibrated P(exact match), for the best answer (with a calibrator)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class AskResult:
     threshold: float
     passages: list[Hit] = field(default_factory=list)
     passage_null_scores: list[float | None] = field(default_factory=list)  # per passage, in retrieval order
+    confidence: float | None = None  # of the prediction (span or abstention), with a calibrator
 
     @property
     def answer(self) -> str:
@@ -86,9 +93,28 @@ class AskResult:
         out = {"question": self.question, "answer": self.answer, "no_answer": self.no_answer,
                "null_score": self.null_score, "threshold": self.threshold,
                "answers": [asdict(a) for a in self.answers]}
+        if self.confidence is not None:
+            out["confidence"] = self.confidence
         if with_passages:
             out["passages"] = [h.to_dict() for h in self.passages]
         return out
+
+
+def _calibrate(result: AskResult, calibrator, features: dict, question_index: int,
+               min_confidence: float | None) -> None:
+    """The confidence of ``result``'s prediction, and ``min_confidence``'s abstention (calibration.py)."""
+    import numpy as np
+
+    from ..calibration import NO_SPAN
+
+    best = result.answers[0] if result.answers else None
+    x = np.asarray([features.get(f"{question_index}:{best.retrieval_rank - 1}", NO_SPAN) if best else NO_SPAN],
+                   dtype=np.float64).reshape(1, -1)
+    if best is not None:
+        best.confidence = float(calibrator.answer_confidence(x)[0])
+        if not result.no_answer and min_confidence is not None and best.confidence < min_confidence:
+            result.no_answer = True
+    result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
 
 
 @dataclass
@@ -193,16 +219,21 @@ class DocumentQA:
             version_2_with_negative=True)
         self.batch_size = batch_size or default_batch_size(self.model)
 
-    def ask(self, question: str, k: int | None = None, top_k: int = 1) -> AskResult:
+    def ask(self, question: str, k: int | None = None, top_k: int = 1,
+            min_confidence: float | None = None) -> AskResult:
         """The ``top_k`` best answers to ``question`` from the ``k`` best passages (see the module docstring)."""
-        return self.ask_many([question], k=k, top_k=top_k)[0]
+        return self.ask_many([question], k=k, top_k=top_k, min_confidence=min_confidence)[0]
 
-    def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1) -> list[AskResult]:
+    def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1,
+                 min_confidence: float | None = None) -> list[AskResult]:
         """``ask`` for many questions, their passages read in shared batches."""
+        from ..calibration import calibrator_of, check_min_confidence
         from ..predict import predict_squad
 
         k = check_k(self.k if k is None else k)
         check_k(top_k, "top_k")
+        calibrator = calibrator_of(self.model)
+        check_min_confidence(min_confidence, calibrated=calibrator is not None)
         for q in questions:
             if not isinstance(q, str) or not q.strip():
                 raise SquadkitError("the question is empty")
@@ -213,7 +244,10 @@ class DocumentQA:
         results = []
         for i, (q, hits) in enumerate(zip(questions, all_hits)):
             nbests = [preds.nbest[f"{i}:{j}"] for j in range(len(hits))] if hits else []
-            results.append(rank_answers(q, hits, nbests, self.threshold, top_k))
+            result = rank_answers(q, hits, nbests, self.threshold, top_k)
+            if calibrator is not None:
+                _calibrate(result, calibrator, preds.features, i, min_confidence)
+            results.append(result)
         return results
 
     def close(self) -> None:

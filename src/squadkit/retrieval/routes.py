@@ -39,6 +39,8 @@ def ask_router(state: Any, index_path: str, max_question_chars: int = 1000, max_
         k: int = Field(DEFAULT_PASSAGES, ge=1, le=MAX_PASSAGES, description="Passages to retrieve and read.")
         top_k: int = Field(1, ge=1, le=max_top_k, description="Answers to return, best first.")
         retriever: Optional[Literal["bm25", "dense", "hybrid"]] = Field(None, description="Default: bm25.")
+        min_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="Abstain below this calibrated "
+                                                "confidence (a calibrated model only).")
 
     def reader(kind: str) -> DocumentQA:
         if kind not in readers:
@@ -47,7 +49,8 @@ def ask_router(state: Any, index_path: str, max_question_chars: int = 1000, max_
 
     def run(body: AskRequest) -> dict:
         with lock:
-            return reader(body.retriever or "bm25").ask(body.question, k=body.k, top_k=body.top_k).to_dict()
+            return reader(body.retriever or "bm25").ask(body.question, k=body.k, top_k=body.top_k,
+                                                             min_confidence=body.min_confidence).to_dict()
 
     @router.post("/v1/ask", responses={422: {}, 503: {}})
     async def ask_endpoint(body: AskRequest):
