@@ -267,7 +267,7 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
 
         return run
 
-    from squadkit.models import load_model
+    from squadkit.backends import load_model
     from squadkit.pipeline import QuestionAnswerer
 
     if kind == "torch":
