@@ -16,6 +16,13 @@ windows and padded tokens run, GFLOP/s achieved (model FLOPs counted from the pa
 shapes) and the share of the machine's own large-matmul GFLOP/s in that precision (measured
 in the same run: torch fp32 and bf16 matmuls, ONNX Runtime's u8 x s8 MatMulInteger).
 The int8 agreement line: how often the top answer of a configuration equals ONNX fp32's.
+
+``optimum-int8`` / ``optimum-int8-b8``: the path a user picks for fast CPU QA with Optimum
+(ORTModelForQuestionAnswering export, ORTOptimizer level 2, dynamic int8 with the
+AutoQuantizationConfig for this CPU, answered by transformers' pipeline), built once into the work
+dir; where quantizing the level-2 graph fails (onnxruntime 1.32: "Unable to find data type for
+weight_name ...") the unoptimized export is quantized and the table's header says so. Without
+Optimum installed these configurations are skipped with a one-line hint; the others still run.
 """
 
 from __future__ import annotations
@@ -51,10 +58,22 @@ CONFIGS = {
     "sk-onnx-fp32-b1": ("onnx", 1, "fp32"),
     "sk-onnx-fp32-b8": ("onnx", 8, "fp32"),
     "sk-onnx-int8-b8": ("onnx", 8, "int8"),
+    # what a user picks for fast CPU QA with Optimum: ORTModelForQuestionAnswering export, ORTOptimizer level 2,
+    # dynamic int8 (AutoQuantizationConfig for this CPU), answered by transformers' pipeline (batch 1 is its default)
+    "optimum-int8": ("optimum", 1, "int8"),
+    "optimum-int8-b8": ("optimum", 8, "int8"),
 }
+OPTIMUM_HINT = "pip install --no-deps 'optimum==2.1.0' 'optimum-onnx==0.1.0' (optimum-onnx 0.1 needs transformers<4.58)"
 # bf16 is left out by default: where the CPU lacks AVX-512 BF16 (this VM exposes AVX2 only) it is emulated, 4x slower than fp32
-DEFAULT_CONFIGS = "hf-b1,hf-b8,hf-b32,sk-torch,sk-onnx-fp32,sk-onnx-int8,sk-onnx-int8-b1"
+DEFAULT_CONFIGS = "hf-b1,hf-b8,hf-b32,sk-torch,sk-onnx-fp32,sk-onnx-int8,sk-onnx-int8-b1,optimum-int8"
 PRECISION = {"hf": "fp32", "fp32": "fp32", "bf16": "bf16", "int8": "int8"}
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +117,75 @@ def build_export(work: Path, model_dir: Path) -> Path:
     return folder
 
 
+def build_optimum(work: Path, model_dir: Path) -> tuple[Path, dict]:
+    """Optimum's path: export with ORTModelForQuestionAnswering, ORTOptimizer at level 2, then dynamic
+    int8 with the AutoQuantizationConfig for this CPU (AVX-512 VNNI, AVX-512, else AVX2; per tensor).
+    On onnxruntime 1.32 quantizing the level-2 graph can fail with "Unable to find data type for
+    weight_name ..."; the plain export is then quantized instead and the fallback is recorded."""
+    folder = work / "roberta-base-random-optimum-int8"
+    record_file = folder / "optimum-build.json"
+    if record_file.is_file():
+        return folder, json.loads(record_file.read_text())
+    try:
+        from optimum.onnxruntime import ORTModelForQuestionAnswering, ORTOptimizer, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig, OptimizationConfig
+    except ImportError as exc:
+        raise RuntimeError(f"needs Optimum's ONNX Runtime support ({exc}): {OPTIMUM_HINT}") from None
+    import importlib.metadata as md
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    t = time.perf_counter()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = ORTModelForQuestionAnswering.from_pretrained(str(model_dir), export=True)
+    model.save_pretrained(tmp / "export")
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp / "export")
+    flags = cpu_flags()
+    if "avx512_vnni" in flags:
+        qname, qconfig = "avx512_vnni", AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    elif "avx512f" in flags:
+        qname, qconfig = "avx512", AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
+    else:
+        qname, qconfig = "avx2", AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    record = {"optimum": md.version("optimum"), "optimum_onnx": _version_or_none("optimum-onnx"),
+              "quantization": qname, "optimization_level": 2, "fallback": None}
+    try:
+        ORTOptimizer.from_pretrained(model).optimize(OptimizationConfig(optimization_level=2), save_dir=tmp / "optimized")
+        quantize_from, file_name = tmp / "optimized", "model_optimized.onnx"
+        ORTQuantizer.from_pretrained(str(quantize_from), file_name=file_name).quantize(qconfig, save_dir=tmp / "quantized")
+    except Exception as exc:  # noqa: BLE001 - any failure of level 2 + quantize is recorded, then the fallback
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Unable to find data type for weight_name" not in msg:
+            raise
+        record["optimization_level"] = 0
+        record["fallback"] = f"level 2 + quantize failed ({type(exc).__name__}: {msg[:200]}); quantized the unoptimized export"
+        print(f"optimum: {record['fallback']}", file=sys.stderr)
+        shutil.rmtree(tmp / "quantized", ignore_errors=True)
+        ORTQuantizer.from_pretrained(str(tmp / "export"), file_name="model.onnx").quantize(qconfig, save_dir=tmp / "quantized")
+    quantized = tmp / "quantized"
+    for f in (tmp / "export").iterdir():  # config and tokenizer files beside the quantized model
+        if not f.name.endswith(".onnx") and not (quantized / f.name).exists():
+            shutil.copy2(f, quantized / f.name)
+    record["build_s"] = round(time.perf_counter() - t, 1)
+    (quantized / "optimum-build.json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(quantized, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"optimum: built in {record['build_s']:.0f} s: {record}", file=sys.stderr)
+    return folder, record
+
+
+def _version_or_none(name: str):
+    import importlib.metadata as md
+
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
 def load_pairs(n: int) -> list[tuple[str, str]]:
     """The first n (question, context) pairs of the dev slice, then the train slice."""
     pairs = []
@@ -133,6 +221,35 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
         torch.set_num_threads(threads)
         model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        pipe = hf_pipeline("question-answering", model=model, tokenizer=tokenizer, device=-1)
+        forward = model.forward
+
+        def recording_forward(*args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            shapes.append(tuple(ids.shape))
+            return forward(*args, **kwargs)
+
+        model.forward = recording_forward
+
+        def run(pairs):
+            out = pipe([{"question": q, "context": c} for q, c in pairs], batch_size=batch)
+            out = out if isinstance(out, list) else [out]
+            return [(o["answer"], o["start"], o["end"]) for o in out]
+
+        return run
+
+    if kind == "optimum":
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForQuestionAnswering
+        from transformers import AutoTokenizer
+        from transformers import pipeline as hf_pipeline
+
+        folder = onnx_dir.parent / "roberta-base-random-optimum-int8"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        model = ORTModelForQuestionAnswering.from_pretrained(str(folder), file_name="model_quantized.onnx",
+                                                             session_options=options)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
         pipe = hf_pipeline("question-answering", model=model, tokenizer=tokenizer, device=-1)
         forward = model.forward
 
@@ -328,6 +445,13 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(work, SHARED / "roberta-base-tokenizer")
     onnx_dir = build_export(work, model_dir)
+    optimum_record = None
+    if any(CONFIGS[n][0] == "optimum" for n in names):
+        try:
+            _, optimum_record = build_optimum(work, model_dir)
+        except RuntimeError as exc:  # Optimum not installed: the other configurations still run
+            print(f"optimum configurations skipped: {exc}", file=sys.stderr)
+            names = [n for n in names if CONFIGS[n][0] != "optimum"]
 
     if args.profile:
         for name in names:
@@ -354,8 +478,15 @@ def main(argv=None) -> None:
     base_name = max((n for n in results if n.startswith("hf-")), key=lambda n: results[n]["qps"]) if hf else None
     print(f"\n{args.n} SQuAD v2 pairs, roberta-base-sized model (random weights), {args.threads} threads, "
           f"best of {args.repeats} interleaved round(s)")
+    flags = cpu_flags()
+    print("CPU: " + (" ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags) or "no AVX2"))
+    if optimum_record:
+        print(f"optimum: {optimum_record}")
     print(f"large-matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f}, int8 (ORT u8s8) {peak['int8']:.0f} GOP/s")
-    head = f"{'config':16s} {'batch':>5s} {'q/s':>7s} {'vs ' + (base_name or 'hf'):>10s} {'peak RSS':>9s} " \
+    opt = max((results[n]["qps"] for n in results if n.startswith("optimum")), default=None)
+    opt_name = max((n for n in results if n.startswith("optimum")), key=lambda n: results[n]["qps"], default=None)
+    head = f"{'config':16s} {'batch':>5s} {'q/s':>7s} {'vs ' + (base_name or 'hf'):>10s} " \
+           f"{'vs ' + (opt_name or 'optimum'):>19s} {'peak RSS':>9s} " \
            f"{'windows':>7s} {'tokens':>7s} {'GFLOP/s':>8s} {'of peak':>8s}"
     print(head)
     print("-" * len(head))
@@ -364,7 +495,8 @@ def main(argv=None) -> None:
         kind, batch, option = CONFIGS[name]
         precision = PRECISION[option or "hf"]
         ratio = f"{r['qps'] / base:.2f}x" if base else "-"
-        print(f"{name:16s} {batch:5d} {r['qps']:7.2f} {ratio:>10s} {r['rss_mb']:7.0f}MB {r['windows']:7d} {r['tokens']:7d} "
+        ratio_opt = f"{r['qps'] / opt:.2f}x" if opt else "-"
+        print(f"{name:16s} {batch:5d} {r['qps']:7.2f} {ratio:>10s} {ratio_opt:>19s} {r['rss_mb']:7.0f}MB {r['windows']:7d} {r['tokens']:7d} "
               f"{r['gflops']:8.1f} {100 * r['gflops'] / peak[precision]:6.1f} % ({precision})")
     ref = results.get("sk-onnx-fp32")
     if ref:
