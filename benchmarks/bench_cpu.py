@@ -211,6 +211,26 @@ def window_flops(batch: int, width: int) -> float:
     return float(batch * (LAYERS * (proj + ffn + attn) + 2 * 2 * width * HIDDEN))
 
 
+def _transformers_pipeline_runner(hf_pipeline, model, tokenizer, batch: int, shapes: list):
+    """transformers' QA pipeline over ``model`` (torch or Optimum's ORT model), recording batch shapes."""
+    pipe = hf_pipeline("question-answering", model=model, tokenizer=tokenizer, device=-1)
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        shapes.append(tuple(ids.shape))
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+
+    def run(pairs):
+        out = pipe([{"question": q, "context": c} for q, c in pairs], batch_size=batch)
+        out = out if isinstance(out, list) else [out]
+        return [(o["answer"], o["start"], o["end"]) for o in out]
+
+    return run
+
+
 def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, threads: int, shapes: list):
     """A function answering a list of pairs (list of (answer, start, end)); records each batch's shape."""
     if kind == "hf":
@@ -221,22 +241,7 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
         torch.set_num_threads(threads)
         model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        pipe = hf_pipeline("question-answering", model=model, tokenizer=tokenizer, device=-1)
-        forward = model.forward
-
-        def recording_forward(*args, **kwargs):
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            shapes.append(tuple(ids.shape))
-            return forward(*args, **kwargs)
-
-        model.forward = recording_forward
-
-        def run(pairs):
-            out = pipe([{"question": q, "context": c} for q, c in pairs], batch_size=batch)
-            out = out if isinstance(out, list) else [out]
-            return [(o["answer"], o["start"], o["end"]) for o in out]
-
-        return run
+        return _transformers_pipeline_runner(hf_pipeline, model, tokenizer, batch, shapes)
 
     if kind == "optimum":
         import onnxruntime as ort
@@ -250,22 +255,7 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
         model = ORTModelForQuestionAnswering.from_pretrained(str(folder), file_name="model_quantized.onnx",
                                                              session_options=options)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        pipe = hf_pipeline("question-answering", model=model, tokenizer=tokenizer, device=-1)
-        forward = model.forward
-
-        def recording_forward(*args, **kwargs):
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            shapes.append(tuple(ids.shape))
-            return forward(*args, **kwargs)
-
-        model.forward = recording_forward
-
-        def run(pairs):
-            out = pipe([{"question": q, "context": c} for q, c in pairs], batch_size=batch)
-            out = out if isinstance(out, list) else [out]
-            return [(o["answer"], o["start"], o["end"]) for o in out]
-
-        return run
+        return _transformers_pipeline_runner(hf_pipeline, model, tokenizer, batch, shapes)
 
     from squadkit.backends import load_model
     from squadkit.pipeline import QuestionAnswerer
