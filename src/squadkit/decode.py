@@ -73,12 +73,15 @@ def pipeline_window_spans(
     allowed: np.ndarray,
     top_n: int,
     max_answer_len: int,
+    calibration_inputs: bool = True,
 ) -> list[WindowSpans]:
     """Best ``top_n`` spans of every window in a batch.
 
     Only spans with start <= end < start + max_answer_len are scored: a (B, L, K) band of the
     start x end outer product, K = max_answer_len, rather than the full (B, L, L) square.
-    Spans touching a non-context token have probability 0 and are never returned.
+    Spans touching a non-context token have probability 0 and are never returned. With
+    ``calibration_inputs`` each window also keeps its spans' logits, its null logit and its log
+    softmax normalisers (what ``calibration.answer_features`` needs); without, that work is skipped.
     """
     p_start = masked_softmax(start_logits, allowed)
     p_end = masked_softmax(end_logits, allowed)
@@ -103,15 +106,16 @@ def pipeline_window_spans(
     top_scores = np.take_along_axis(top_scores, order, axis=1)
     starts, offsets = np.divmod(top, k)
     ends = starts + offsets
-    span_logits = (np.take_along_axis(start_logits, starts, axis=1).astype(np.float64)
-                   + np.take_along_axis(end_logits, np.minimum(ends, width - 1), axis=1))
-    null_logits = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
-    log_norms = log_normalizers(start_logits, end_logits, allowed)
+    if calibration_inputs:  # the pipeline's own answers need none of these
+        span_logits = (np.take_along_axis(start_logits, starts, axis=1).astype(np.float64)
+                       + np.take_along_axis(end_logits, np.minimum(ends, width - 1), axis=1))
+        null_logits = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
+        log_norms = log_normalizers(start_logits, end_logits, allowed)
     results = []
     for b in range(batch):
         keep = top_scores[b] > 0
-        results.append(WindowSpans(starts[b][keep], ends[b][keep], top_scores[b][keep], float(null[b]),
-                                   span_logits[b][keep], float(null_logits[b]), float(log_norms[b])))
+        extra = (span_logits[b][keep], float(null_logits[b]), float(log_norms[b])) if calibration_inputs else ()
+        results.append(WindowSpans(starts[b][keep], ends[b][keep], top_scores[b][keep], float(null[b]), *extra))
     return results
 
 

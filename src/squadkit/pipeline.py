@@ -191,7 +191,7 @@ class QuestionAnswerer:
         """Answer one input (a dict back; a list for top_k > 1) or many (a list back)."""
         pairs, single = _pairs_from_call(args, question, context)
         in_force = self.settings_in_force(**options).values
-        results = self.answer_pairs(pairs, **in_force)
+        results = self._answer(pairs, in_force)
         if in_force["top_k"] == 1:
             results = [r[0] if r else {"score": 0.0, "start": 0, "end": 0, "answer": ""} for r in results]
         return results[0] if single else results
@@ -204,17 +204,23 @@ class QuestionAnswerer:
         called with the number of pairs finished after each chunk, ``window_progress(done, total)``
         after each batch of windows (see ``engine.score_pairs``).
         """
+        return self._answer(pairs, self.settings_in_force(**options).values, chunk_size, progress, window_progress)
+
+    def _answer(self, pairs: Iterable[tuple[str, str]], o: dict, chunk_size: int = 256, progress=None,
+                window_progress=None) -> list[list[dict]]:
+        """``answer_pairs`` with the options already resolved (``settings_in_force(...).values``)."""
         from .decode import allowed_tokens, pipeline_answers, pipeline_window_spans
         from .engine import score_pairs
         from .features import WindowSettings
 
-        o = self.settings_in_force(**options).values
         window_settings = WindowSettings("pipeline", o["max_seq_len"], o["doc_stride"], o["max_question_len"])
         pre_topk = o["top_k"] * 2 + 10 if o["align_to_words"] else o["top_k"]
+        calibrated = self.calibrator is not None  # only then are the calibration features worth computing
 
         def reduce(start, end, batch, rows):
             allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
-            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_len"])
+            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_len"],
+                                         calibration_inputs=calibrated)
 
         pairs = list(pairs)
         questions = [q for q, _ in pairs]
