@@ -155,3 +155,16 @@ def test_an_exported_model_refuses_windows_longer_than_its_source(tiny_bert, tmp
         QuestionAnswerer(str(folder), max_seq_len=1000)
     line = one_error_line(cli("answer", "-m", folder, "-q", "where ?", "-c", "paris .", "--max-seq-len", 1000))
     assert "--max-seq-len=1000" in line
+
+
+def test_a_folder_without_config_is_named_as_not_a_model_folder(tmp_path):
+    """An output folder of a run that was killed before it saved: one short line, not transformers' list of
+    every model type it knows."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text("{}\n")
+    line = one_error_line(cli("answer", "-m", folder, "-q", "where ?", "-c", "paris is in france ."))
+    assert "it has no config.json" in line and str(folder) in line and len(line) < 300
+    line = one_error_line(cli("predict", "-m", folder, "-d", write_task_data(tmp_path / "d.json", 2, seed=1),
+                              "-o", tmp_path / "p"))
+    assert "it has no config.json" in line and not (tmp_path / "p").exists()

@@ -116,6 +116,27 @@ def test_kebab_case_flags_and_second_run_uses_the_feature_cache(tmp_path, one_th
     assert s3["features_cache"] != s1["features_cache"] and s3["features_cached"] is False
 
 
+def test_a_half_precision_checkpoint_trains_with_float32_weights(tmp_path, one_thread):
+    """Many hub checkpoints are stored in fp16/bf16; transformers 5 loads them as such by default. Training keeps
+    float32 master weights (mixed precision is --bf16/--fp16 autocast), so the saved model is float32."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForQuestionAnswering
+
+    base = make_task_model(tmp_path / "base", hidden=32)
+    AutoModelForQuestionAnswering.from_pretrained(base).to(torch.float16).save_pretrained(base)
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    data = write_task_data(tmp_path / "train.json", 4, seed=1)
+    res = CliRunner().invoke(app, ["train", "-m", str(base), "--do-train", "--version-2-with-negative",
+                                   "--train-file", str(data), "--max-seq-length", "64", "--doc-stride", "32",
+                                   "--per-gpu-train-batch-size", "4", "--max-steps", "2", "--save-steps", "0",
+                                   "-o", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
 def test_features_batch_matches_padding_of_make_batch(tmp_path):
     import numpy as np
 

@@ -244,7 +244,13 @@ def resolve_model_source(model: str | os.PathLike, revision: str | None = None, 
 def hub_error(name: str, exc: Exception) -> SquadkitError:
     """A one-line error for a failed from_pretrained of ``name``."""
     first = first_line(exc)
-    if Path(name).expanduser().exists():
+    if len(first) > 300:  # e.g. transformers' list of every model type it knows
+        first = first[:300] + " ..."
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        return SquadkitError(f"cannot load model from folder '{name}': it has no config.json "
+                             f"(not a model folder, or a training run that did not finish)")
+    if folder.exists():
         return SquadkitError(f"cannot load model from folder '{name}': {first}")
     return SquadkitError(f"cannot load model '{name}' from the Hugging Face Hub: {first}")
 

@@ -506,6 +506,7 @@ def train(config: TrainConfig) -> TrainResult:
     # model and tokenizer: from the checkpoint when resuming, else the base model (checked before heavy imports)
     source = resolve_model_source(str(resume) if resume is not None else config.model_name_or_path)
 
+    import torch
     from transformers import AutoModelForQuestionAnswering
     from transformers.trainer_utils import set_seed
 
@@ -531,7 +532,9 @@ def train(config: TrainConfig) -> TrainResult:
     result = TrainResult(output_dir=output_dir, resumed_from=resume, is_main_process=accelerator.is_main_process)
     set_seed(config.seed)
     try:
-        model = AutoModelForQuestionAnswering.from_pretrained(source.name, config=model_config,
+        # float32 master weights whatever the checkpoint is stored in (transformers 5 loads a half-precision
+        # checkpoint as half by default); --bf16/--fp16 are autocast, as in run_squad
+        model = AutoModelForQuestionAnswering.from_pretrained(source.name, config=model_config, dtype=torch.float32,
                                                               **source.hub_kwargs(), **hub)
     except (OSError, ValueError) as exc:
         raise hub_error(source.name, exc) from None
