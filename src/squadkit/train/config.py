@@ -87,6 +87,9 @@ class TrainConfig:
     keep_best: bool = _f(True, "With --eval-steps: keep checkpoint-best.")
     load_best_model_at_end: bool = _f(False, "Final model = checkpoint-best's weights, not the last step's.")
     group_by_length: bool = _f(True, "Batch windows of similar length together (less padding, same data per epoch).")
+    pad_to_multiple_of: int | None = _f(
+        None, "Round each batch's length up to a multiple of this: fewer distinct shapes, which a GPU runs much "
+              "faster [default: 64 on a GPU, 1 (no rounding) on a CPU].")
     seed: int = _f(42, "Random seed (data order, dropout, QA head).")
     bf16: bool = _f(False, "bfloat16 autocast (CPU, or GPUs that support it).")
     fp16: bool = _f(False, "float16 autocast with loss scaling (CUDA only).")
@@ -105,6 +108,8 @@ class TrainConfig:
                      "max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
                      "logging_steps"):
             defaults.check_positive_int(getattr(self, name), name)
+        if self.pad_to_multiple_of is not None:
+            defaults.check_positive_int(self.pad_to_multiple_of, "pad_to_multiple_of")
         for name in ("warmup_steps", "save_steps", "eval_steps"):
             defaults.check_positive_int(getattr(self, name), name, minimum=0)
         for name in ("learning_rate", "adam_epsilon"):

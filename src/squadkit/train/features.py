@@ -44,14 +44,22 @@ class TrainFeatures:
         """Tokens per window (no padding)."""
         return np.diff(self.offsets)
 
-    def batch(self, indices: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
-        """Windows ``indices`` padded to the longest of them: one array per model input, padded
-        by the same routine as answering batches (``features.pad_rows``)."""
+    def batch(self, indices: np.ndarray, pad_id: int, multiple: int = 1, limit: int | None = None) -> dict[str, np.ndarray]:
+        """Windows ``indices`` padded to the longest of them, rounded up to a ``multiple`` (but not
+        past ``limit``, the window length the model was set up for): one array per model input,
+        padded by the same routine as answering batches (``features.pad_rows``).
+
+        Why round: a GPU runs each new batch shape slowly the first time (allocations, kernel
+        choice), and length-grouped batches come in every length; padding is masked out of the
+        attention and the loss, so it changes no result."""
         starts, sizes = self.offsets[indices], self.lengths[indices]
-        ids = pad_rows(self.input_ids, starts, sizes, pad_id)
-        out = {"input_ids": ids, "attention_mask": attention_mask(sizes, ids.shape[1])}
+        longest = int(sizes.max())
+        width = -(-longest // multiple) * multiple
+        width = max(longest, min(width, limit)) if limit is not None else width
+        ids = pad_rows(self.input_ids, starts, sizes, pad_id, width)
+        out = {"input_ids": ids, "attention_mask": attention_mask(sizes, width)}
         if self.token_type_ids is not None:
-            out["token_type_ids"] = pad_rows(self.token_type_ids, starts, sizes, 0)
+            out["token_type_ids"] = pad_rows(self.token_type_ids, starts, sizes, 0, width)
         out["start_positions"] = self.start_positions[indices]
         out["end_positions"] = self.end_positions[indices]
         return out

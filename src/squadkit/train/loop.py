@@ -162,6 +162,17 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
+def pad_multiple(config: TrainConfig, device) -> int:
+    """``pad_to_multiple_of``, else 64 on a GPU and 1 on a CPU, where every padded token costs.
+
+    Measured on an H200 (bf16, 384-token windows, the shared train slice, same machine): length-grouped
+    batches in every length trained roberta-base at 101 samples/s and all-MiniLM-L6-v2 at 233; rounded
+    to 64, at 468 and 1,578 (random order, nearly always 384 wide: 340 and ~1,700)."""
+    if config.pad_to_multiple_of is not None:
+        return config.pad_to_multiple_of
+    return 64 if getattr(device, "type", str(device)) == "cuda" else 1
+
+
 def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: TrainFeatures, eval_data,
                resume: Path | None, result: TrainResult):
     import torch
@@ -177,13 +188,14 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
     events.start(features, resume)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device, world = accelerator.device, plan.world
+    multiple = pad_multiple(config, device)
     model.train()
     try:
         while step < plan.total_steps:
             # ---- one optimizer step over global batch `step` ----
             batch_ids = plan.batch_ids(step)
             for m, mine, weight in plan.micro_batches(batch_ids):
-                t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in features.batch(mine, pad_id).items()}
+                t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in features.batch(mine, pad_id, multiple, config.max_seq_length).items()}
                 inputs = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in t}
                 sync = contextlib.nullcontext() if m == plan.accumulation - 1 else accelerator.no_sync(model)
                 with sync:
@@ -254,7 +266,8 @@ class Events:
         self.log.write({"event": "start", "step": self.first_step, "total_steps": p.total_steps,
                         "steps_per_epoch": p.steps_per_epoch, "global_batch": p.global_batch, "processes": p.world,
                         "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
-                        "group_by_length": self.config.group_by_length, "train": features.stats,
+                        "group_by_length": self.config.group_by_length,
+                        "pad_to_multiple_of": pad_multiple(self.config, self.accelerator.device), "train": features.stats,
                         "resumed_from": str(resume) if resume else None},
                        f"training {features.stats['examples_used']} questions ({len(features)} windows) for "
                        f"{p.total_steps} steps ({p.steps_per_epoch}/epoch), global batch {p.global_batch} on "
