@@ -145,10 +145,32 @@ def test_index_search_offsets_are_exact_on_unicode_and_crlf(tmp_path, monkeypatc
 
 
 def test_fts_query_quotes_words_and_keeps_stop_word_only_questions():
-    assert fts_query('What is "NEAR" AND NOT x*?') == '"near" OR "x" OR "near x"'
-    assert fts_query("who is it") == '"who" OR "is" OR "it" OR "who is" OR "is it"'
+    assert fts_query('What is "NEAR" AND NOT x*?') == '"near" OR "x"'
+    assert fts_query("who is it") == '"who" OR "is" OR "it"'
     with pytest.raises(SquadkitError, match="no words"):
         fts_query("?!")
+
+
+def test_proximity_puts_the_passage_with_the_question_s_words_together_first(tmp_path):
+    """Two passages with the same words (and the same length): the one where the question's neighbouring
+    words stand together (in the question's order, stemmed as the index stems them) ranks first; plain
+    BM25 cannot tell them apart and keeps index order."""
+    from squadkit.retrieval import Index, index_documents
+    from squadkit.retrieval.documents import Document
+    from squadkit.retrieval.search import BM25Retriever
+
+    apart = "The mill was near the river by the old bridge built in spring."
+    together = "The mill was built in spring by the river near the old bridge."  # the same words
+    filler = [Document(f"f{i}", f"Unrelated note number {i} about gardens and weather.") for i in range(5)]
+    index_documents([Document("apart", apart), Document("together", together), *filler], tmp_path / "i.sqlite")
+    with Index(tmp_path / "i.sqlite") as index:
+        question = "When was the mill built?"  # "mill" then "built" (porter: build) within 3 tokens
+        plain = [h.document for h in BM25Retriever(index, proximity=False).search(question, 2)]
+        ranked = BM25Retriever(index).search(question, 2)
+        assert plain == ["apart", "together"]
+        assert [h.document for h in ranked] == ["together", "apart"] and ranked[0].score > ranked[1].score
+        # one content word: nothing to re-rank, the same order as plain BM25
+        assert [h.document for h in BM25Retriever(index).search("the mill", 2)] == plain
 
 
 def test_incremental_reindex_updates_only_what_changed(tmp_path):
