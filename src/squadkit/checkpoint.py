@@ -247,7 +247,7 @@ def hub_error(name: str, exc: Exception) -> SquadkitError:
     if len(first) > 300:  # e.g. transformers' list of every model type it knows
         first = first[:300] + " ..."
     folder = Path(name).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file():
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("config.json", "tokenizer_config.json")):
         return SquadkitError(f"cannot load model from folder '{name}': it has no config.json "
                              f"(not a model folder, or a training run that did not finish)")
     if folder.exists():

@@ -196,7 +196,8 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
             # ---- one optimizer step over global batch `step` ----
             batch_ids = plan.batch_ids(step)
             for m, mine, weight in plan.micro_batches(batch_ids):
-                t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in features.batch(mine, pad_id, multiple, config.max_seq_length).items()}
+                arrays = features.batch(mine, pad_id, multiple, config.max_seq_length)
+                t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
                 inputs = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in t}
                 sync = contextlib.nullcontext() if m == plan.accumulation - 1 else accelerator.no_sync(model)
                 with sync:
