@@ -6,7 +6,7 @@
 
 1. **retrieval**: every paragraph of the shared dev and train slices in one index (the train
    paragraphs are distractors); for each dev question, is its own paragraph among the top 1/5/20
-   passages? bm25 with and without proximity re-ranking, dense (all-MiniLM-L6-v2) and hybrid
+   passages? bm25 with and without re-ranking, dense (all-MiniLM-L6-v2) and hybrid
    (score fusion); time per query.
 2. **e2e**: EM/F1 (official SQuAD v2 metric) of ``ask`` over that index against the same model
    given the gold paragraph (``predict_squad``), on the dev slice, with the model's own threshold.
@@ -74,9 +74,9 @@ def bench_retrieval(idx_path: Path, embedder, dataset) -> None:
     with Index(idx_path) as index:
         from squadkit.retrieval.search import BM25Retriever
 
-        kinds = ["bm25 (no proximity)", "bm25"] + (["dense", "hybrid"] if embedder is not None else [])
+        kinds = ["bm25 (no re-ranking)", "bm25"] + (["dense", "hybrid"] if embedder is not None else [])
         for kind in kinds:
-            retriever = BM25Retriever(index, proximity=False) if kind == "bm25 (no proximity)" \
+            retriever = BM25Retriever(index, proximity=False) if kind == "bm25 (no re-ranking)" \
                 else make_retriever(index, kind, embedder)
             retriever.search("warm up", 1)
             for subset, examples in (("all", dataset.examples), ("answerable", [e for e in dataset.examples if e.answerable])):

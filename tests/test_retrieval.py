@@ -173,6 +173,25 @@ def test_proximity_puts_the_passage_with_the_question_s_words_together_first(tmp
         assert [h.document for h in BM25Retriever(index).search("the mill", 2)] == plain
 
 
+def test_a_passage_with_every_question_word_in_one_sentence_ranks_first(tmp_path):
+    """The same words again, none of the question's word pairs close together in either passage: the one
+    whose single sentence holds all of "king", "founded" and "abbey" outranks the one that spreads them
+    over two sentences."""
+    from squadkit.retrieval import Index, index_documents
+    from squadkit.retrieval.documents import Document
+    from squadkit.retrieval.search import BM25Retriever, split_sentences
+
+    spread = "The abbey was rich and famous in the whole region. Long ago a king of great renown founded many towns by tradition."
+    one = "The abbey was rich and famous in the whole region by tradition, founded long ago, a king of great renown, many towns."
+    assert len(split_sentences(spread)) == 2 and split_sentences(one) == [one]
+    filler = [Document(f"f{i}", f"Unrelated note number {i} about gardens and weather.") for i in range(5)]
+    index_documents([Document("spread", spread), Document("one", one), *filler], tmp_path / "i.sqlite")
+    with Index(tmp_path / "i.sqlite") as index:
+        question = "Which king founded the abbey?"
+        assert [h.document for h in BM25Retriever(index, proximity=False).search(question, 2)] == ["spread", "one"]
+        assert [h.document for h in BM25Retriever(index).search(question, 2)] == ["one", "spread"]
+
+
 def test_incremental_reindex_updates_only_what_changed(tmp_path):
     folder = write_collection(tmp_path / "docs")
     idx = tmp_path / "idx.sqlite"

@@ -9,16 +9,18 @@ Why these choices:
   thousands of passages (benchmarks/bench_retrieval.py). The question is turned into an OR of its
   quoted words without English stop words (quoting keeps FTS5 operators such as AND, NOT or NEAR
   in a question from being parsed as syntax); FTS5's porter stemmer matches "built" and "build".
-* **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages: a passage where two
-  neighbouring question words also stand close together, in the question's order (at most
-  ``PROXIMITY_WINDOW`` tokens apart), gains those words' IDF (``PROXIMITY_WEIGHT``, relative to the
-  best BM25 score). SQuAD questions paraphrase one sentence of their paragraph, so the paragraph
-  holds the question's word pairs together while its neighbours hold the words apart. Positions come
-  from FTS5 itself (the candidates tokenized by the same tokenizer in a scratch in-memory table), so
-  stemming and case folding match the index exactly, and the cost does not grow with the collection.
-  Tuned on the shared train slice's questions (recall@1 0.733 -> 0.754), then measured on the dev
-  slice (0.775 plain, 0.780 with neighbouring words as phrases, 0.802 re-ranked), about 3 ms a query;
-  see benchmarks/bench_retrieval.py.
+* **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages. SQuAD questions paraphrase
+  one sentence of their paragraph, so the paragraph holds the question's words close together while
+  the look-alike paragraphs of the same article hold them apart. Two bonuses, relative to the best
+  BM25 score: a passage where two neighbouring question words stand at most ``PROXIMITY_WINDOW``
+  tokens apart in one sentence, in the question's order, gains those words' IDF
+  (``PROXIMITY_WEIGHT``), and the passage's sentence holding the largest share of the question's
+  IDF adds that share (``SENTENCE_WEIGHT``). Positions come from FTS5 itself (the candidates'
+  sentences tokenized by the same tokenizer in a scratch in-memory table), so stemming and case
+  folding match the index exactly, and the cost does not grow with the collection. Tuned on the
+  shared train slice's questions (recall@1 0.733 -> 0.767 on a quarter of them, 0.785 on another),
+  then measured on the dev slice (0.775 plain, 0.780 with neighbouring words as phrases, 0.818
+  re-ranked), a few ms a query; see benchmarks/bench_retrieval.py.
 * **Dense** is exhaustive inner product over normalised embeddings held in memory (numpy, one
   matrix product per query): exact, no approximate-index library to install, fine up to a few
   hundred thousand passages on a CPU.
@@ -120,7 +122,14 @@ def _hits(index: Index, scored: Sequence[tuple[int, float]]) -> list[Hit]:
 
 PROXIMITY_DEPTH = 30  # BM25's best passages that are re-ranked
 PROXIMITY_WINDOW = 3  # a question's neighbouring words count as together at most this many tokens apart
-PROXIMITY_WEIGHT = 0.5  # the bonus for all pairs together, relative to the query's best BM25 score
+PROXIMITY_WEIGHT = 0.4  # the bonus for all pairs together, relative to the query's best BM25 score
+SENTENCE_WEIGHT = 0.6  # the bonus for a sentence holding every question word, on the same scale
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences, roughly: after . ! ? and before a capital, digit or quote, and at line breaks."""
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 class BM25Retriever:
@@ -149,7 +158,7 @@ class BM25Retriever:
         return scored[:k]
 
     def _rerank(self, query: str, scored: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """Scores ``bm25 / best bm25 + PROXIMITY_WEIGHT * proximity`` (module docstring) for the first
+        """Scores ``bm25 / best bm25 + proximity + sentence coverage`` (module docstring) for the first
         ``PROXIMITY_DEPTH`` passages, re-ordered; those after them keep ``bm25 / best bm25``, which is
         below every re-ranked score."""
         best = scored[0][1] or 1.0
@@ -159,18 +168,25 @@ class BM25Retriever:
         if len(words) < 2 or len(head) < 2:
             return relative
         texts = self.index.passages([pid for pid, _ in head])
-        positions = self._positions(" ".join(words), [texts[pid].text if pid in texts else "" for pid, _ in head])
+        sentences, owner = [], []  # every candidate's sentences, and which candidate each is from
+        for i, (pid, _) in enumerate(head):
+            for sentence in split_sentences(texts[pid].text if pid in texts else ""):
+                sentences.append(sentence)
+                owner.append(i)
+        positions = self._positions(" ".join(words), sentences)
         terms = [t for t, _ in sorted(((t, p) for t, ps in positions.get(0, {}).items() for p in ps), key=lambda x: x[1])]
         pairs = [(a, b) for a, b in zip(terms, terms[1:]) if a != b]
-        if not pairs:
-            return relative
         idf = self._idf(set(terms))
         total = sum(idf.values()) or 1.0
-        bonus = [PROXIMITY_WEIGHT * sum(idf[a] + idf[b] for a, b in pairs
-                                        if _within(positions.get(row, {}).get(a, ()), positions.get(row, {}).get(b, ()),
-                                                   PROXIMITY_WINDOW)) / total
-                 for row in range(1, len(head) + 1)]
-        head = [(pid, score + extra) for (pid, score), extra in zip(head, bonus)]
+        together: list[set] = [set() for _ in head]  # the pairs that stand together in some sentence
+        coverage = [0.0] * len(head)  # the largest share of the question's IDF in one sentence
+        for row, i in enumerate(owner, start=1):
+            at = positions.get(row, {})
+            together[i].update(pair for pair in pairs if _within(at.get(pair[0], ()), at.get(pair[1], ()),
+                                                                 PROXIMITY_WINDOW))
+            coverage[i] = max(coverage[i], sum(idf[t] for t in at) / total)
+        head = [(pid, score + PROXIMITY_WEIGHT * sum(idf[a] + idf[b] for a, b in together[i]) / total
+                 + SENTENCE_WEIGHT * coverage[i]) for i, (pid, score) in enumerate(head)]
         return sorted(head, key=lambda item: -item[1]) + tail
 
     def _positions(self, query: str, texts: list[str]) -> dict[int, dict[str, list[int]]]:
