@@ -266,16 +266,20 @@ def _crash_index(folder: Path, idx: Path, after_docs: int) -> None:
     assert proc.returncode == 17, proc.stderr
 
 
+def _write_docs(folder: Path, n: int, line: str, repeat: int) -> Path:
+    """``n`` text files d00.txt ... whose text is ``line`` (formatted with the file's number) ``repeat`` times."""
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        (folder / f"d{i:02d}.txt").write_text(line.format(i=i) * repeat)
+    return folder
+
+
 def test_crash_mid_index_leaves_the_previous_index(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(30):
-        (folder / f"d{i:02d}.txt").write_text(f"document {i} about the city of paris and the river .\n" * 20)
+    folder = _write_docs(tmp_path / "docs", 30, "document {i} about the city of paris and the river .\n", 20)
     idx = tmp_path / "idx.sqlite"
     before = build_index([folder], idx)
     expected = [(h.document, h.start, h.end) for h in search(idx, "paris river", k=50)]
-    for i in range(30):  # every file changes; the crash comes after 20 of them were rewritten
-        (folder / f"d{i:02d}.txt").write_text(f"changed {i} about the mountain .\n" * 20)
+    _write_docs(folder, 30, "changed {i} about the mountain .\n", 20)  # every file changes; the crash comes after 20
     _crash_index(folder, idx, after_docs=20)
     assert Path(str(idx) + "-journal").exists()  # the crash really happened mid-write
     with Index(idx) as index:  # opening rolls the half-written transaction back
@@ -289,10 +293,7 @@ def test_crash_mid_index_leaves_the_previous_index(tmp_path):
 
 
 def test_crash_during_the_first_build_is_never_read_as_an_index(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(10):
-        (folder / f"d{i}.txt").write_text(f"document {i} about paris .\n" * 50)
+    folder = _write_docs(tmp_path / "docs", 10, "document {i} about paris .\n", 50)
     idx = tmp_path / "idx.sqlite"
     _crash_index(folder, idx, after_docs=5)
     result = runner.invoke(app, ["search", str(idx), "paris"])

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -339,11 +339,8 @@ def whole_text_passage(text: str) -> list[Passage]:
     What ``split_passages`` returns whenever the text has at most ``max_tokens`` tokens (all its
     paragraphs pack into one passage); callers that can count tokens cheaply skip the offsets.
     """
-    stripped = text.strip()
-    if not stripped:
-        return []
-    start = len(text) - len(text.lstrip())
-    return [Passage(start, start + len(stripped))]
+    whole = _trim(text, Passage(0, len(text)))
+    return [whole] if whole.end > whole.start else []
 
 
 def _trim(text: str, p: Passage) -> Passage:
@@ -351,10 +348,3 @@ def _trim(text: str, p: Passage) -> Passage:
     left = len(chunk) - len(chunk.lstrip())
     right = len(chunk) - len(chunk.rstrip())
     return Passage(p.start + left, p.end - right)
-
-
-def iter_passages(documents: Iterable[Document], offsets_fn: Callable[[str], np.ndarray], max_tokens: int,
-                  overlap: int) -> Iterator[tuple[Document, list[Passage]]]:
-    """Each document with its passages (an empty list for an empty document)."""
-    for doc in documents:
-        yield doc, split_passages(doc.text, offsets_fn(doc.text), max_tokens, overlap)

@@ -30,7 +30,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -52,6 +52,8 @@ INDEX_FORMAT = 1  # bump when the schema changes; an index with a larger number 
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP = 32
+
+PASSAGE_TEXT = 'substr(d.text, p.start + 1, p."end" - p.start)'  # a passage's text, cut from its document (p, d)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -209,7 +211,7 @@ class Index:
         marks = ",".join("?" * len(ids))
         with self.lock:
             rows = self.conn.execute(
-                f"SELECT p.id, d.name, d.title, p.start, p.\"end\", substr(d.text, p.start + 1, p.\"end\" - p.start), "
+                f"SELECT p.id, d.name, d.title, p.start, p.\"end\", {PASSAGE_TEXT}, "
                 f"d.metadata FROM passages p JOIN documents d ON d.id = p.doc_id WHERE p.id IN ({marks})",
                 [int(i) for i in ids]).fetchall()
         return {r[0]: PassageRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else {}) for r in rows}
@@ -322,6 +324,21 @@ class IndexWriter:
             self._flush_embeddings()
         return len(passages)
 
+    def add_documents(self, docs: Iterable[Document], report: "IndexReport", file_id: int | None = None) -> None:
+        """``add_document`` for each, counted in ``report`` (an empty document is named there)."""
+        for doc in docs:
+            n = self.add_document(doc, file_id)
+            if n:
+                report.documents_added += 1
+                report.passages_added += n
+            else:
+                report.empty_documents.append(doc.name)
+
+    def count_totals(self, report: "IndexReport") -> None:
+        """The index's documents and passages after this run, into ``report``."""
+        report.documents = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        report.passages = self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
+
     def _flush_embeddings(self) -> None:
         if not self._embed_queue:
             return
@@ -334,7 +351,7 @@ class IndexWriter:
     def remove_documents(self, where: str, params: Sequence[Any]) -> None:
         """Delete documents (and their passages, full-text rows and embeddings) matching ``where``."""
         rows = self.conn.execute(
-            f"SELECT p.id, substr(d.text, p.start + 1, p.\"end\" - p.start) FROM passages p "
+            f"SELECT p.id, {PASSAGE_TEXT} FROM passages p "
             f"JOIN documents d ON d.id = p.doc_id WHERE d.id IN (SELECT id FROM documents WHERE {where})", params)
         for pid, text in rows.fetchall():
             self.conn.execute("INSERT INTO passages_fts(passages_fts, rowid, text) VALUES ('delete', ?, ?)", (pid, text))
@@ -345,7 +362,7 @@ class IndexWriter:
     def embed_all_missing(self) -> None:
         """Embed passages that have no embedding yet (an index built before --dense was asked for)."""
         rows = self.conn.execute(
-            "SELECT p.id, substr(d.text, p.start + 1, p.\"end\" - p.start) FROM passages p JOIN documents d "
+            f"SELECT p.id, {PASSAGE_TEXT} FROM passages p JOIN documents d "
             "ON d.id = p.doc_id WHERE p.id NOT IN (SELECT passage_id FROM embeddings)")
         while True:
             batch = rows.fetchmany(256)
@@ -418,7 +435,7 @@ def build_index(
         for path, root in files:
             key = str(path)
             seen.add(key)
-            name = _display_name(path, root, paths)
+            name = _display_name(path)
             try:
                 stat = path.stat()
             except OSError as exc:
@@ -440,7 +457,7 @@ def build_index(
                 indexable += 1
                 continue
             try:
-                docs = list(_documents_of(path, name))
+                docs = list(read_documents(path, name))
             except SkipFile as exc:
                 report.skipped.append((name, str(exc)))
                 if row is not None:  # it was indexable before: its old documents go
@@ -458,13 +475,7 @@ def build_index(
                                        (key, name, stat.st_size, stat.st_mtime_ns, digest)).lastrowid
                 report.files_added += 1
             indexable += 1
-            for doc in docs:
-                n = writer.add_document(doc, file_id)
-                if n:
-                    report.documents_added += 1
-                    report.passages_added += n
-                else:
-                    report.empty_documents.append(doc.name)
+            writer.add_documents(docs, report, file_id)
             if progress is not None:
                 progress(name)
         # files indexed before under these roots that are gone now
@@ -476,8 +487,7 @@ def build_index(
         if indexable == 0:
             what = "; ".join(f"{f}: {r}" for f, r in report.skipped[:3]) or "no files found"
             raise SquadkitError(f"nothing to index under {', '.join(map(str, paths))} ({what})")
-        report.documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        report.passages = conn.execute("SELECT count(*) FROM passages").fetchone()[0]
+        writer.count_totals(report)
         if report.passages == 0:
             raise SquadkitError(f"nothing to index under {', '.join(map(str, paths))}: every document is empty")
     with Index(output) as idx:
@@ -486,11 +496,7 @@ def build_index(
     return report
 
 
-def _documents_of(path: Path, name: str) -> Iterator[Document]:
-    yield from read_documents(path, name)
-
-
-def _display_name(path: Path, root: Path, given: Sequence[str | os.PathLike]) -> str:
+def _display_name(path: Path) -> str:
     """How a file is named in answers: relative to the current folder when inside it, else absolute."""
     try:
         return str(path.relative_to(Path.cwd()))
@@ -504,16 +510,9 @@ def index_documents(documents: Iterable[Document], output: str | os.PathLike, se
     start_time = time.perf_counter()
     report = IndexReport(index=str(output))
     with IndexWriter(output, settings, embedder=embedder, rebuild=rebuild) as writer:
-        for doc in documents:
-            n = writer.add_document(doc)
-            if n:
-                report.documents_added += 1
-                report.passages_added += n
-            else:
-                report.empty_documents.append(doc.name)
-        if report.passages_added == 0 and writer.conn.execute("SELECT count(*) FROM passages").fetchone()[0] == 0:
+        writer.add_documents(documents, report)
+        writer.count_totals(report)
+        if report.passages == 0:
             raise SquadkitError("nothing to index: every document is empty")
-        report.documents = writer.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        report.passages = writer.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
     report.seconds = time.perf_counter() - start_time
     return report

@@ -144,6 +144,7 @@ class BM25Retriever:
         self.proximity = proximity
         self._scratch: sqlite3.Connection | None = None
         self._scratch_lock = threading.Lock()
+        self._terms_table = False
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
         expression = fts_query(query)
@@ -215,7 +216,9 @@ class BM25Retriever:
         """BM25's IDF of each (already tokenized) term in the whole index, from FTS5's own counts."""
         with self.index.lock:
             conn = self.index.conn
-            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.passages_terms USING fts5vocab(main, passages_fts, row)")
+            if not self._terms_table:  # once per retriever (the connection's temp schema: the file is never written)
+                conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.passages_terms USING fts5vocab(main, passages_fts, row)")
+                self._terms_table = True
             # the largest id stands in for the count (no scan); it exceeds it only by removed passages
             n = conn.execute("SELECT max(rowid) FROM passages").fetchone()[0] or 0
             marks = ",".join("?" * len(terms))
@@ -380,5 +383,7 @@ def make_retriever(index: Index, kind: str = "bm25", embedder: SentenceEmbedder 
 def search(index: str | Index, query: str, k: int = 5, retriever: str = "bm25") -> list[Hit]:
     """The ``k`` best passages for ``query`` in the index at ``index`` (a path or an open Index)."""
     check_k(k)
-    idx = index if isinstance(index, Index) else Index(index)
-    return make_retriever(idx, retriever).search(query, k)
+    if isinstance(index, Index):
+        return make_retriever(index, retriever).search(query, k)
+    with Index(index) as opened:
+        return make_retriever(opened, retriever).search(query, k)
