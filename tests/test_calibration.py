@@ -397,3 +397,5 @@ def test_ask_carries_the_confidence_of_its_prediction_and_applies_min_confidence
         assert g.answer == ("" if r.confidence < cut else r.answer)
     with pytest.raises(SquadkitError, match="min_confidence"):
         dqa.ask("what does kabo like ?", min_confidence=1.5)
+    nothing = dqa.ask("zzyzx qwxv ?")  # no passage holds a word of it: an abstention, with its confidence
+    assert nothing.no_answer and nothing.answers == [] and 0.0 <= nothing.confidence <= 1.0

@@ -246,7 +246,7 @@ class DocumentQA:
             nbests = [preds.nbest[f"{i}:{j}"] for j in range(len(hits))] if hits else []
             result = rank_answers(q, hits, nbests, self.threshold, top_k)
             if calibrator is not None:
-                _calibrate(result, calibrator, preds.features, i, min_confidence)
+                _calibrate(result, calibrator, preds.features if preds is not None else {}, i, min_confidence)
             results.append(result)
         return results
 
