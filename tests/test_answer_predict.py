@@ -248,3 +248,32 @@ def test_predict_legacy_and_lower_case_flags_run(tiny_bert, tmp_path):
     assert result.returncode == 0, result.stderr
     nbest = json.loads((tmp_path / "out" / "nbest_predictions.json").read_text())
     assert all(len(v) <= 6 for v in nbest.values())  # 5 + the null answer run_squad appends
+
+
+def test_rounding_batch_widths_changes_no_prediction(tiny_bert):
+    """Batches padded to a multiple (``model.pad_multiple``, as training does on a GPU): padding is
+    masked, so predict's files and the pipeline's answers are the same as with exact widths."""
+    from types import SimpleNamespace
+
+    from squadkit.backends import load_model
+    from squadkit.predict import SquadDecodeSettings, predict_squad
+
+    model = load_model(str(tiny_bert), device="cpu")
+    assert model.pad_multiple == 1  # the default on every device (see TorchQAModel.pad_multiple)
+    examples = [SimpleNamespace(id=f"q{i}", question=q, context=CONTEXT[: 40 + 17 * i]) for i, q in
+                enumerate(["where is paris ?", "who was born in rome ?", "what is north ?", "which river ?"])]
+    settings = SquadDecodeSettings(max_seq_length=32, doc_stride=8)
+    runs = {}
+    for multiple in (1, 64):
+        model.pad_multiple = multiple
+        preds = predict_squad(model, examples, settings, batch_size=3)
+        qa = pipeline("question-answering", model=model)
+        answers = qa(question=[e.question for e in examples], context=[e.context for e in examples], top_k=3)
+        runs[multiple] = (preds, answers)
+    (p1, a1), (p64, a64) = runs[1], runs[64]
+    assert p1.predictions == p64.predictions
+    for q in p1.nbest:
+        assert [e.text for e in p1.nbest[q]] == [e.text for e in p64.nbest[q]]
+        assert [e.probability for e in p1.nbest[q]] == pytest.approx([e.probability for e in p64.nbest[q]], abs=1e-5)
+    assert [[x["answer"] for x in a] for a in a1] == [[x["answer"] for x in a] for a in a64]
+    assert [x["score"] for a in a1 for x in a] == pytest.approx([x["score"] for a in a64 for x in a], abs=1e-5)

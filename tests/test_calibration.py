@@ -224,6 +224,20 @@ def test_a_calibrator_fitted_on_other_weights_is_refused(folder, dev_file, tmp_p
 # ----------------------------------------------------------------------------------------------
 
 
+def test_a_calibrated_model_loaded_in_half_precision_keeps_its_calibrator(trained):
+    """The fingerprint is of the stored weights: --dtype bf16 is the same model, not other weights."""
+    import torch
+
+    question, context = "what does kabo like ?", "mibo likes tea . kabo likes jazz ."
+    full = pipeline(model=str(trained))(question=question, context=context)
+    for dtype in ("bf16", "fp16"):
+        qa = pipeline(model=str(trained), dtype=dtype)
+        assert next(qa.model.model.parameters()).dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        answer = qa(question=question, context=context)
+        assert 0.0 <= answer["confidence"] <= 1.0
+        assert answer["confidence"] == pytest.approx(full["confidence"], abs=0.05)
+
+
 def test_pipeline_and_predict_compute_the_same_confidence(trained, dev_file):
     """One calibrator for both decoders: where both give the same span, the confidence is the same."""
     from squadkit.backends import load_model

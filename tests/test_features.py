@@ -132,3 +132,21 @@ def test_batches_are_sorted_and_padded_to_the_longest(tokenizer):
             assert b.attention_mask[row].sum() == windows[i].length
     with pytest.raises(SquadkitError):
         list(iter_batches(windows, 0, 0))
+
+
+def test_batches_rounded_to_a_multiple_keep_rows_and_masks_and_stop_at_the_limit(tokenizer):
+    contexts = ["paris is the capital", CONTEXT[:300], CONTEXT[:60]]
+    windows = build_windows(tokenizer, ["q"] * 3, contexts, WindowSettings("pipeline", 128, 32))
+    plain = list(iter_batches(windows, 2, tokenizer.pad_token_id))
+    rounded = list(iter_batches(windows, 2, tokenizer.pad_token_id, multiple=16))
+    for p, r in zip(plain, rounded, strict=True):
+        width = p.input_ids.shape[1]
+        assert r.input_ids.shape[1] == -(-width // 16) * 16
+        assert (r.window_indices == p.window_indices).all()
+        assert (r.input_ids[:, :width] == p.input_ids).all() and (r.input_ids[:, width:] == tokenizer.pad_token_id).all()
+        assert (r.attention_mask.sum(1) == p.attention_mask.sum(1)).all()
+    longest = plain[0].input_ids.shape[1]
+    capped = next(iter_batches(windows, 2, tokenizer.pad_token_id, multiple=1000, limit=longest + 1))
+    assert capped.input_ids.shape[1] == longest + 1  # never past what the model takes
+    with pytest.raises(SquadkitError, match="multiple"):
+        list(iter_batches(windows, 2, 0, multiple=0))

@@ -51,6 +51,9 @@ class TorchQAModel:
     window_limit: int | None = None
     backend: str = "torch"
     head_sha256: str | None = None  # fingerprint of the QA head's weights (calibration.torch_head_fingerprint)
+    # each batch's width rounded up to this (features.padded_width). 1 on every device: unlike training,
+    # answering on a GPU gained nothing from 64 (benchmarks/bench_gpu_predict.py: 0.93-1.03x on an H200)
+    pad_multiple: int = 1
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -101,7 +104,10 @@ def load_torch_model(
     torch_dtype = _torch_dtype(dtype)
     config = load_config(source, trust_remote_code, revision)
     check_qa_checkpoint(config, source.name)
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    # half precision is applied after the head's fingerprint is taken: a calibrator fitted on the
+    # stored weights belongs to the same model loaded in bf16 or fp16 (as export's fp16 and int8 files)
+    half = torch_dtype in (torch.bfloat16, torch.float16)
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None and not half else {}
     try:
         with quiet_transformers():
             model, info = AutoModelForQuestionAnswering.from_pretrained(
@@ -115,10 +121,12 @@ def load_torch_model(
         tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=revision)
     elif isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=trust_remote_code)
+    head = torch_head_fingerprint(model)
+    if half:
+        model.to(torch_dtype)
     device = pick_device(device)
     model.to(device).eval()
     settings = read_settings(source.name if source.is_local else None)
-    head = torch_head_fingerprint(model)
     return TorchQAModel(model, tokenizer, source.name, device, settings, config_window_limit(config, tokenizer),
                         head_sha256=head)
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import SquadkitError
-from ..features import WindowSettings, attention_mask, build_windows, pad_rows
+from ..features import WindowSettings, attention_mask, build_windows, pad_rows, padded_width
 from ..io import atomic_open
 from .config import warn_main
 
@@ -47,15 +47,10 @@ class TrainFeatures:
     def batch(self, indices: np.ndarray, pad_id: int, multiple: int = 1, limit: int | None = None) -> dict[str, np.ndarray]:
         """Windows ``indices`` padded to the longest of them, rounded up to a ``multiple`` (but not
         past ``limit``, the window length the model was set up for): one array per model input,
-        padded by the same routine as answering batches (``features.pad_rows``).
-
-        Why round: a GPU runs each new batch shape slowly the first time (allocations, kernel
-        choice), and length-grouped batches come in every length; padding is masked out of the
-        attention and the loss, so it changes no result."""
+        padded by the same routine and to the same width as answering batches (``features.pad_rows``,
+        ``features.padded_width``, which says why rounding pays when training on a GPU)."""
         starts, sizes = self.offsets[indices], self.lengths[indices]
-        longest = int(sizes.max())
-        width = -(-longest // multiple) * multiple
-        width = max(longest, min(width, limit)) if limit is not None else width
+        width = padded_width(int(sizes.max()), multiple, limit)
         ids = pad_rows(self.input_ids, starts, sizes, pad_id, width)
         out = {"input_ids": ids, "attention_mask": attention_mask(sizes, width)}
         if self.token_type_ids is not None:
