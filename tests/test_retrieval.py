@@ -192,6 +192,30 @@ def test_a_passage_with_every_question_word_in_one_sentence_ranks_first(tmp_path
         assert [h.document for h in BM25Retriever(index).search(question, 2)] == ["one", "spread"]
 
 
+def test_the_question_s_words_as_written_break_a_tie_of_stems(tmp_path):
+    """"restored" and "restoration" share porter's stem, so BM25, proximity and sentences cannot tell
+    the two passages apart; the passage holding the word as the question writes it ranks first.
+    Accents fold in both tokenizations (Beyonce matches Beyoncé)."""
+    from squadkit.retrieval import Index, index_documents
+    from squadkit.retrieval.documents import Document
+    from squadkit.retrieval.search import BM25Retriever
+
+    stem = "The hall was restoration work by Beyoncé in the spring of that year."
+    exact = "The hall was restored work by Beyoncé in the spring of that year."
+    filler = [Document(f"f{i}", f"Unrelated note number {i} about gardens and weather.") for i in range(5)]
+    index_documents([Document("stem", stem), Document("exact", exact), *filler], tmp_path / "i.sqlite")
+    with Index(tmp_path / "i.sqlite") as index:
+        question = "Who restored the hall of Beyonce?"
+        plain = BM25Retriever(index, proximity=False).search(question, 2)
+        assert [h.document for h in plain] == ["stem", "exact"] and plain[0].score == pytest.approx(plain[1].score)
+        ranked = BM25Retriever(index).search(question, 2)
+        assert [h.document for h in ranked] == ["exact", "stem"] and ranked[0].score > ranked[1].score
+        tokens = BM25Retriever(index)._tokenize("restored hall beyonce", [stem, exact])
+        assert tokens.stem_of == {"restored": "restor", "hall": "hall", "beyonce": "beyonc"}
+        assert set(tokens.exact[1]) == {"hall", "beyonce"} and set(tokens.exact[2]) == {"restored", "hall", "beyonce"}
+        assert tokens.lengths == {1: 13, 2: 13}
+
+
 def test_incremental_reindex_updates_only_what_changed(tmp_path):
     folder = write_collection(tmp_path / "docs")
     idx = tmp_path / "idx.sqlite"

@@ -11,16 +11,19 @@ Why these choices:
   in a question from being parsed as syntax); FTS5's porter stemmer matches "built" and "build".
 * **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages. SQuAD questions paraphrase
   one sentence of their paragraph, so the paragraph holds the question's words close together while
-  the look-alike paragraphs of the same article hold them apart. Two bonuses, relative to the best
-  BM25 score: a passage where two neighbouring question words stand at most ``PROXIMITY_WINDOW``
-  tokens apart in one sentence, in the question's order, gains those words' IDF
-  (``PROXIMITY_WEIGHT``), and the passage's sentence holding the largest share of the question's
-  IDF adds that share (``SENTENCE_WEIGHT``). Positions come from FTS5 itself (the candidates'
-  sentences tokenized by the same tokenizer in a scratch in-memory table), so stemming and case
-  folding match the index exactly, and the cost does not grow with the collection. Tuned on the
-  shared train slice's questions (recall@1 0.733 -> 0.767 on a quarter of them, 0.785 on another),
-  then measured on the dev slice (0.775 plain, 0.780 with neighbouring words as phrases, 0.818
-  re-ranked), a few ms a query; see benchmarks/bench_retrieval.py.
+  the look-alike paragraphs of the same article hold them apart. Three bonuses, relative to the
+  best BM25 score: a passage where two neighbouring question words stand at most
+  ``PROXIMITY_WINDOW`` tokens apart in one sentence, in the question's order, gains those words'
+  IDF (``PROXIMITY_WEIGHT``); the passage's sentence holding the largest share of the question's
+  IDF adds that share (``SENTENCE_WEIGHT``); and BM25 over the question's words as written, not
+  stemmed, relative to the best candidate's (``EXACT_WEIGHT``: the stemmer also joins words that
+  differ, "restored" and "restoration"). Positions come from FTS5 itself (the candidates' sentences
+  tokenized by the index's tokenizer, and by the same without the stemmer, in a scratch in-memory
+  database), so stemming and case folding match the index exactly, and the cost does not grow
+  with the collection. Weights chosen on half of the shared train slice's questions (recall@1
+  0.747 plain BM25, 0.776 with proximity and sentences, 0.783 with exact forms too), checked on the
+  other half (0.740, 0.769, 0.772), then measured on the dev slice (0.775, 0.818, 0.824), about
+  8 ms a query; see benchmarks/bench_retrieval.py.
 * **Dense** is exhaustive inner product over normalised embeddings held in memory (numpy, one
   matrix product per query): exact, no approximate-index library to install, fine up to a few
   hundred thousand passages on a CPU.
@@ -124,7 +127,32 @@ PROXIMITY_DEPTH = 30  # BM25's best passages that are re-ranked
 PROXIMITY_WINDOW = 3  # a question's neighbouring words count as together at most this many tokens apart
 PROXIMITY_WEIGHT = 0.4  # the bonus for all pairs together, relative to the query's best BM25 score
 SENTENCE_WEIGHT = 0.6  # the bonus for a sentence holding every question word, on the same scale
+EXACT_WEIGHT = 0.5  # the weight of BM25 over the question's words as written (unstemmed), on the same scale
+EXACT_TOKENIZE = "unicode61 remove_diacritics 2"  # FTS_TOKENIZE without the stemmer: token for token the same
+BM25_K1, BM25_B = 1.2, 0.75  # FTS5's constants
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
+
+
+@dataclass
+class _Tokens:
+    """Token positions by row (0: the query) and term, stemmed and as written; tokens per row; and
+    the stem of each of the query's words as written."""
+
+    stemmed: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    exact: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    lengths: dict[int, int] = field(default_factory=dict)
+    stem_of: dict[str, str] = field(default_factory=dict)
+
+
+def _bm25_scores(tf: list[dict[str, int]], lengths: list[int], idf: dict[str, float]) -> list[float]:
+    """BM25 of each passage (its term counts and length) against the terms of ``idf``; the average
+    length is the passages' own (they are the candidates being compared)."""
+    average = (sum(lengths) / len(lengths)) if lengths else 0.0
+    scores = []
+    for counts, length in zip(tf, lengths):
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * length / (average or 1.0))
+        scores.append(sum(w * counts[t] * (BM25_K1 + 1) / (counts[t] + norm) for t, w in idf.items() if counts.get(t)))
+    return scores
 
 
 def split_sentences(text: str) -> list[str]:
@@ -159,9 +187,9 @@ class BM25Retriever:
         return scored[:k]
 
     def _rerank(self, query: str, scored: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """Scores ``bm25 / best bm25 + proximity + sentence coverage`` (module docstring) for the first
-        ``PROXIMITY_DEPTH`` passages, re-ordered; those after them keep ``bm25 / best bm25``, which is
-        below every re-ranked score."""
+        """Scores ``bm25 / best bm25 + proximity + sentence coverage + exact forms`` (module docstring)
+        for the first ``PROXIMITY_DEPTH`` passages, re-ordered; those after them keep
+        ``bm25 / best bm25``, which is below every re-ranked score."""
         best = scored[0][1] or 1.0
         relative = [(pid, score / best) for pid, score in scored]
         head, tail = relative[:PROXIMITY_DEPTH], relative[PROXIMITY_DEPTH:]
@@ -174,43 +202,62 @@ class BM25Retriever:
             for sentence in split_sentences(texts[pid].text if pid in texts else ""):
                 sentences.append(sentence)
                 owner.append(i)
-        positions = self._positions(" ".join(words), sentences)
+        tokens = self._tokenize(" ".join(words), sentences)
+        positions = tokens.stemmed
         terms = [t for t, _ in sorted(((t, p) for t, ps in positions.get(0, {}).items() for p in ps), key=lambda x: x[1])]
         pairs = [(a, b) for a, b in zip(terms, terms[1:]) if a != b]
         idf = self._idf(set(terms))
         total = sum(idf.values()) or 1.0
         together: list[set] = [set() for _ in head]  # the pairs that stand together in some sentence
         coverage = [0.0] * len(head)  # the largest share of the question's IDF in one sentence
+        exact_tf: list[dict[str, int]] = [{} for _ in head]  # each exact question word's count in the passage
+        length = [0] * len(head)  # tokens per passage
         for row, i in enumerate(owner, start=1):
             at = positions.get(row, {})
             together[i].update(pair for pair in pairs if _within(at.get(pair[0], ()), at.get(pair[1], ()),
                                                                  PROXIMITY_WINDOW))
             coverage[i] = max(coverage[i], sum(idf[t] for t in at) / total)
+            for word, offsets in tokens.exact.get(row, {}).items():
+                exact_tf[i][word] = exact_tf[i].get(word, 0) + len(offsets)
+            length[i] += tokens.lengths.get(row, 0)
+        exact_idf = {word: idf.get(stem, 0.0) for word, stem in tokens.stem_of.items()}
+        exact = _bm25_scores(exact_tf, length, exact_idf)
+        top_exact = max(exact) or 1.0
         head = [(pid, score + PROXIMITY_WEIGHT * sum(idf[a] + idf[b] for a, b in together[i]) / total
-                 + SENTENCE_WEIGHT * coverage[i]) for i, (pid, score) in enumerate(head)]
+                 + SENTENCE_WEIGHT * coverage[i] + EXACT_WEIGHT * exact[i] / top_exact)
+                for i, (pid, score) in enumerate(head)]
         return sorted(head, key=lambda item: -item[1]) + tail
 
-    def _positions(self, query: str, texts: list[str]) -> dict[int, dict[str, list[int]]]:
-        """{row: {term: token positions}} of the query's terms in the query (row 0) and ``texts`` (rows
-        1..), tokenized by FTS5 with the index's tokenizer in a scratch in-memory table."""
+    def _tokenize(self, query: str, texts: list[str]) -> _Tokens:
+        """The query (row 0) and ``texts`` (rows 1..) tokenized by FTS5 itself in a scratch in-memory
+        database: once by the index's tokenizer (stemmed) and once without the stemmer (exact forms)."""
         with self._scratch_lock:
             if self._scratch is None:
                 self._scratch = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                self._scratch.execute(f"CREATE VIRTUAL TABLE scratch USING fts5(text, tokenize='{FTS_TOKENIZE}')")
-                self._scratch.execute("CREATE VIRTUAL TABLE scratch_terms USING fts5vocab(scratch, instance)")
+                for table, tokenize in (("stemmed", FTS_TOKENIZE), ("exact", EXACT_TOKENIZE)):
+                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table} USING fts5(text, tokenize='{tokenize}')")
+                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table}_terms USING fts5vocab({table}, instance)")
             db = self._scratch
-            db.execute("BEGIN")  # rolled back below: the scratch table is empty again for the next query
+            db.execute("BEGIN")  # rolled back below: the scratch tables are empty again for the next query
             try:
-                db.executemany("INSERT INTO scratch(rowid, text) VALUES (?, ?)", enumerate([query, *texts]))
-                terms = [t for (t,) in db.execute("SELECT DISTINCT term FROM scratch_terms WHERE doc = 0")]
-                marks = ",".join("?" * len(terms))
-                rows = db.execute(f"SELECT term, doc, offset FROM scratch_terms WHERE term IN ({marks})", terms).fetchall()
+                rows = list(enumerate([query, *texts]))
+                found = {}
+                for table in ("stemmed", "exact"):
+                    db.executemany(f"INSERT INTO {table}(rowid, text) VALUES (?, ?)", rows)
+                    asked = [t for (t,) in db.execute(f"SELECT DISTINCT term FROM {table}_terms WHERE doc = 0")]
+                    marks = ",".join("?" * len(asked))
+                    found[table] = db.execute(f"SELECT term, doc, offset FROM {table}_terms WHERE term IN ({marks})",
+                                              asked).fetchall()
+                lengths = dict(db.execute("SELECT doc, count(*) FROM exact_terms WHERE doc > 0 GROUP BY doc"))
             finally:
                 db.execute("ROLLBACK")
-        positions: dict[int, dict[str, list[int]]] = {}
-        for term, doc, offset in rows:
-            positions.setdefault(doc, {}).setdefault(term, []).append(offset)
-        return positions
+        tokens = _Tokens(lengths=lengths)
+        for table, into in (("stemmed", tokens.stemmed), ("exact", tokens.exact)):
+            for term, doc, offset in found[table]:
+                into.setdefault(doc, {}).setdefault(term, []).append(offset)
+        stem_at = {offset: term for term, offsets in tokens.stemmed.get(0, {}).items() for offset in offsets}
+        tokens.stem_of = {word: stem_at.get(offsets[0], word) for word, offsets in tokens.exact.get(0, {}).items()}
+        return tokens
 
     def _idf(self, terms: set[str]) -> dict[str, float]:
         """BM25's IDF of each (already tokenized) term in the whole index, from FTS5's own counts."""
