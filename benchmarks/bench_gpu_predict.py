@@ -32,18 +32,19 @@ MULTIPLES = (64, 1)
 
 
 def timed_predict(model, examples, settings, batch_size: int):
+    """Seconds and predictions of one ``predict_squad`` pass (the GPU's queue drained at both ends)."""
     from squadkit.predict import predict_squad
 
-    if str(model.device).startswith("cuda"):
-        import torch
+    def drain() -> None:
+        if str(model.device).startswith("cuda"):
+            import torch
 
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
+
+    drain()
     start = time.perf_counter()
     preds = predict_squad(model, examples, settings, batch_size=batch_size)
-    if str(model.device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    drain()
     return time.perf_counter() - start, preds
 
 

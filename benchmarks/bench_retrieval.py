@@ -69,11 +69,10 @@ def gold_of(hit) -> tuple[str, int]:
 
 def bench_retrieval(idx_path: Path, embedder, dataset) -> None:
     from squadkit.retrieval import Index, make_retriever
+    from squadkit.retrieval.search import BM25Retriever
 
     rows = []
     with Index(idx_path) as index:
-        from squadkit.retrieval.search import BM25Retriever
-
         kinds = ["bm25 (no re-ranking)", "bm25"] + (["dense", "hybrid"] if embedder is not None else [])
         for kind in kinds:
             retriever = BM25Retriever(index, proximity=False) if kind == "bm25 (no re-ranking)" \

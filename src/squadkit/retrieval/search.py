@@ -97,15 +97,20 @@ def fts_query(query: str) -> str:
     A query of stop words only is searched with those words (BM25's IDF still ranks the passages);
     a query without any word is a SquadkitError.
     """
+    return _match_expression(query_words(query))
+
+
+def query_words(query: str) -> list[str]:
+    """The query's words, lower-cased, without English stop words (all of them for a question of stop
+    words only); a SquadkitError when it has no word."""
     words = [w.lower() for w in _WORDS.findall(query)]
     if not words:
         raise SquadkitError(f"the query has no words to search for: {query!r}")
-    return " OR ".join(dict.fromkeys(f'"{w}"' for w in content_words(words)))
-
-
-def content_words(words: list[str]) -> list[str]:
-    """The words without English stop words (all of them for a question of stop words only)."""
     return [w for w in words if w not in STOP_WORDS] or words
+
+
+def _match_expression(words: list[str]) -> str:
+    return " OR ".join(dict.fromkeys(f'"{w}"' for w in words))
 
 
 def _within(first: Sequence[int], second: Sequence[int], window: int) -> bool:
@@ -175,25 +180,24 @@ class BM25Retriever:
         self._terms_table = False
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
-        expression = fts_query(query)
+        words = query_words(query)
         depth = max(k, PROXIMITY_DEPTH) if self.proximity else k  # re-ranking needs its candidates
         with self.index.lock:
             rows = self.index.conn.execute(
                 "SELECT rowid, bm25(passages_fts) AS s FROM passages_fts WHERE passages_fts MATCH ? ORDER BY s LIMIT ?",
-                (expression, depth)).fetchall()
+                (_match_expression(words), depth)).fetchall()
         scored = [(int(r[0]), -float(r[1])) for r in rows]  # FTS5's bm25() is negated: lower is better
         if self.proximity and scored:
-            scored = self._rerank(query, scored)
+            scored = self._rerank(words, scored)
         return scored[:k]
 
-    def _rerank(self, query: str, scored: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    def _rerank(self, words: list[str], scored: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """Scores ``bm25 / best bm25 + proximity + sentence coverage + exact forms`` (module docstring)
         for the first ``PROXIMITY_DEPTH`` passages, re-ordered; those after them keep
-        ``bm25 / best bm25``, which is below every re-ranked score."""
+        ``bm25 / best bm25``, which is below every re-ranked score. ``words``: ``query_words``."""
         best = scored[0][1] or 1.0
         relative = [(pid, score / best) for pid, score in scored]
         head, tail = relative[:PROXIMITY_DEPTH], relative[PROXIMITY_DEPTH:]
-        words = content_words([w.lower() for w in _WORDS.findall(query)])
         if len(words) < 2 or len(head) < 2:
             return relative
         texts = self.index.passages([pid for pid, _ in head])

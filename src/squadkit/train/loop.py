@@ -186,10 +186,10 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
         state = restore_training_state(resume, optimizer, scheduler, accelerator, plan.global_batch)
         step, best, best_step = state["global_step"], state.get("best_metric"), state.get("best_step")
     events = Events(config, accelerator, model, tokenizer, optimizer, scheduler, eval_data, plan, step, best, best_step)
-    events.start(features, resume)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device, world = accelerator.device, plan.world
     multiple = pad_multiple(config, device)
+    events.start(features, resume, multiple)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.train()
     try:
         while step < plan.total_steps:
@@ -263,13 +263,13 @@ class Events:
         self.log = _Log(Path(config.output_dir) / LOG_FILE if self.main else None, config.quiet, console)
         self.bar = _progress_bar(plan.total_steps, step, console) if (self.main and config.show_progress) else None
 
-    def start(self, features: TrainFeatures, resume: Path | None) -> None:
+    def start(self, features: TrainFeatures, resume: Path | None, pad_to_multiple_of: int) -> None:
         p = self.plan
         self.log.write({"event": "start", "step": self.first_step, "total_steps": p.total_steps,
                         "steps_per_epoch": p.steps_per_epoch, "global_batch": p.global_batch, "processes": p.world,
                         "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
                         "group_by_length": self.config.group_by_length,
-                        "pad_to_multiple_of": pad_multiple(self.config, self.accelerator.device), "train": features.stats,
+                        "pad_to_multiple_of": pad_to_multiple_of, "train": features.stats,
                         "resumed_from": str(resume) if resume else None},
                        f"training {features.stats['examples_used']} questions ({len(features)} windows) for "
                        f"{p.total_steps} steps ({p.steps_per_epoch}/epoch), global batch {p.global_batch} on "
