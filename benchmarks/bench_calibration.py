@@ -62,9 +62,11 @@ def main() -> None:
     import torch
 
     from squadkit.backends import load_model
-    from squadkit.calibration import _fit_logistic, _sigmoid, calibration_report, fit_calibrator
+    from squadkit.calibration import _fit_logistic, _sigmoid, fit_calibrator
+    from squadkit.metrics import calibration_report
     from squadkit.data import load_squad
-    from squadkit.predict import calibration_data, confidence_of_final, decode_settings_for, predict_squad, raw_confidence
+    from squadkit.calibration.dev import calibration_data, confidence_of_final, raw_confidence
+    from squadkit.predict import decode_settings_for, predict_squad
 
     dataset = load_squad(args.data)
     model = load_model(args.model, backend="torch", device="cpu")
@@ -76,7 +78,7 @@ def main() -> None:
     groups = np.asarray(groups)
     abstains = np.array([preds.predictions[q] == "" for q in qids])
     gold = {e.id: [a.text for a in e.answers] for e in dataset.examples}
-    from squadkit.calibration import correctness_of_final
+    from squadkit.metrics import correctness_of_final
 
     cmap = correctness_of_final({q: preds.predictions[q] for q in qids}, gold)
     correct = np.array([cmap[q] for q in qids], float)

@@ -21,11 +21,11 @@ from squadkit.calibration import (
     MIN_QUESTIONS,
     Calibrator,
     apply_min_confidence,
-    calibration_report,
     check_min_confidence,
     fit_calibrator,
 )
 from squadkit.checkpoint import SETTINGS_FILE, read_settings, settings_from_json
+from squadkit.metrics import calibration_report
 from squadkit.cli import app
 from squadkit.errors import SquadkitError
 

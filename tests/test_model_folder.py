@@ -80,8 +80,8 @@ def test_pipeline_answers_with_the_folders_windows_unless_told(trained, monkeypa
     widths = record_widths(monkeypatch)
     qa = pipeline("question-answering", model=str(trained))
     in_force = qa.settings_in_force()
-    assert in_force.values["max_seq_len"] == WINDOW and in_force.sources["max_seq_len"].startswith("model folder")
-    assert in_force.values["max_answer_len"] == 6 and in_force.values["handle_impossible_answer"] is True
+    assert in_force.values["max_seq_length"] == WINDOW and in_force.sources["max_seq_length"].startswith("model folder")
+    assert in_force.values["max_answer_length"] == 6 and in_force.values["handle_impossible_answer"] is True
     assert in_force.values["null_score_diff_threshold"] == read_settings(trained).null_score_diff_threshold
     qa(question="what does kabo like ?", context=LONG_CONTEXT)
     assert max(widths) == WINDOW
@@ -105,8 +105,8 @@ def test_predict_answer_and_serve_use_the_folders_settings(trained, tmp_path, mo
                                    "--explain"])
     assert res.exit_code == 0, res.output
     explained = json.loads(res.stdout)
-    assert explained["settings"]["max_seq_len"]["value"] == WINDOW
-    assert explained["settings"]["max_seq_len"]["from"].startswith("model folder")
+    assert explained["settings"]["max_seq_length"]["value"] == WINDOW
+    assert explained["settings"]["max_seq_length"]["from"].startswith("model folder")
     assert explained["settings"]["top_k"] == {"value": 1, "from": "default"}
     assert max(widths) == WINDOW
 
@@ -122,7 +122,7 @@ def test_predict_answer_and_serve_use_the_folders_settings(trained, tmp_path, mo
 
             time.sleep(0.05)
         info = client.get("/v1/model").json()["model_settings"]
-        assert info["in_force"]["max_seq_len"]["value"] == WINDOW and info["saved"]["max_seq_length"] == WINDOW
+        assert info["in_force"]["max_seq_length"]["value"] == WINDOW and info["saved"]["max_seq_length"] == WINDOW
         widths.clear()
         assert client.post("/v1/answer", json={"question": "what does kabo like ?", "context": LONG_CONTEXT}).status_code == 200
         assert max(widths) == WINDOW
@@ -136,7 +136,7 @@ def test_export_carries_the_settings_to_onnx(trained, tmp_path, monkeypatch):
     assert read_settings(folder) == read_settings(trained)
     widths = record_widths(monkeypatch)
     qa = pipeline(model=str(folder))
-    assert qa.model.backend == "onnx" and qa.settings_in_force().values["max_seq_len"] == WINDOW
+    assert qa.model.backend == "onnx" and qa.settings_in_force().values["max_seq_length"] == WINDOW
     qa(question="what does kabo like ?", context=LONG_CONTEXT)
     assert max(widths) == WINDOW
 
@@ -166,7 +166,7 @@ def test_construction_options_are_call_defaults_and_unknown_keywords_are_refused
     qa = pipeline("question-answering", model=str(tiny_bert), top_k=3, max_seq_len=64, handle_impossible_answer=True)
     out = qa(question="where is the city ?", context="the city of paris is in france , north of rome .")
     assert isinstance(out, list) and len(out) == 3
-    assert qa.settings_in_force().values["max_seq_len"] == 64
+    assert qa.settings_in_force().values["max_seq_length"] == 64
     assert isinstance(qa(question="where ?", context="paris is in france .", top_k=1), dict)  # a call overrides
     with pytest.raises(ValueError, match="top_kk"):
         pipeline("question-answering", model=str(tiny_bert), top_kk=3)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -134,28 +134,6 @@ def write_settings(folder: str | os.PathLike, settings: ModelSettings) -> Path:
     path = Path(folder) / SETTINGS_FILE
     atomic_write_json(path, settings.to_json(), indent=2)
     return path
-
-
-@dataclass
-class SettingsInForce:
-    """The value of each answering setting in force and where it came from, for ``--explain``."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def pick(self, name: str, explicit: Any, saved: Any, default: Any, saved_as: str | None = None) -> Any:
-        """The explicit argument, else the model folder's value, else the default; remembers which."""
-        if explicit is not None:
-            value, source = explicit, "argument"
-        elif saved is not None:
-            value, source = saved, f"model folder ({SETTINGS_FILE}: {saved_as or name})"
-        else:
-            value, source = default, "default"
-        self.values[name], self.sources[name] = value, source
-        return value
-
-    def as_dict(self) -> dict:
-        return {name: {"value": self.values[name], "from": self.sources[name]} for name in self.values}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -407,7 +407,7 @@ def calibrate(
 
     Every answer of pipeline/answer/predict/serve then carries "confidence" (probability of an exact match;
     for "" the probability that the question has no answer), and --min-confidence abstains below it."""
-    from .predict import run_calibrate
+    from .calibration.dev import run_calibrate
 
     print_json(run_calibrate(model, data, backend=backend, batch_size=batch_size, device=device, strict=strict,
                              show_progress=True, cross_fit=cross_fit, note=note))

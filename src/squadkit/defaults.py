@@ -20,6 +20,8 @@ NULL_SCORE_DIFF_THRESHOLD = 0.0
 PIPELINE_MAX_ANSWER_LEN = 15  # tokens
 PIPELINE_TOP_K = 1
 
+ASK_PASSAGES = 5  # ask: passages retrieved and read per question
+
 
 def pipeline_doc_stride(max_seq_len: int) -> int:
     """The pipeline's default overlap between neighbouring windows: min(max_seq_len // 2, 128)."""

@@ -96,6 +96,13 @@ def compute_exact(a_gold: str, a_pred: str) -> int:
     return int(normalize_answer(a_gold) == normalize_answer(a_pred))
 
 
+def exact_match(gold_answers: Sequence[str], prediction: str) -> int:
+    """The official exact match of one prediction: gold answers that normalize to "" are dropped, a
+    question left with none has the single gold "" (``evaluate-v2.0.py``'s rule, as ``get_raw_scores``)."""
+    golds = [a for a in gold_answers if normalize_answer(a)] or [""]
+    return max(compute_exact(a, prediction) for a in golds)
+
+
 def _num_common(a: Sequence[str], b: Sequence[str]) -> int:
     """Size of the multiset intersection, ``sum((Counter(a) & Counter(b)).values())`` without the Counters."""
     counts: dict[str, int] = {}
@@ -679,6 +686,48 @@ def evaluate_files(
 # calibrated confidence (``evaluate --confidence``): ECE, reliability, risk-coverage, precision at cut-offs
 # ---------------------------------------------------------------------------------------------
 
+
+def calibration_report(confidence: np.ndarray, correct: np.ndarray, bins: int = 10,
+                       cutoffs: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
+    """ECE (equal-width bins), the reliability table, precision/coverage at cut-offs, and the
+    risk-coverage curve (answers sorted by confidence, most confident first)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    n = c.shape[0]
+    if n == 0:
+        raise SquadkitError("no questions with a confidence to report on", param="confidence")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(c, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            gap = abs(float(c[m].mean()) - float(y[m].mean()))
+            ece += m.sum() / n * gap
+            table.append({"bin": [round(float(edges[b]), 6), round(float(edges[b + 1]), 6)], "count": int(m.sum()),
+                          "mean_confidence": float(c[m].mean()), "accuracy": float(y[m].mean())})
+    at = {}
+    for cut in cutoffs:
+        m = c >= cut
+        at[f"{cut:g}"] = {"coverage": float(m.mean()), "answered": int(m.sum()),
+                          "precision": float(y[m].mean()) if m.any() else None}
+    order = np.argsort(-c, kind="stable")
+    hits = np.cumsum(y[order])
+    k = np.arange(1, n + 1)
+    coverage = k / n
+    risk = 1.0 - hits / k
+    aurc = float(risk.mean())
+    return {"questions": n, "accuracy": float(y.mean()), "ece": float(ece), "bins": bins, "reliability": table,
+            "at_confidence": at, "aurc": aurc,
+            "risk_coverage": {"coverage": coverage.tolist(), "risk": risk.tolist()}}
+
+
+def correctness_of_final(predictions: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """The official exact match of each final prediction (``exact_match``): on an unanswerable question
+    any prediction that normalizes to "" ("", "the", ".") is right, as ``evaluate-v2.0.py`` counts it."""
+    return {qid: exact_match(gold.get(qid, []), pred) for qid, pred in predictions.items()}
+
+
 RELIABILITY_IMAGE = "reliability.png"
 RISK_COVERAGE_IMAGE = "risk_coverage.png"
 
@@ -687,9 +736,7 @@ def confidence_report(dataset, preds: Mapping[str, str], confidence: Mapping[str
                       cutoffs: Sequence[float] = (0.5, 0.7, 0.9), out_image_dir=None,
                       confidence_name: str = "confidence") -> dict:
     """How well ``confidence`` (question id -> probability that its prediction is an exact match)
-    is calibrated on ``dataset``: see ``calibration.calibration_report``; images with ``out_image_dir``."""
-    from .calibration import calibration_report, correctness_of_final
-
+    is calibrated on ``dataset``: see ``calibration_report``; images with ``out_image_dir``."""
     if not isinstance(confidence, Mapping):
         raise SquadkitError(f"{confidence_name}: must be a JSON object of question id to confidence", param="confidence")
     for qid, value in confidence.items():

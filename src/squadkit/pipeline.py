@@ -20,13 +20,11 @@ This module imports torch and transformers only when a model is loaded.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
-from . import defaults
-from .calibration import calibrator_of, check_min_confidence
-from .checkpoint import SettingsInForce
+from .calibration import calibrator_of
 from .errors import SquadkitError
+from .settings import SettingsInForce, canonical_options, check_values, resolve
 
 TASK_NAMES = ("question-answering", "question_answering", "qa")
 
@@ -67,45 +65,21 @@ def _pair_from_dict(item, index: int) -> tuple[Any, Any]:
     return item["question"], item["context"]
 
 
-# The pipeline's call options; each may also be given when the pipeline is made.
-CALL_OPTIONS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-                "handle_impossible_answer", "align_to_words", "batch_size", "null_score_diff_threshold",
-                "min_confidence")
 _NO_EFFECT = ("padding", "num_workers")  # transformers' keywords, accepted for compatibility
 
 
-def _check_keywords(options: dict, where: str) -> dict:
-    """Refuse unknown keywords (a typo would otherwise be ignored) and fold ``topk`` into ``top_k``."""
-    unknown = sorted(set(options) - set(CALL_OPTIONS) - set(_NO_EFFECT) - {"topk"})
-    if unknown:
-        raise SquadkitError(f"unknown keyword argument(s) {where}: {', '.join(unknown)} "
-                            f"(known: {', '.join(CALL_OPTIONS)})", param=unknown[0])
-    options = {k: v for k, v in options.items() if k not in _NO_EFFECT and v is not None}
-    if "topk" in options:
-        options.setdefault("top_k", options.pop("topk"))
-    return options
+def _options(options: dict, where: str) -> tuple[dict, dict]:
+    """The pipeline's options under their canonical names (transformers' spellings accepted), with the
+    spelling each was given as; unknown keywords are refused (a typo would otherwise be ignored)."""
+    options = {k: v for k, v in options.items() if k not in _NO_EFFECT}
+    return canonical_options(options, "pipeline", where)
 
 
-def check_options(top_k: int | None = None, max_answer_len: int | None = None, doc_stride: int | None = None,
-                  max_seq_len: int | None = None, max_question_len: int | None = None, batch_size: int | None = None,
-                  null_score_diff_threshold: float | None = None, min_confidence: float | None = None,
-                  **_ignored) -> None:
+def check_options(**options) -> dict:
     """Validate the pipeline's options (a one-line ValueError naming the keyword), before any model loads."""
-    from .features import WindowSettings
-
-    for name, value in (("top_k", top_k), ("max_answer_len", max_answer_len), ("batch_size", batch_size),
-                        ("max_seq_len", max_seq_len), ("max_question_len", max_question_len)):
-        if value is not None:
-            defaults.check_positive_int(value, name)
-    if doc_stride is not None:
-        defaults.check_positive_int(doc_stride, "doc_stride", minimum=0)
-    if max_seq_len is not None:
-        WindowSettings("pipeline", max_seq_len, doc_stride, max_question_len or defaults.MAX_QUERY_LENGTH).validate()
-    if null_score_diff_threshold is not None and (isinstance(null_score_diff_threshold, bool) or not isinstance(
-            null_score_diff_threshold, (int, float)) or not math.isfinite(null_score_diff_threshold)):
-        raise SquadkitError(f"null_score_diff_threshold must be a finite number, got {null_score_diff_threshold!r}",
-                            param="null_score_diff_threshold")
-    check_min_confidence(min_confidence)
+    values, typed = _options(options, "")
+    check_values(values, typed)
+    return values
 
 
 class QuestionAnswerer:
@@ -113,7 +87,8 @@ class QuestionAnswerer:
 
     ``model`` is a hub id, a checkpoint folder, an exported ONNX folder (served by ONNX
     Runtime without being told) or an in-memory transformers model with its ``tokenizer``.
-    Keyword options (``top_k``, ``max_seq_len``, ``handle_impossible_answer``, ...) become the
+    Keyword options (``top_k``, ``max_seq_length``, ``handle_impossible_answer``, ...; see
+    ``squadkit.settings``, transformers' ``max_seq_len`` spellings accepted too) become the
     defaults of every call. ``precision``, ``threads`` and ``providers`` go to ONNX Runtime.
     """
 
@@ -134,8 +109,8 @@ class QuestionAnswerer:
     ) -> None:
         from .backends import load_model
 
-        self.options = _check_keywords(options, "to the pipeline")
-        check_options(**self.options)
+        self._given = _options(options, "to the pipeline")
+        check_values(*self._given)
         self.model = load_model(
             model, tokenizer, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
             revision=revision, precision=precision, threads=threads, providers=providers,
@@ -144,6 +119,11 @@ class QuestionAnswerer:
         # the folder's confidence calibrator: every answer then carries "confidence" (see calibration.py)
         self.calibrator = calibrator_of(self.model)
         self.settings_in_force()  # refuse now what every call would refuse (e.g. windows too long)
+
+    @property
+    def options(self) -> dict:
+        """The options given when the pipeline was made (canonical names): the defaults of every call."""
+        return dict(self._given[0])
 
     # the transformers pipeline's public attributes, for code written against it
     @property
@@ -156,35 +136,12 @@ class QuestionAnswerer:
 
     def settings_in_force(self, **call_options) -> SettingsInForce:
         """Each answering option's value for a call with ``call_options``, and where it came from:
-        the call or the pipeline's construction ("argument"), the model folder, or the default."""
-        from .backends import default_batch_size
-        from .checkpoint import check_window_fits
-
-        given = {**self.options, **_check_keywords(call_options, "to the call")}
-        saved = self.model.settings
-        out = SettingsInForce()
-        limit = self.model.window_limit
-        out.pick("max_seq_len", given.get("max_seq_len"), saved.max_seq_length,
-                 min(limit, defaults.MAX_SEQ_LENGTH) if limit else defaults.MAX_SEQ_LENGTH, "max_seq_length")
-        out.pick("max_question_len", given.get("max_question_len"), saved.max_query_length, defaults.MAX_QUERY_LENGTH,
-                 "max_query_length")
-        # The folder's doc_stride is a step between windows (run_squad's meaning); the pipeline's
-        # is an overlap, so the pipeline keeps its own default, computed on the window in force.
-        out.pick("doc_stride", given.get("doc_stride"), None, defaults.pipeline_doc_stride(out.values["max_seq_len"]))
-        out.pick("max_answer_len", given.get("max_answer_len"), saved.max_answer_length,
-                 defaults.PIPELINE_MAX_ANSWER_LEN, "max_answer_length")
-        out.pick("handle_impossible_answer", given.get("handle_impossible_answer"), saved.version_2_with_negative,
-                 False, "version_2_with_negative")
-        out.pick("null_score_diff_threshold", given.get("null_score_diff_threshold"),
-                 saved.null_score_diff_threshold, defaults.NULL_SCORE_DIFF_THRESHOLD)
-        out.pick("top_k", given.get("top_k"), None, defaults.PIPELINE_TOP_K)
-        out.pick("align_to_words", given.get("align_to_words"), None, True)
-        out.pick("batch_size", given.get("batch_size"), None, default_batch_size(self.model))
-        out.pick("min_confidence", given.get("min_confidence"), None, None)
-        check_options(**out.values)
-        check_min_confidence(out.values["min_confidence"], calibrated=self.calibrator is not None)
-        check_window_fits(out.values["max_seq_len"], limit, f"model {self.model.name_or_path}")
-        return out
+        the call or the pipeline's construction ("argument"), the model folder, or the default
+        (``squadkit.settings.resolve`` in pipeline mode)."""
+        made, made_typed = self._given
+        call, call_typed = _options(call_options, "to the call")
+        typed = {**made_typed, **call_typed}
+        return resolve(self.model, "pipeline", {typed[name]: value for name, value in {**made, **call}.items()})
 
     def __call__(self, *args, question: str | Sequence[str] | None = None, context: str | Sequence[str] | None = None,
                  **options):
@@ -213,13 +170,13 @@ class QuestionAnswerer:
         from .engine import score_pairs
         from .features import WindowSettings
 
-        window_settings = WindowSettings("pipeline", o["max_seq_len"], o["doc_stride"], o["max_question_len"])
+        window_settings = WindowSettings("pipeline", o["max_seq_length"], o["doc_stride"], o["max_query_length"])
         pre_topk = o["top_k"] * 2 + 10 if o["align_to_words"] else o["top_k"]
         calibrated = self.calibrator is not None  # only then are the calibration features worth computing
 
         def reduce(start, end, batch, rows):
             allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
-            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_len"],
+            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_length"],
                                          calibration_inputs=calibrated)
 
         pairs = list(pairs)

@@ -44,12 +44,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..defaults import MAX_SEQ_LENGTH
+from ..defaults import ASK_PASSAGES as DEFAULT_PASSAGES
 from ..errors import SquadkitError
+from ..settings import check_options
 from .index import Index
 from .search import Hit, Retriever, check_k, make_retriever
-
-DEFAULT_PASSAGES = 5
 
 
 @dataclass
@@ -125,12 +124,11 @@ class _Example:
 
 
 def reader_threshold(model: Any) -> float:
-    """The no-answer threshold saved beside the model (``squadkit.json``), else 0.0.
+    """The no-answer threshold ``ask`` uses for ``model`` when not told: the folder's ``ask_threshold``,
+    else its ``null_score_diff_threshold``, else 0.0 (``settings.resolve`` in ask mode)."""
+    from ..settings import resolve
 
-    The one place that reads it, so the settings schema can change under it.
-    """
-    value = getattr(getattr(model, "settings", None), "null_score_diff_threshold", None)
-    return float(value) if value is not None else 0.0
+    return float(resolve(model, "ask")["null_score_diff_threshold"])
 
 
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
@@ -183,11 +181,18 @@ class DocumentQA:
     """
 
     def __init__(self, index: str | os.PathLike | Index | None, model: Any = None, *, qa: Any = None,
-                 retriever: str | Retriever = "bm25", k: int = DEFAULT_PASSAGES, threshold: float | None = None,
-                 max_seq_length: int | None = None, doc_stride: int | None = None,
+                 retriever: str | Retriever = "bm25", k: int | None = None,
+                 null_score_diff_threshold: float | None = None, max_seq_length: int | None = None,
+                 doc_stride: int | None = None, max_query_length: int | None = None,
                  max_answer_length: int | None = None, n_best_size: int | None = None, batch_size: int | None = None,
-                 backend: str = "auto", device: str | None = None) -> None:
-        self.k = check_k(k)
+                 backend: str = "auto", device: str | None = None, **aliases: Any) -> None:
+        # every setting through the one resolver, in ask mode (explicit > model folder > default);
+        # checked before the index opens or the model loads
+        explicit = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_seq_length=max_seq_length,
+                        doc_stride=doc_stride, max_query_length=max_query_length,
+                        max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
+                        **aliases)
+        check_options(explicit, "ask")
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")
@@ -204,20 +209,12 @@ class DocumentQA:
             qa = QuestionAnswerer(model, backend=backend, device=device)
         self.qa = qa
         self.model = qa.model
-        self.threshold = reader_threshold(self.model) if threshold is None else float(threshold)
-        from ..backends import default_batch_size
         from ..predict import decode_settings_for
 
-        # the model folder's windows and answer length unless told (the contract every consumer honours);
-        # a window never longer than the model can take
-        limit = getattr(self.model, "window_limit", None)
-        if max_seq_length is None and self.model.settings.max_seq_length is None and limit:
-            max_seq_length = min(limit, MAX_SEQ_LENGTH)
-        self.decode, _, _ = decode_settings_for(
-            self.model, max_seq_length=max_seq_length, doc_stride=doc_stride, n_best_size=n_best_size,
-            max_answer_length=max_answer_length, null_score_diff_threshold=self.threshold,
-            version_2_with_negative=True)
-        self.batch_size = batch_size or default_batch_size(self.model)
+        self.decode, self.in_force, _ = decode_settings_for(self.model, mode="ask", **explicit)
+        self.k = self.in_force["k"]
+        self.threshold = self.decode.null_score_diff_threshold
+        self.batch_size = self.in_force["batch_size"]
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
             min_confidence: float | None = None) -> AskResult:

@@ -400,33 +400,32 @@ def _threshold_of(results: dict, config: TrainConfig, where: str) -> tuple[float
     return float(config.null_score_diff_threshold), None
 
 
-def evaluate(accelerator, model, tokenizer, dataset, decode, batch_size: int):
-    """Predict ``dataset`` (each process a shard), gather on the main process and score it.
+def evaluate(accelerator, model, tokenizer, dataset, decode, batch_size: int, show_progress: bool = False):
+    """Predict ``dataset`` (each process a shard, as ``squadkit predict``), gather on the main
+    process and score it; progress as ``predict`` prints it (a bar on a terminal, lines elsewhere).
 
     Returns ``(results, predictions)`` on the main process and ``(None, None)`` elsewhere.
     """
-    from accelerate.utils import gather_object
-
     from ..backends.torch import TorchQAModel
-    from ..predict import evaluate_predictions, merge_predictions, predict_squad
+    from ..predict import evaluate_predictions, predict_sharded
+    from ..progress import ProgressLines
 
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
     qa = TorchQAModel(net, tokenizer, getattr(net.config, "_name_or_path", ""), str(accelerator.device))
-    world = accelerator.num_processes
-    shard = (accelerator.process_index, world) if world > 1 else None
+    shard_size = len(dataset.examples[accelerator.process_index :: accelerator.num_processes])
+    progress = ProgressLines("evaluate", shard_size) if show_progress and accelerator.is_main_process else None
     try:
         with accelerator.autocast():
-            preds = predict_squad(qa, dataset.examples, decode, batch_size=batch_size, shard=shard)
+            preds = predict_sharded(qa, dataset.examples, decode, batch_size, accelerator, progress)
     finally:
+        if progress is not None:
+            progress.close()
         if was_training:
             net.train()
-    if shard is not None:
-        parts = gather_object([preds])
-        if not accelerator.is_main_process:
-            return None, None
-        preds = merge_predictions(parts, [e.id for e in dataset.examples])
+    if preds is None:
+        return None, None
     return evaluate_predictions(dataset, preds, decode.null_score_diff_threshold), preds
 
 
@@ -583,7 +582,7 @@ def _with_calibration(settings, net, eval_data, preds, predict_path):
 
     from ..calibration import torch_head_fingerprint
     from ..errors import SquadkitError
-    from ..predict import fit_calibration
+    from ..calibration.dev import fit_calibration
 
     source = Path(predict_path).name if predict_path is not None else "dev data"
     try:
@@ -605,9 +604,9 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
     output_dir = Path(config.output_dir)
     if config.do_eval:
         results, preds = evaluate(accelerator, model, tokenizer, eval_data, config.decode_settings(),
-                                  config.per_gpu_eval_batch_size)
+                                  config.per_gpu_eval_batch_size, show_progress=not config.quiet)
         if accelerator.is_main_process:
-            from ..predict import EVAL_RESULTS_FILE, write_prediction_files
+            from ..predictions import EVAL_RESULTS_FILE, write_prediction_files
 
             write_prediction_files(preds, output_dir)
             atomic_write_json(output_dir / EVAL_RESULTS_FILE, results)

@@ -1,5 +1,10 @@
 """Calibrated confidence: features of an answer, the calibrator (fit, apply, save) and the abstain rule.
 
+This package is the one room for calibration: ``calibration`` (this module) holds the features,
+the calibrator and the abstain rule, which decoding uses; ``calibration.dev`` fits a calibrator on
+a model's dev predictions (``squadkit calibrate``, ``train --do-eval``). How well confidences are
+calibrated (ECE, reliability, risk-coverage) is measured in ``metrics``, which this imports.
+
 **Features** (``answer_features``), computed from one window's start and end logits, the same in
 pipeline mode and squad mode, so one calibrator serves ``pipeline``, ``answer``, ``serve`` and
 ``predict``:
@@ -15,7 +20,7 @@ pipeline mode and squad mode, so one calibrator serves ``pipeline``, ``answer``,
 (Newton's method with a small L2 penalty; no scikit-learn needed at fit or answer time):
 
 * ``answer``: P(the span is an exact match), fitted on the top span of every dev question (target:
-  exact match against the gold answers; 0 for an unanswerable question);
+  the official exact match against the gold answers, ``metrics.exact_match``);
 * ``abstain``: P(the question has no answer), fitted on the same features of the top span (target:
   the question is unanswerable); it is the confidence of the empty answer.
 
@@ -43,7 +48,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import SquadkitError
+from ..errors import SquadkitError
+from ..metrics import exact_match
 
 CALIBRATION_FORMAT = "squadkit-calibration"
 CALIBRATION_VERSION = 1
@@ -197,16 +203,11 @@ class Calibrator:
                    numbers("abstain", n + 1, optional=True), sha, fitted_on if isinstance(fitted_on, dict) else None)
 
 
-def _exact(gold: Sequence[str], text: str) -> int:
-    from .metrics import compute_exact, normalize_answer
-
-    golds = [a for a in gold if normalize_answer(a)] or [""]
-    return max(compute_exact(a, text) for a in golds)
-
-
 def calibration_targets(top_spans: Sequence[str], gold_answers: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """(is the top span an exact match, is the question unanswerable) for every question."""
-    right = np.array([0 if not gold else _exact(gold, span) for span, gold in zip(top_spans, gold_answers)], float)
+    """(is the top span an exact match, is the question unanswerable) for every question; exact match
+    is the official metric's (``metrics.exact_match``), so a span that normalizes to "" ("the", ".")
+    is right on an unanswerable question, as the official script counts it."""
+    right = np.array([exact_match(gold, span) for span, gold in zip(top_spans, gold_answers)], float)
     unanswerable = np.array([0.0 if gold else 1.0 for gold in gold_answers])
     return right, unanswerable
 
@@ -319,53 +320,4 @@ def apply_min_confidence(ranked: list[dict], empty: dict, min_confidence: float 
                 out.append(empty)
             break
         out.append(answer)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# reporting: expected calibration error, reliability, risk-coverage, precision at cut-offs
-# ----------------------------------------------------------------------------------------------
-
-
-def calibration_report(confidence: np.ndarray, correct: np.ndarray, bins: int = 10,
-                       cutoffs: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
-    """ECE (equal-width bins), the reliability table, precision/coverage at cut-offs, and the
-    risk-coverage curve (answers sorted by confidence, most confident first)."""
-    c = np.asarray(confidence, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64)
-    n = c.shape[0]
-    if n == 0:
-        raise SquadkitError("no questions with a confidence to report on", param="confidence")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(c, edges[1:-1], right=True), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            gap = abs(float(c[m].mean()) - float(y[m].mean()))
-            ece += m.sum() / n * gap
-            table.append({"bin": [float(edges[b]), float(edges[b + 1])], "count": int(m.sum()),
-                          "mean_confidence": float(c[m].mean()), "accuracy": float(y[m].mean())})
-    at = {}
-    for cut in cutoffs:
-        m = c >= cut
-        at[f"{cut:g}"] = {"coverage": float(m.mean()), "answered": int(m.sum()),
-                          "precision": float(y[m].mean()) if m.any() else None}
-    order = np.argsort(-c, kind="stable")
-    hits = np.cumsum(y[order])
-    k = np.arange(1, n + 1)
-    coverage = k / n
-    risk = 1.0 - hits / k
-    aurc = float(risk.mean())
-    return {"questions": n, "accuracy": float(y.mean()), "ece": float(ece), "bins": bins, "reliability": table,
-            "at_confidence": at, "aurc": aurc,
-            "risk_coverage": {"coverage": coverage.tolist(), "risk": risk.tolist()}}
-
-
-def correctness_of_final(predictions: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Exact match of each final prediction ("" is right on an unanswerable question)."""
-    out = {}
-    for qid, pred in predictions.items():
-        answers = gold.get(qid, [])
-        out[qid] = int(pred == "" or not pred.strip()) if not answers else _exact(answers, pred)
     return out
