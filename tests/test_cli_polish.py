@@ -58,7 +58,7 @@ def test_files_and_folders_follow_the_users_umask(tiny_bert, tmp_path, mask, one
         assert cli("predict", "-m", tiny_bert, "-d", data, "-o", tmp_path / "preds").exit_code == 0
         base = make_task_model(tmp_path / "base", hidden=32)
         assert cli("train", "-m", base, "--do-train", "--train-file", data, "-o", tmp_path / "out", "--max-steps", 1,
-                   "--save-steps", 1, "--max-seq-length", 64, "--doc-stride", 32, "-q").exit_code == 0
+                   "--save-steps", 1, "--max-seq-length", 64, "--doc-stride", 32, "--quiet").exit_code == 0
         pytest.importorskip("onnxruntime")
         assert cli("export", "-m", tmp_path / "out", "-o", tmp_path / "onnx").exit_code == 0
     finally:

@@ -13,18 +13,23 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from . import defaults as D
 from .defaults import DEFAULT_MODEL
 from .errors import SquadkitError, first_line
+from .settings import ALIASES, BY_NAME
+from .settings import _flag as _flag_check
 
 MODEL_HELP = "Hub id, checkpoint folder or exported ONNX folder (default: the model card's checkpoint)."
 
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="squadkit",
+    context_settings=HELP,
     help="Extractive question answering in the SQuAD v2 style: train, evaluate, answer, serve.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,11 +37,64 @@ app = typer.Typer(
     # click's plain help: wraps at any width instead of cutting option names short (rich's tables did at 80 columns)
     rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect and validate SQuAD data files.", no_args_is_help=True, rich_markup_mode=None)
+data_app = typer.Typer(help="Inspect and validate SQuAD data files.", no_args_is_help=True, rich_markup_mode=None,
+                       context_settings=HELP)
 app.add_typer(data_app, name="data")
 
 
 _TYPED: dict[str, str] = {}  # flag -> the spelling the user typed (e.g. --max-seq-length -> --max_seq_length)
+
+# Spellings every command still accepts, hidden from --help: each setting's older names
+# (squadkit.settings.ALIASES: --max-seq-len, --threshold, ...) and the CLI's own renamings.
+CLI_ALIASES = {
+    **{"--" + alias.replace("_", "-"): "--" + name.replace("_", "-") for alias, name in ALIASES.items()},
+    "--output-dir": "--output", "--out-file": "--output", "--passages": "--show-passages",
+    "--no-passages": "--no-show-passages",
+}
+
+
+class SquadkitCommand(typer.core.TyperCommand):
+    """Every command: also accepts run_squad's snake_case spellings (``--max_seq_length``) and the
+    older names of CLI_ALIASES (plus a command's own ``aliases``), without listing them in ``--help``."""
+
+    aliases: dict[str, str] = {}
+
+    def parse_args(self, ctx, args):
+        known = {o for p in self.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+        fixed = []
+        _TYPED.clear()
+        for arg in args:
+            head, eq, value = arg.partition("=")
+            if head.startswith("--") and head not in known:
+                kebab = head.replace("_", "-")
+                kebab = self.aliases.get(kebab, CLI_ALIASES.get(kebab, kebab))
+                if kebab in known:
+                    _TYPED[kebab] = head  # errors name the flag as the user typed it
+                    head = kebab
+            fixed.append(head + eq + value)
+        return super().parse_args(ctx, fixed)
+
+
+def command(name: str | None = None, **kwargs) -> Callable:
+    """``app.command`` with squadkit's command class (aliases) and one-line errors."""
+    def register(func: Callable) -> Callable:
+        return app.command(name, cls=kwargs.pop("cls", SquadkitCommand), **kwargs)(friendly_errors(func))
+    return register
+
+
+def setting_option(name: str, help: str | None = None, **kwargs) -> Any:
+    """The flag of a setting of ``squadkit.settings``: its one name (``--max-seq-length``), its meaning
+    and its default as the settings table says them; None = not given (the resolver decides)."""
+    setting = BY_NAME[name]
+    flag = setting.flag
+    if setting.check is _flag_check:
+        decls = (f"{flag}/--no-{flag[2:]}",)
+    elif name == "k":
+        decls = (flag, "-k")
+    else:
+        decls = (flag,)
+    text = f"{help or setting.meaning} [default: {setting.default_text}]"
+    return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
 
 
 def _show_version(value: bool) -> None:
@@ -156,11 +214,18 @@ def _flag_of(func: Callable, param: str | None) -> str | None:
 
 
 def _as_typed(message: str, func: Callable, param: str | None) -> str:
-    """Say the flag the user typed where the API named its Python keyword (``max_seq_len`` ->
-    ``--max-seq-len``)."""
-    flag = _flag_of(func, param)
-    flag = _TYPED.get(flag, flag)
-    return re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w])", flag, message) if flag else message
+    """Say the flag the user typed where the API named its Python keyword (``max_seq_length`` ->
+    ``--max-seq-length``, or ``--max_seq_length`` as typed): the keyword at fault, and any other
+    keyword of the command with an underscore in its name (never an English word)."""
+    import inspect
+
+    names = {p for p in inspect.signature(func).parameters if "_" in p} | ({param} if param else set())
+    for name in sorted(names, key=len, reverse=True):
+        flag = _flag_of(func, name)
+        flag = _TYPED.get(flag, flag)
+        if flag:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
+    return message
 
 
 def friendly_errors(func: Callable) -> Callable:
@@ -191,8 +256,7 @@ def print_json(obj, compact: bool = False) -> None:
 # evaluate / data stats  (squadkit.metrics, squadkit.data)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:EVALUATE
-@app.command("evaluate")
-@friendly_errors
+@command("evaluate")
 def evaluate_cmd(
     data_file: Path = typer.Argument(..., metavar="DATA", help="SQuAD v1.1 / v2.0 data file (e.g. dev-v2.0.json)."),
     pred_file: Path = typer.Argument(..., metavar="PREDS", help="Predictions: a JSON object of question id to answer text."),
@@ -201,7 +265,8 @@ def evaluate_cmd(
     na_prob_thresh: float = typer.Option(
         1.0, "--na-prob-thresh", "-t", metavar="X", help='Predict "" where the no-answer probability is strictly above X (with --na-prob-file).'),
     out_file: Optional[Path] = typer.Option(
-        None, "--out-file", "-o", metavar="FILE", help="Write the metrics here as compact JSON (default: indented JSON on stdout)."),
+        None, "--output", "-o", metavar="FILE",
+        help="Write the metrics here as compact JSON (default: indented JSON on stdout; the official script's --out-file)."),
     out_image_dir: Optional[Path] = typer.Option(
         None, "--out-image-dir", "-p", metavar="DIR",
         help="Save precision-recall curves and na-prob histograms here (needs --na-prob-file and matplotlib)."),
@@ -211,7 +276,7 @@ def evaluate_cmd(
              "as transformers' run_squad did; its model cards show best_exact at threshold 0.0."),
     verbose: bool = typer.Option(False, "--verbose/--quiet", "-v", help="Print a summary and the metric time on stderr."),
     confidence_file: Optional[Path] = typer.Option(
-        None, "--confidence", "-c", metavar="FILE",
+        None, "--confidence", metavar="FILE",
         help="Calibrated confidences (id -> probability that the prediction is an exact match; predict's "
              "confidence.json, also read from beside PREDS when there): adds ECE, the reliability table, "
              "precision at 0.5/0.7/0.9 and the risk-coverage AURC under 'confidence' (images with -p)."),
@@ -282,6 +347,22 @@ def evaluate_cmd(
 # answer / predict  (squadkit.pipeline, squadkit.predict)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:ANSWER
+def check_question(question: str) -> None:
+    """An empty question is refused at once, before any model loads."""
+    if not question.strip():
+        raise SquadkitError("the question is empty", param="question")
+
+
+def model_files(model) -> dict:
+    """What runs: the ONNX file and its precision (int8 or fp32), or torch's dtype."""
+    from .backends import precision_of
+
+    out = {"precision": precision_of(model)}
+    if getattr(model, "model_file", None):
+        out["model_file"] = str(model.model_file)
+    return out
+
+
 def _read_context(context: Optional[str], context_file: Optional[Path]) -> str:
     if (context is None) == (context_file is None):
         raise SquadkitError("give exactly one of --context or --context-file")
@@ -295,41 +376,40 @@ def _read_context(context: Optional[str], context_file: Optional[Path]) -> str:
     return context
 
 
-@app.command()
-@friendly_errors
+@command()
 def answer(
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
     context: Optional[str] = typer.Option(None, "--context", "-c", help="The passage to search."),
     context_file: Optional[Path] = typer.Option(None, "--context-file", help="Read the passage from a UTF-8 file."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="How many answers to return [default: 1]."),
-    handle_impossible_answer: Optional[bool] = typer.Option(
-        None, "--handle-impossible-answer/--no-handle-impossible-answer",
-        help="Allow the empty (no-answer) answer [default: on for a model trained on SQuAD v2 by squadkit, else off].",
-        show_default=False),
-    null_score_diff_threshold: Optional[float] = typer.Option(
-        None, "--null-score-diff-threshold",
-        help="With the empty answer: it wins when log p_null - log p_span exceeds this [default: the model folder's, else 0]."),
-    max_answer_len: Optional[int] = typer.Option(None, "--max-answer-len", help=f"Longest answer, in tokens [default: the model folder's, else {D.PIPELINE_MAX_ANSWER_LEN}]."),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help=f"Tokens per window [default: the model folder's, else min(model max, {D.MAX_SEQ_LENGTH})]."),
-    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help=f"Tokens shared by neighbouring windows [default: min(max_seq_len // 2, {D.DOC_STRIDE})]."),
-    max_question_len: Optional[int] = typer.Option(None, "--max-question-len", help=f"Question tokens kept [default: the model folder's, else {D.MAX_QUERY_LENGTH}]."),
+    top_k: Optional[int] = setting_option("top_k"),
+    handle_impossible_answer: Optional[bool] = setting_option("handle_impossible_answer"),
+    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
+    max_answer_length: Optional[int] = setting_option("max_answer_length"),
+    max_seq_length: Optional[int] = setting_option("max_seq_length"),
+    doc_stride: Optional[int] = setting_option("doc_stride"),
+    max_query_length: Optional[int] = setting_option("max_query_length"),
+    batch_size: Optional[int] = setting_option("batch_size"),
+    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     explain: bool = typer.Option(False, "--explain/--no-explain", help="Also print the settings in force and where each came from."),
-    min_confidence: Optional[float] = typer.Option(
-        None, "--min-confidence", metavar="P",
-        help='Answer "" unless the calibrated confidence is at least P (0-1; needs a calibrated model: squadkit calibrate).'),
 ) -> None:
     """Answer one question about a passage (pipeline mode) and print JSON."""
-    from .pipeline import QuestionAnswerer, check_options
+    from .checkpoint import resolve_model_source
+    from .settings import check_options
+
+    options = dict(top_k=top_k, handle_impossible_answer=handle_impossible_answer, max_answer_length=max_answer_length,
+                   max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length,
+                   null_score_diff_threshold=null_score_diff_threshold, min_confidence=min_confidence,
+                   batch_size=batch_size)
+    check_options(options, "pipeline")  # everything that can be checked without the model, before it loads
+    check_question(question)
+    text = _read_context(context, context_file)
+    resolve_model_source(model)
+    from .pipeline import QuestionAnswerer
     from .progress import ProgressLines
 
-    options = dict(top_k=top_k, handle_impossible_answer=handle_impossible_answer, max_answer_len=max_answer_len,
-                   max_seq_len=max_seq_len, doc_stride=doc_stride, max_question_len=max_question_len,
-                   null_score_diff_threshold=null_score_diff_threshold, min_confidence=min_confidence)
-    check_options(**options)  # before the model loads
-    text = _read_context(context, context_file)
     qa = QuestionAnswerer(model, backend=backend, device=device)
     in_force = qa.settings_in_force(**options)
     progress = ProgressLines("answer: windows", 1)
@@ -341,39 +421,30 @@ def answer(
         answers[0] if answers else {"score": 0.0, "start": 0, "end": 0, "answer": ""})
     if explain:
         result = {"answer": result, "settings": in_force.as_dict(), "model": qa.model.name_or_path,
-                  "backend": qa.model.backend}
+                  "backend": qa.model.backend, **model_files(qa.model)}
     print_json(result)
 
 
-@app.command()
-@friendly_errors
+@command()
 def predict(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD file (nested v1.1/v2.0 JSON, or flat JSON/JSONL)."),
-    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
+    output_dir: Path = typer.Option(..., "--output", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: 8 on a CPU, 64 on a GPU]."),
-    null_score_diff_threshold: Optional[float] = typer.Option(
-        None, "--null-score-diff-threshold",
-        help="Predict '' when null score - best span score exceeds this [default: the model folder's, else 0.0].",
-    ),
+    batch_size: Optional[int] = setting_option("batch_size"),
+    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
     ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold/--use-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
-    n_best_size: Optional[int] = typer.Option(None, "--n-best-size", help=f"[default: {D.N_BEST_SIZE}]"),
-    max_answer_length: Optional[int] = typer.Option(None, "--max-answer-length", help=f"[default: the model folder's, else {D.MAX_ANSWER_LENGTH}]"),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help=f"[default: the model folder's, else {D.MAX_SEQ_LENGTH}]"),
-    doc_stride: Optional[int] = typer.Option(None, "--doc-stride", help=f"Step between window starts, as run_squad [default: the model folder's, else {D.DOC_STRIDE}]."),
-    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help=f"[default: the model folder's, else {D.MAX_QUERY_LENGTH}]"),
-    legacy: bool = typer.Option(False, "--legacy/--no-legacy", help="Build windows and recover text exactly as run_squad did."),
-    do_lower_case: Optional[bool] = typer.Option(None, "--do-lower-case/--no-do-lower-case", help="run_squad's flag: lower-cases when projecting answers back [default: the model folder's, else off].", show_default=False),
-    version_2_with_negative: Optional[bool] = typer.Option(
-        None, "--version-2-with-negative/--no-version-2-with-negative", " /--no-null",
-        help="Allow the empty answer [default: off for SQuAD v1.1 data, else the model folder's, else on].",
-        show_default=False),
+    n_best_size: Optional[int] = setting_option("n_best_size"),
+    max_answer_length: Optional[int] = setting_option("max_answer_length"),
+    max_seq_length: Optional[int] = setting_option("max_seq_length"),
+    doc_stride: Optional[int] = setting_option("doc_stride"),
+    max_query_length: Optional[int] = setting_option("max_query_length"),
+    legacy: Optional[bool] = setting_option("legacy"),
+    do_lower_case: Optional[bool] = setting_option("do_lower_case"),
+    version_2_with_negative: Optional[bool] = setting_option("version_2_with_negative"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
-    min_confidence: Optional[float] = typer.Option(
-        None, "--min-confidence", metavar="P",
-        help='Predict "" where the calibrated confidence of the best span is below P (0-1; needs a calibrated model).'),
+    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
 ) -> None:
     """Write run_squad's prediction files for a SQuAD file (and eval_results.json when it has answers).
 
@@ -392,13 +463,12 @@ def predict(
         print_json(summary)
 
 
-@app.command()
-@friendly_errors
+@command()
 def calibrate(
     model: str = typer.Option(..., "--model", "-m", help="A local model folder (checkpoint or ONNX export); the calibrator is saved in its squadkit.json."),
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD dev data with answers (v2.0 for the empty answer's confidence)."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: 8 on a CPU, 64 on a GPU]."),
+    batch_size: Optional[int] = setting_option("batch_size"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     cross_fit: bool = typer.Option(True, "--cross-fit/--no-cross-fit", help="Also report out-of-fold ECE (fit on all articles but one, test on it)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
@@ -417,27 +487,6 @@ def calibrate(
 # train  (squadkit.train)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:TRAIN
-class RunSquadFlags(typer.core.TyperCommand):
-    """A command that also accepts run_squad's snake_case spellings (``--max_seq_length``) and a few
-    aliases (``--per_device_train_batch_size``), without listing them twice in ``--help``."""
-
-    aliases: dict[str, str] = {}
-
-    def parse_args(self, ctx, args):
-        known = {o for p in self.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
-        fixed = []
-        _TYPED.clear()
-        for arg in args:
-            head, eq, value = arg.partition("=")
-            if head.startswith("--") and head not in known:
-                kebab = self.aliases.get(head.replace("_", "-"), head.replace("_", "-"))
-                if kebab in known:
-                    _TYPED[kebab] = head  # errors name the flag as the user typed it
-                    head = kebab
-            fixed.append(head + eq + value)
-        return super().parse_args(ctx, fixed)
-
-
 # run_squad flags squadkit accepts and does not need (hidden from --help; a note says so when given)
 _RUN_SQUAD_EXTRAS = {
     "evaluate_during_training": (bool, "run_squad's: evaluate every --logging-steps (same as --eval-steps N)."),
@@ -466,7 +515,7 @@ def _train_parameters() -> list:
         args = typing.get_args(kind)
         if type(None) in args:
             kind, optional = next(a for a in args if a is not type(None)), True
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         extra = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))  # short flags are shown
         required = f.default is dataclasses.MISSING
         default = f.metadata.get("cli_default", f.default)
@@ -486,8 +535,8 @@ def _train_parameters() -> list:
     return params
 
 
-class TrainFlags(RunSquadFlags):
-    aliases = {"--model": "--model-name-or-path", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
+class TrainFlags(SquadkitCommand):
+    aliases = {"--model-name-or-path": "--model", "--output-dir": "--output", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
                "--per-device-eval-batch-size": "--per-gpu-eval-batch-size"}
 
 
@@ -558,8 +607,7 @@ _register_train()
 # export  (squadkit.export)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:EXPORT
-@app.command("export")
-@friendly_errors
+@command("export")
 def export_cmd(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id or checkpoint folder of a QA model.", show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write (model.onnx, tokenizer, settings, squadkit_export.json)."),
@@ -586,8 +634,7 @@ def export_cmd(
 # serve  (squadkit.serve)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:SERVE
-@app.command()
-@friendly_errors
+@command()
 def serve(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
@@ -631,10 +678,9 @@ def serve(
 # index / search / ask  (squadkit.retrieval)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:RETRIEVAL
-@app.command("index", no_args_is_help=True)
-@friendly_errors
+@command("index", no_args_is_help=True)
 def index_cmd(
-    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Files and folders: .txt .md .html .jsonl, SQuAD .json."),
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", show_default=False, help="Files and folders: .txt .md .html .jsonl, SQuAD .json."),
     output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place)."),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="The reader's model or tokenizer folder: passage lengths in its tokens (default: words)."),
@@ -666,44 +712,56 @@ def index_cmd(
     print_json(report.to_dict())
 
 
-@app.command("search", no_args_is_help=True)
-@friendly_errors
+@command("search", no_args_is_help=True)
 def search_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     query: str = typer.Argument(..., metavar="QUERY"),
-    k: int = typer.Option(5, "-k", "--k", help="How many passages."),
+    k: Optional[int] = setting_option("k"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
     """The best passages for a query, one JSON line each: {document, start, end, text, score}."""
     from .retrieval.search import search
+    from .settings import check_options
 
+    k = check_options({"k": k}, "ask").get("k", D.ASK_PASSAGES)
     for hit in search(index, query, k=k, retriever=retriever):
         print_json(hit.to_dict(), compact=True)
 
 
-@app.command("ask", no_args_is_help=True)
-@friendly_errors
+@command("ask", no_args_is_help=True)
 def ask_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     question: str = typer.Argument(..., metavar="QUESTION"),
     model: str = typer.Option(..., "--model", "-m", help="A SQuAD v2 model: checkpoint folder, exported ONNX folder or hub id."),
-    k: int = typer.Option(5, "-k", "--k", help="How many passages to retrieve and read."),
-    top_k: int = typer.Option(1, "--top-k", help="How many answers to return."),
+    k: Optional[int] = setting_option("k"),
+    top_k: Optional[int] = setting_option("top_k"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid."),
-    threshold: Optional[float] = typer.Option(
-        None, "--threshold", help="No-answer threshold (default: the one saved with the model, else 0.0)."),
+    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
+    max_answer_length: Optional[int] = setting_option("max_answer_length"),
+    max_seq_length: Optional[int] = setting_option("max_seq_length"),
+    doc_stride: Optional[int] = setting_option("doc_stride"),
+    max_query_length: Optional[int] = setting_option("max_query_length"),
+    batch_size: Optional[int] = setting_option("batch_size"),
+    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    passages: bool = typer.Option(False, "--passages/--no-passages", help="Also print the retrieved passages."),
-    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Abstain when the best answer's calibrated confidence is below this (needs a calibrated model)."),
+    show_passages: bool = typer.Option(False, "--show-passages/--no-show-passages", help="Also print the retrieved passages."),
 ) -> None:
     """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
-    from .retrieval.ask import DocumentQA
-    from .retrieval.search import check_k
+    from .settings import check_options
 
-    check_k(k), check_k(top_k, "top_k")  # bad flags fail before a model is loaded
-    dqa = DocumentQA(index, model, retriever=retriever, k=k, threshold=threshold, backend=backend, device=device)
-    print_json(dqa.ask(question, k=k, top_k=top_k, min_confidence=min_confidence).to_dict(with_passages=passages))
+    options = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_answer_length=max_answer_length,
+                   max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length,
+                   batch_size=batch_size)
+    check_options({**options, "top_k": top_k, "min_confidence": min_confidence}, "ask")  # before the model loads
+    check_question(question)
+    from .retrieval.ask import DocumentQA
+    from .retrieval.index import Index
+
+    Index(index).close()  # a missing or damaged index fails before the model loads
+    dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **options)
+    result = dqa.ask(question, top_k=top_k or 1, min_confidence=min_confidence)
+    print_json(result.to_dict(with_passages=show_passages))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -24,6 +24,7 @@ from .features import WindowSettings
 from .io import atomic_write_json
 from .predictions import (
     EVAL_RESULTS_FILE,
+    check_output_folder,
     SquadPredictions,
     evaluate_predictions,
     merge_predictions,
@@ -186,16 +187,19 @@ def run_predict(
     from .backends import check_backend, load_model
     from .checkpoint import resolve_model_source
 
+    # everything that can be checked without the model, before the heavy imports and the model
+    check_backend(backend)
+    check_options({"batch_size": batch_size, **decode_options}, "squad")
+    check_output_folder(output_dir)
     if isinstance(model, (str, os.PathLike)):
-        resolve_model_source(model)  # a path that does not exist fails before the heavy imports
+        resolve_model_source(model)
+    from .data import load_squad
+
+    dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
     from accelerate import PartialState
 
-    from .data import load_squad
     from .progress import ProgressLines
 
-    check_backend(backend)
-    check_options({"batch_size": batch_size, **decode_options}, "squad")  # before anything loads
-    dataset = data if hasattr(data, "examples") else load_squad(data, strict=strict)
     # cpu=True where no GPU will be used: accelerate only forms a CPU (gloo) process group under
     # torchrun / accelerate launch when told so; otherwise every process would predict everything.
     state = PartialState(cpu=_cpu_only(device))

@@ -86,6 +86,21 @@ NULL_ODDS_FILE = "null_odds.json"
 CONFIDENCE_FILE = "confidence.json"
 
 
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """The folder the files go to, refused at once (before any work) where it cannot be one."""
+    from .errors import SquadkitError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SquadkitError(f"{out_dir}: exists and is not a folder; give output_dir a folder for the prediction files",
+                            param="output_dir")
+    parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SquadkitError(f"{out_dir}: cannot create the output_dir folder here ({parent} is not writable)",
+                            param="output_dir")
+    return out_dir
+
+
 def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
     """Write run_squad's three files (indent 4, as it did), each atomically."""
     out_dir = Path(out_dir)

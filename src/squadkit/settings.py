@@ -74,6 +74,11 @@ def _window_default(values: dict, model: Any) -> int:
     return min(limit, defaults.MAX_SEQ_LENGTH) if limit else defaults.MAX_SEQ_LENGTH
 
 
+def _stride_default(values: dict, model: Any) -> int:
+    """128 (run_squad's step, the pipeline's overlap), or half the window where that is shorter."""
+    return defaults.pipeline_doc_stride(values["max_seq_length"])
+
+
 def _batch_size_default(values: dict, model: Any) -> int:
     from .backends import default_batch_size
 
@@ -111,9 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int, ("max_seq_len",), _SAVED_WINDOW),
     Setting("doc_stride", "pipeline: tokens shared by neighbouring windows; squad/ask: step between window starts "
             "(run_squad's meaning).",
-            {"pipeline": lambda v, m: defaults.pipeline_doc_stride(v["max_seq_length"]),
-             "squad": _const(defaults.DOC_STRIDE), "ask": _const(defaults.DOC_STRIDE)},
-            "pipeline: min(max_seq_length // 2, 128); squad/ask: the model folder's, else 128",
+            {m: _stride_default for m in MODES},
+            "min(max_seq_length // 2, 128); squad/ask: the model folder's first",
             _non_negative_int, (), {"squad": ("doc_stride",), "ask": ("doc_stride",)}),
     Setting("max_query_length", "Question tokens kept (a longer question is cut).",
             {m: _const(defaults.MAX_QUERY_LENGTH) for m in MODES}, "the model folder's, else 64",

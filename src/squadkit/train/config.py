@@ -49,8 +49,8 @@ class TrainConfig:
     run_squad. ``model_type`` is only checked against the model's config (a note when they differ).
     """
 
-    model_name_or_path: str = field(metadata={"help": "Base model: local folder or hub id (a base encoder gets a fresh QA head).", "cli": True, "flags": ("--model", "-m")})
-    output_dir: str = field(metadata={"help": "Where the model, checkpoints, log.jsonl, predictions and README.md go; must be empty unless --overwrite-output-dir or --resume-from-checkpoint.", "cli": True, "flags": ("-o",)})
+    model_name_or_path: str = field(metadata={"help": "Base model: local folder or hub id (a base encoder gets a fresh QA head).", "cli": True, "flags": ("-m",), "flag": "--model"})
+    output_dir: str = field(metadata={"help": "Where the model, checkpoints, log.jsonl, predictions and README.md go; must be empty unless --overwrite-output-dir or --resume-from-checkpoint.", "cli": True, "flags": ("-o",), "flag": "--output"})
     train_file: str | None = _f(None, "Training data: SQuAD JSON (v1.1/v2.0) or flat records (JSON/JSONL).")
     predict_file: str | None = _f(None, "Dev data to evaluate on (--do-eval, --eval-steps).")
     data_dir: str | None = _f(None, "Folder the data files are relative to (run_squad's).")
@@ -98,7 +98,7 @@ class TrainConfig:
     overwrite_cache: bool = _f(False, "Re-tokenize even when the feature cache holds this data.")
     resume_from_checkpoint: str | None = _f(None, "Continue from a checkpoint folder, or 'auto' (the newest, if any).")
     show_progress: bool = _f(False, "", cli=False)  # the CLI decides: a bar on a terminal
-    quiet: bool = _f(False, "No log lines on the terminal (log.jsonl is still written).", flags=("-q",))
+    quiet: bool = _f(False, "No log lines on the terminal (log.jsonl is still written).")
     command: str | None = _f(None, "", cli=False)  # the command line, for the model card
     interrupt_at_step: int | None = _f(None, "", cli=False)  # test hook: stop after this step as if killed
 
@@ -130,7 +130,7 @@ class TrainConfig:
         if self.bf16 and self.fp16:
             raise SquadkitError("give at most one of bf16 and fp16", param="fp16")
         if not (self.do_train or self.do_eval):
-            raise SquadkitError("nothing to do: give do_train and/or do_eval", param="do_train")
+            raise SquadkitError("nothing to do: give do_train and/or do_eval")
         if self.load_best_model_at_end and not self.eval_steps:
             raise SquadkitError("load_best_model_at_end needs eval_steps (evaluation during training)",
                                 param="load_best_model_at_end")
