@@ -309,7 +309,8 @@ def whitespace_words(context: str) -> tuple[list[str], list[int], list[int]]:
 
 def _wants_prefix_space(tokenizer) -> bool:
     """run_squad tokenized words of RoBERTa-like (byte-level BPE) models with a leading space."""
-    return any(name in type(tokenizer).__name__ for name in _PREFIX_SPACE_TOKENIZERS)
+    kind = getattr(tokenizer, "tokenizer_class", None) or type(tokenizer).__name__  # fast_tokenizer: from its config
+    return any(name in kind for name in _PREFIX_SPACE_TOKENIZERS)
 
 
 def _tokenize_words(tokenizer, words: Sequence[str]) -> dict[str, list[int]]:

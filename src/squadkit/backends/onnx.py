@@ -132,6 +132,16 @@ def _model_file(path: Path, precision: str, record: dict) -> tuple[Path, Path, s
     return path, file, precision
 
 
+def _folder_tokenizer(folder: Path):
+    """The export's tokenizer: straight from tokenizer.json (no transformers, hence no torch, is
+    imported: an exported folder answers in about a second), else through transformers."""
+    from ..fast_tokenizer import TOKENIZER_FILE, FastTokenizer
+
+    if (folder / TOKENIZER_FILE).is_file():
+        return FastTokenizer(folder)
+    return load_tokenizer(str(folder))
+
+
 def load_onnx_model(
     path: str | os.PathLike,
     tokenizer=None,
@@ -160,7 +170,7 @@ def load_onnx_model(
             raise SquadkitError(
                 f"{folder}: the exported folder has no tokenizer (tokenizer.json); re-export it, or pass tokenizer=..."
             )
-        tokenizer = load_tokenizer(str(folder))
+        tokenizer = _folder_tokenizer(folder)
     elif isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(str(tokenizer))
     if file.stat().st_size == 0:

@@ -126,7 +126,7 @@ def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings,
         if mismatched:
             why.append(f"{len(mismatched)} answer(s) not found in their context (first: {mismatched[0]})")
         if unanswerable:
-            why.append(f"{unanswerable} unanswerable question(s) without --version_2_with_negative")
+            why.append(f"{unanswerable} unanswerable question(s) without --version-2-with-negative")
         raise SquadkitError(f"{source}: no usable training examples out of {len(examples)}"
                             + (f" ({'; '.join(why)})" if why else ""))
     pieces = []
@@ -186,5 +186,5 @@ def load_features(config, accelerator, train_path: Path, tokenizer, result) -> T
                            f"text is not at its answer_start (first: {', '.join(stats['first_skipped_ids'])})")
     if stats["skipped"]["unanswerable_without_v2"]:
         warn_main(accelerator, f"{train_path}: skipped {stats['skipped']['unanswerable_without_v2']} unanswerable "
-                           f"question(s); pass --version_2_with_negative to train on them")
+                           f"question(s); pass --version-2-with-negative to train on them")
     return features
