@@ -66,3 +66,8 @@ def tiny_bert(tmp_path_factory) -> Path:
 # No test contacts a hub: the Hugging Face libraries are told so before any of them is imported.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
+# squadkit's own cache (tokenized training features) goes to a folder of this test session's
+if "SQUADKIT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SQUADKIT_CACHE"] = tempfile.mkdtemp(prefix="squadkit-test-cache-")

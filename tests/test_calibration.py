@@ -171,12 +171,35 @@ def test_calibrate_command_saves_the_calibrator_and_reports_cross_fitted_ece(fol
     (folder / SETTINGS_FILE).write_text(json.dumps(settings))
     res = CliRunner().invoke(app, ["calibrate", "-m", str(folder), "-d", str(dev_file)])
     assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # a summary, not the reliability tables (-v prints those)
+    assert len(res.stdout.splitlines()) < 40 and "reliability" not in res.stdout
+    assert summary["questions"] == 120 and 0 <= summary["ece_cross_fit"] <= 1 and 0 <= summary["ece_in_sample"] <= 1
+    assert set(summary["at_confidence_cross_fit"]) == {"0.5", "0.7", "0.9"}
+    res = CliRunner().invoke(app, ["calibrate", "-m", str(folder), "-d", str(dev_file), "-v"])
     report = json.loads(res.stdout)
     assert report["questions"] == 120 and set(report["cross_fit"]) == {"folds", "before", "after"}
-    assert 0 <= report["cross_fit"]["after"]["ece"] <= 1
+    assert round(report["cross_fit"]["after"]["ece"], 4) == summary["ece_cross_fit"]
+    edges = [b for row in report["in_sample"]["reliability"] for b in row["bin"]]
+    assert all(len(repr(b)) <= 4 for b in edges), edges  # 0.3, not 0.30000000000000004
     after = read_settings(folder)
     assert after.calibration["weights_sha256"] == pipeline(model=str(folder)).model.head_sha256
     assert after.max_seq_length == WINDOW and after.null_score_diff_threshold == settings["null_score_diff_threshold"]
+
+
+def test_scoring_on_the_calibrators_own_data_says_it_is_in_sample(folder, dev_file, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", "-m", str(folder), "-d", str(dev_file), "-o", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "in-sample (optimistic)" in res.stderr
+    results = json.loads((tmp_path / "p" / "eval_results.json").read_text())
+    assert results["confidence"]["in_sample"] is True
+    res = runner.invoke(app, ["evaluate", str(dev_file), str(tmp_path / "p" / "predictions.json")])
+    assert res.exit_code == 0 and "in-sample (optimistic)" in res.stderr
+    other = tmp_path / "other-dev.json"
+    other.write_text(dev_file.read_text())
+    res = runner.invoke(app, ["predict", "-m", str(folder), "-d", str(other), "-o", str(tmp_path / "q")])
+    assert res.exit_code == 0 and "in-sample" not in res.stderr
+    assert "in_sample" not in json.loads((tmp_path / "q" / "eval_results.json").read_text())["confidence"]
 
 
 def test_calibrate_refuses_data_without_answers_and_too_few_questions(folder, dev_file, tmp_path):

@@ -256,6 +256,19 @@ def print_json(obj, compact: bool = False) -> None:
 # evaluate / data stats  (squadkit.metrics, squadkit.data)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:EVALUATE
+def _note_in_sample(folder: Path) -> None:
+    """predict's eval_results.json says whether its confidences were scored on the calibrator's own data."""
+    try:
+        confidence = json.loads((folder / "eval_results.json").read_text(encoding="utf-8")).get("confidence") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    if confidence.get("in_sample"):
+        cross = confidence.get("ece_cross_fit")
+        note("these predictions are of the data the calibrator was fitted on: the ECE is in-sample (optimistic)"
+             + (f"; cross-fitted it was {cross:.3f}" if isinstance(cross, (int, float)) else ""))
+
+
+
 @command("evaluate")
 def evaluate_cmd(
     data_file: Path = typer.Argument(..., metavar="DATA", help="SQuAD v1.1 / v2.0 data file (e.g. dev-v2.0.json)."),
@@ -296,6 +309,7 @@ def evaluate_cmd(
             pred_file.name.endswith("predictions.json"):
         confidence_file = pred_file.parent / "confidence.json"
         note(f"reading the confidences from {confidence_file} (predict's output beside {pred_file.name})")
+        _note_in_sample(pred_file.parent)
     confidence_images = out_image_dir
     if out_image_dir is not None and na_prob_file is None:
         if confidence_file is None:
@@ -472,140 +486,19 @@ def calibrate(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     cross_fit: bool = typer.Option(True, "--cross-fit/--no-cross-fit", help="Also report out-of-fold ECE (fit on all articles but one, test on it)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
+    verbose: bool = typer.Option(False, "--verbose/--quiet", "-v", help="Print the whole report (reliability tables) rather than its summary."),
 ) -> None:
     """Fit the confidence calibrator on dev predictions and save it in the model folder.
 
     Every answer of pipeline/answer/predict/serve then carries "confidence" (probability of an exact match;
     for "" the probability that the question has no answer), and --min-confidence abstains below it."""
-    from .calibration.dev import run_calibrate
+    from .calibration.dev import report_summary, run_calibrate
 
-    print_json(run_calibrate(model, data, backend=backend, batch_size=batch_size, device=device, strict=strict,
-                             show_progress=True, cross_fit=cross_fit, note=note))
-
-
-# ---------------------------------------------------------------------------------------------
-# train  (squadkit.train)
-# ---------------------------------------------------------------------------------------------
-# COMMANDS:TRAIN
-# run_squad flags squadkit accepts and does not need (hidden from --help; a note says so when given)
-_RUN_SQUAD_EXTRAS = {
-    "evaluate_during_training": (bool, "run_squad's: evaluate every --logging-steps (same as --eval-steps N)."),
-    "fp16_opt_level": (Optional[str], "apex's; ignored (--fp16 uses torch autocast)."),
-    "eval_all_checkpoints": (bool, "not supported (use --eval-steps); ignored with a warning."),
-    "threads": (Optional[int], "tokenization is batched in the fast tokenizer; ignored."),
-    "local_rank": (int, "the launcher's environment decides; ignored."),
-    "verbose_logging": (bool, "ignored."),
-}
+    report = run_calibrate(model, data, backend=backend, batch_size=batch_size, device=device, strict=strict,
+                           show_progress=True, cross_fit=cross_fit, note=note)
+    print_json(report if verbose else report_summary(report))
 
 
-def _train_parameters() -> list:
-    """One CLI option per TrainConfig field (its help, default and type), plus run_squad's extras."""
-    import dataclasses
-    import inspect
-    import typing
-
-    from .train import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    params = []
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata.get("cli"):
-            continue
-        kind, optional = hints[f.name], False
-        args = typing.get_args(kind)
-        if type(None) in args:
-            kind, optional = next(a for a in args if a is not type(None)), True
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        extra = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))  # short flags are shown
-        required = f.default is dataclasses.MISSING
-        default = f.metadata.get("cli_default", f.default)
-        if kind is bool:
-            decls = (flag,) if f.name.startswith("no_") else (f"{flag}/--no-{f.name.replace('_', '-')}",)
-        else:
-            decls = (flag,)
-        shown = ("on" if default else "off") if kind is bool else (not required and default is not None)
-        option = typer.Option(... if required else default, *decls, *extra, help=f.metadata["help"],
-                              show_default=shown)
-        annotation = Optional[kind] if optional else kind
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
-    for name, (annotation, help_text) in _RUN_SQUAD_EXTRAS.items():
-        default = False if annotation is bool else (-1 if annotation is int else None)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(
-            default, "--" + name.replace("_", "-"), help=help_text, hidden=True)))
-    return params
-
-
-class TrainFlags(SquadkitCommand):
-    aliases = {"--model-name-or-path": "--model", "--output-dir": "--output", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
-               "--per-device-eval-batch-size": "--per-gpu-eval-batch-size"}
-
-
-def train_cmd(**flags) -> None:
-    """Fine-tune an extractive QA model with run_squad's recipe and flags.
-
-    The card's command runs as written (run_squad's snake_case flags are accepted as well as the
-    kebab-case shown here), e.g. squadkit train --model_type roberta --model_name_or_path
-    ./roberta-base --do_train --do_eval --version_2_with_negative --train_file train-v2.0.json
-    --predict_file dev-v2.0.json --output_dir out ... Under `accelerate launch` or `torchrun` it
-    trains data-parallel (batch per device = --per-gpu-train-batch-size).
-    """
-    import os
-    import shlex
-    import warnings
-
-    from .train import TrainConfig, TrainWarning, train
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
-            typer.echo(f"{'warning' if issubclass(category, TrainWarning) else category.__name__}: {message}", err=True)
-
-    extras = {name: flags.pop(name) for name in _RUN_SQUAD_EXTRAS}
-    notes = []
-    if extras["eval_all_checkpoints"]:
-        notes.append("--eval_all_checkpoints is not supported (ignored); --eval-steps evaluates during training")
-    if extras["fp16_opt_level"] is not None:
-        notes.append("--fp16_opt_level is ignored (apex is not used; --fp16 uses torch autocast)")
-    if extras["evaluate_during_training"] and not flags["eval_steps"]:
-        flags["eval_steps"] = flags["logging_steps"]
-        notes.append(f"--evaluate_during_training: evaluating every {flags['logging_steps']} steps (--eval-steps)")
-    flags["output_dir"] = str(flags["output_dir"])
-    config = TrainConfig(**flags, show_progress=sys.stderr.isatty() and not flags["quiet"],
-                         command=shlex.join(["squadkit", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else None)
-    # (no accelerate state may be created before train(): its first creation decides CPU vs GPU)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", TrainWarning)
-        warnings.showwarning = show
-        for text in notes:
-            warnings.warn(text, TrainWarning)
-        result = train(config)
-    if result.is_main_process:
-        print_json({
-            "output_dir": str(result.output_dir), "global_step": result.global_step, "train_loss": result.train_loss,
-            "samples_per_second": result.samples_per_second, "examples_used": result.examples_used,
-            "examples_skipped": result.examples_skipped, "train_windows": result.train_windows,
-            "features_cache": str(result.features_cache) if result.features_cache else None,
-            "features_cached": result.features_cached,
-            "null_score_diff_threshold": result.null_score_diff_threshold, "eval_results": result.eval_results,
-            "best_metric": result.best_metric, "best_step": result.best_step,
-            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
-        })
-
-
-def _register_train() -> None:
-    import inspect
-
-    params = _train_parameters()
-    train_cmd.__signature__ = inspect.Signature(params)
-    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
-    app.command("train", cls=TrainFlags, no_args_is_help=True)(friendly_errors(train_cmd))
-
-
-_register_train()
-
-
-# ---------------------------------------------------------------------------------------------
-# export  (squadkit.export)
-# ---------------------------------------------------------------------------------------------
 # COMMANDS:EXPORT
 @command("export")
 def export_cmd(

@@ -43,6 +43,16 @@ def answer_batch_size(backend: str, precision: str, device: str) -> int:
     return CPU_BATCH_SIZES.get((backend, precision), CPU_BATCH_SIZE)
 
 
+def cache_dir(kind: str) -> str:
+    """squadkit's cache folder for ``kind`` (e.g. tokenized training features): $SQUADKIT_CACHE/kind,
+    else $XDG_CACHE_HOME/squadkit/kind, else ~/.cache/squadkit/kind; never the working directory."""
+    import os
+
+    root = os.environ.get("SQUADKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "squadkit")
+    return os.path.join(root, kind)
+
+
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     """``value`` if it is an int >= ``minimum`` (bools refused), else a one-line SquadkitError naming ``name``."""
     from .errors import SquadkitError

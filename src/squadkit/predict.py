@@ -226,9 +226,26 @@ def run_predict(
     has_gold = any(e.answers for e in examples)
     if has_gold:
         results = evaluate_predictions(dataset, preds, settings.null_score_diff_threshold)
+        _mark_in_sample(results, qa_model.settings.calibration, getattr(dataset, "path", None), note)
         atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
         return results
     return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
+
+
+def _mark_in_sample(results: dict, calibration: dict | None, data_path, note) -> None:
+    """Scoring confidences on the very file the calibrator was fitted on measures it in-sample
+    (optimistic): say so in the results (``confidence.in_sample``) and in a note, with the
+    cross-fitted ECE recorded when it was fitted."""
+    fitted = (calibration or {}).get("fitted_on") or {}
+    if "confidence" not in results or not data_path or fitted.get("data") != Path(data_path).name:
+        return
+    results["confidence"]["in_sample"] = True
+    cross = (fitted.get("cross_fit") or {}).get("ece")
+    if cross is not None:
+        results["confidence"]["ece_cross_fit"] = cross
+    if note is not None:
+        note(f"the calibrator was fitted on {Path(data_path).name}: its ECE here is in-sample (optimistic)"
+             + (f"; cross-fitted it was {cross:.3f}" if cross is not None else ""))
 
 
 def _cpu_only(device) -> bool:

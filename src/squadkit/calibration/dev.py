@@ -96,6 +96,27 @@ def fit_calibration(dataset, preds: SquadPredictions, weights_sha256: str | None
     return out, report
 
 
+def report_summary(report: dict) -> dict:
+    """The few numbers worth reading from a calibration report: where it was saved, how many
+    questions, and the expected calibration error, in-sample (optimistic: the calibrator has seen
+    these questions) and cross-fitted (each article scored by a calibrator fitted without it)."""
+    summary = {"saved": report.get("saved"), "questions": report["questions"],
+               "ece_in_sample": round(report["in_sample"]["ece"], 4)}
+    cross = report.get("cross_fit") or {}
+    if "after" in cross:
+        summary.update({
+            "ece_cross_fit": round(cross["after"]["ece"], 4),
+            "ece_cross_fit_raw_score": round(cross["before"]["ece"], 4),
+            "aurc_cross_fit": round(cross["after"]["aurc"], 4),
+            "at_confidence_cross_fit": {
+                cut: {"coverage": round(v["coverage"], 4), "precision": None if v["precision"] is None
+                      else round(v["precision"], 4)} for cut, v in cross["after"]["at_confidence"].items()},
+        })
+    elif "skipped" in cross:
+        summary["cross_fit_skipped"] = cross["skipped"]
+    return summary
+
+
 def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = None, device: str | None = None,
                   strict: bool = False, show_progress: bool = False, cross_fit: bool = True,
                   note: Callable[[str], None] | None = None) -> dict:

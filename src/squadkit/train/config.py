@@ -58,7 +58,7 @@ class TrainConfig:
     config_name: str | None = _f(None, "Config to use instead of the model's.")
     tokenizer_name: str | None = _f(None, "Tokenizer to use instead of the model's.")
     cache_dir: str | None = _f(None, "Hugging Face download cache; default folder of the feature cache.")
-    features_cache_dir: str | None = _f(None, "Where tokenized features are cached (default: --cache-dir, else the output folder's parent).")
+    features_cache_dir: str | None = _f(None, "Where tokenized features are cached (default: --cache-dir, else $SQUADKIT_CACHE/features, else ~/.cache/squadkit/features).")
     do_train: bool = _f(True, "Fine-tune (run_squad's --do_train: off unless given on the command line).", cli_default=False)
     do_eval: bool = _f(False, "Predict --predict-file at the end; write predictions and eval_results.json.")
     do_lower_case: bool = _f(False, "Lower-case (case-keeping tokenizers such as RoBERTa's ignore it).")

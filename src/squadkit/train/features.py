@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import defaults
 from ..errors import SquadkitError
 from ..features import WindowSettings, attention_mask, build_windows, pad_rows, padded_width
 from ..io import atomic_open
@@ -157,7 +158,7 @@ def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings,
 def load_features(config, accelerator, train_path: Path, tokenizer, result) -> TrainFeatures:
     """Tokenize the training data once (main process), cached on disk; the others read the cache."""
     settings = config.window_settings()
-    folder = config.features_cache_dir or config.cache_dir or str(Path(config.output_dir).resolve().parent)
+    folder = config.features_cache_dir or config.cache_dir or defaults.cache_dir("features")
     path = features_cache_path(folder, train_path, tokenizer, settings, config.version_2_with_negative)
     result.features_cache = path
     cached = path.is_file() and not config.overwrite_cache
