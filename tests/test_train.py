@@ -194,7 +194,7 @@ def test_answers_not_in_context_are_skipped_and_counted_and_all_bad_is_an_error(
     # only unanswerable questions without --version_2_with_negative: nothing to learn from
     unans = tmp_path / "unans.jsonl"
     unans.write_text("\n".join(json.dumps(r) for r in recs if not r["answers"]["text"]) + "\n")
-    with pytest.raises(SquadkitError, match="without --version_2_with_negative"):
+    with pytest.raises(SquadkitError, match="without --version-2-with-negative"):
         train(_cfg(tmp_path, base, unans, version_2_with_negative=False, output_dir=str(tmp_path / "out3")))
 
 

@@ -147,11 +147,18 @@ def _data_stats(file: Path, tokenizer: Optional[str], strict: bool, as_json: boo
         return
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    q = stats.questions or 1
     console.print(f"{file}", markup=False, highlight=False, soft_wrap=True)
+    console.print(_summary_table(stats))
+    console.print(_lengths_table(stats))
+    _print_problems(console, stats)
+
+
+def _summary_table(stats):
+    from rich.table import Table
+
+    q = stats.questions or 1
     summary = Table(show_header=False)
     summary.add_column(style="bold")
     summary.add_column(justify="right")
@@ -164,7 +171,11 @@ def _data_stats(file: Path, tokenizer: Optional[str], strict: bool, as_json: boo
         ("unanswerable", f"{stats.unanswerable:,} ({100 * stats.unanswerable / q:.1f}%)"),
     ]:
         summary.add_row(label, value)
-    console.print(summary)
+    return summary
+
+
+def _lengths_table(stats):
+    from rich.table import Table
 
     lengths = Table(title="lengths" + (f" (tokens: {stats.tokenizer}, no special tokens)" if stats.tokenizer else ""),
                     title_justify="left")
@@ -178,7 +189,11 @@ def _data_stats(file: Path, tokenizer: Optional[str], strict: bool, as_json: boo
     for label, ls in rows:
         lengths.add_row(label, f"{ls.count:,}", f"{ls.min:,}", f"{ls.mean:,.1f}", f"{ls.median:,.1f}",
                         f"{ls.p95:,.1f}", f"{ls.max:,}")
-    console.print(lengths)
+    return lengths
+
+
+def _print_problems(console, stats) -> None:
+    from rich.table import Table
 
     if not stats.problem_counts:
         console.print("problems: none")
@@ -256,6 +271,37 @@ def print_json(obj, compact: bool = False) -> None:
 # evaluate / data stats  (squadkit.metrics, squadkit.data)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:EVALUATE
+def _confidence_report(data_file: Path, pred_file: Path, confidence_file: Path, cutoffs: str,
+                       image_dir: Optional[Path]) -> dict:
+    """``evaluate --confidence``: how well the confidences are calibrated (metrics.confidence_report)."""
+    from . import metrics
+    from .data import load_squad
+
+    try:
+        cuts = tuple(float(c) for c in cutoffs.split(",") if c.strip())
+    except ValueError:
+        cuts = ()
+    if not cuts or not all(0.0 <= c <= 1.0 for c in cuts):
+        raise SquadkitError(f"cutoffs must be comma-separated numbers in [0, 1], got {cutoffs!r}", param="cutoffs")
+    try:
+        confidence = json.loads(Path(confidence_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SquadkitError(f"{confidence_file}: cannot read the confidences: {first_line(exc)}",
+                            param="confidence_file") from None
+    return metrics.confidence_report(load_squad(data_file), metrics.load_predictions(pred_file), confidence,
+                                     cutoffs=cuts, out_image_dir=image_dir, confidence_name=str(confidence_file))
+
+
+def _confidence_beside(pred_file: Path) -> Optional[Path]:
+    """predict's confidence.json beside its predictions.json, read unasked (with a note)."""
+    found = pred_file.parent / "confidence.json"
+    if not (found.is_file() and pred_file.name.endswith("predictions.json")):
+        return None
+    note(f"reading the confidences from {found} (predict's output beside {pred_file.name})")
+    _note_in_sample(pred_file.parent)
+    return found
+
+
 def _note_in_sample(folder: Path) -> None:
     """predict's eval_results.json says whether its confidences were scored on the calibrator's own data."""
     try:
@@ -305,11 +351,7 @@ def evaluate_cmd(
 
     from . import metrics
 
-    if confidence_file is None and (pred_file.parent / "confidence.json").is_file() and \
-            pred_file.name.endswith("predictions.json"):
-        confidence_file = pred_file.parent / "confidence.json"
-        note(f"reading the confidences from {confidence_file} (predict's output beside {pred_file.name})")
-        _note_in_sample(pred_file.parent)
+    confidence_file = confidence_file or _confidence_beside(pred_file)
     confidence_images = out_image_dir
     if out_image_dir is not None and na_prob_file is None:
         if confidence_file is None:
@@ -326,35 +368,18 @@ def evaluate_cmd(
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
                                  report_missing=report_missing, report_note=note)
     if confidence_file is not None:
-        try:
-            cuts = tuple(float(c) for c in cutoffs.split(",") if c.strip())
-        except ValueError:
-            cuts = ()
-        if not cuts or not all(0.0 <= c <= 1.0 for c in cuts):
-            raise SquadkitError(f"cutoffs must be comma-separated numbers in [0, 1], got {cutoffs!r}", param="cutoffs")
-        from .data import load_squad
-        from .errors import first_line
-
-        try:
-            confidence = json.loads(Path(confidence_file).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise SquadkitError(f"{confidence_file}: cannot read the confidences: {first_line(exc)}",
-                                param="confidence_file") from None
-        out["confidence"] = metrics.confidence_report(load_squad(data_file), metrics.load_predictions(pred_file),
-                                                      confidence, cutoffs=cuts, out_image_dir=confidence_images,
-                                                      confidence_name=str(confidence_file))
+        out["confidence"] = _confidence_report(data_file, pred_file, confidence_file, cutoffs, confidence_images)
     if verbose:
         typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
                    f"({len(missing)} without a prediction)", err=True)
-    if out_file is not None:
-        from .io import atomic_write_json
+    if out_file is None:
+        return print_json(out)
+    from .io import atomic_write_json
 
-        try:
-            atomic_write_json(out_file, out, indent=None)
-        except OSError as exc:
-            raise SquadkitError(f"{out_file}: cannot write the metrics: {exc.strerror or exc}") from None
-    else:
-        print_json(out)
+    try:
+        atomic_write_json(out_file, out, indent=None)
+    except OSError as exc:
+        raise SquadkitError(f"{out_file}: cannot write the metrics: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,6 +524,129 @@ def calibrate(
     print_json(report if verbose else report_summary(report))
 
 
+# ---------------------------------------------------------------------------------------------
+# train  (squadkit.train)
+# ---------------------------------------------------------------------------------------------
+# COMMANDS:TRAIN
+# run_squad flags squadkit accepts and does not need (hidden from --help; a note says so when given)
+_RUN_SQUAD_EXTRAS = {
+    "evaluate_during_training": (bool, "run_squad's: evaluate every --logging-steps (same as --eval-steps N)."),
+    "fp16_opt_level": (Optional[str], "apex's; ignored (--fp16 uses torch autocast)."),
+    "eval_all_checkpoints": (bool, "not supported (use --eval-steps); ignored with a warning."),
+    "threads": (Optional[int], "tokenization is batched in the fast tokenizer; ignored."),
+    "local_rank": (int, "the launcher's environment decides; ignored."),
+    "verbose_logging": (bool, "ignored."),
+}
+
+
+def _train_parameters() -> list:
+    """One CLI option per TrainConfig field (its help, default and type), plus run_squad's extras."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("cli"):
+            continue
+        kind, optional = hints[f.name], False
+        args = typing.get_args(kind)
+        if type(None) in args:
+            kind, optional = next(a for a in args if a is not type(None)), True
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        extra = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))  # short flags are shown
+        required = f.default is dataclasses.MISSING
+        default = f.metadata.get("cli_default", f.default)
+        if kind is bool:
+            decls = (flag,) if f.name.startswith("no_") else (f"{flag}/--no-{f.name.replace('_', '-')}",)
+        else:
+            decls = (flag,)
+        shown = ("on" if default else "off") if kind is bool else (not required and default is not None)
+        option = typer.Option(... if required else default, *decls, *extra, help=f.metadata["help"],
+                              show_default=shown)
+        annotation = Optional[kind] if optional else kind
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    for name, (annotation, help_text) in _RUN_SQUAD_EXTRAS.items():
+        default = False if annotation is bool else (-1 if annotation is int else None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(
+            default, "--" + name.replace("_", "-"), help=help_text, hidden=True)))
+    return params
+
+
+class TrainFlags(SquadkitCommand):
+    aliases = {"--model-name-or-path": "--model", "--output-dir": "--output", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
+               "--per-device-eval-batch-size": "--per-gpu-eval-batch-size"}
+
+
+def train_cmd(**flags) -> None:
+    """Fine-tune an extractive QA model with run_squad's recipe and flags.
+
+    The card's command runs as written (run_squad's snake_case flags are accepted as well as the
+    kebab-case shown here), e.g. squadkit train --model_type roberta --model_name_or_path
+    ./roberta-base --do_train --do_eval --version_2_with_negative --train_file train-v2.0.json
+    --predict_file dev-v2.0.json --output_dir out ... Under `accelerate launch` or `torchrun` it
+    trains data-parallel (batch per device = --per-gpu-train-batch-size).
+    """
+    import os
+    import shlex
+    import warnings
+
+    from .train import TrainConfig, TrainWarning, train
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
+            typer.echo(f"{'warning' if issubclass(category, TrainWarning) else category.__name__}: {message}", err=True)
+
+    extras = {name: flags.pop(name) for name in _RUN_SQUAD_EXTRAS}
+    notes = []
+    if extras["eval_all_checkpoints"]:
+        notes.append("--eval_all_checkpoints is not supported (ignored); --eval-steps evaluates during training")
+    if extras["fp16_opt_level"] is not None:
+        notes.append("--fp16_opt_level is ignored (apex is not used; --fp16 uses torch autocast)")
+    if extras["evaluate_during_training"] and not flags["eval_steps"]:
+        flags["eval_steps"] = flags["logging_steps"]
+        notes.append(f"--evaluate_during_training: evaluating every {flags['logging_steps']} steps (--eval-steps)")
+    flags["output_dir"] = str(flags["output_dir"])
+    config = TrainConfig(**flags, show_progress=sys.stderr.isatty() and not flags["quiet"],
+                         command=shlex.join(["squadkit", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else None)
+    # (no accelerate state may be created before train(): its first creation decides CPU vs GPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrainWarning)
+        warnings.showwarning = show
+        for text in notes:
+            warnings.warn(text, TrainWarning)
+        result = train(config)
+    if result.is_main_process:
+        print_json({
+            "output_dir": str(result.output_dir), "global_step": result.global_step, "train_loss": result.train_loss,
+            "samples_per_second": result.samples_per_second, "examples_used": result.examples_used,
+            "examples_skipped": result.examples_skipped, "train_windows": result.train_windows,
+            "features_cache": str(result.features_cache) if result.features_cache else None,
+            "features_cached": result.features_cached,
+            "null_score_diff_threshold": result.null_score_diff_threshold, "eval_results": result.eval_results,
+            "best_metric": result.best_metric, "best_step": result.best_step,
+            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        })
+
+
+def _register_train() -> None:
+    import inspect
+
+    params = _train_parameters()
+    train_cmd.__signature__ = inspect.Signature(params)
+    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("train", cls=TrainFlags, no_args_is_help=True)(friendly_errors(train_cmd))
+
+
+_register_train()
+
+
+# ---------------------------------------------------------------------------------------------
+# export  (squadkit.export)
+# ---------------------------------------------------------------------------------------------
 # COMMANDS:EXPORT
 @command("export")
 def export_cmd(

@@ -186,19 +186,7 @@ def export_model(
     from .checkpoint import write_settings
     from .io import staged_dir
 
-    if quantize not in (None, "none", "int8"):
-        raise SquadkitError(f"quantize must be 'int8' (or none), got {quantize!r}")
-    quantize = None if quantize == "none" else quantize
-    if exporter not in EXPORTERS:
-        raise SquadkitError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    opset = DEFAULT_OPSET if opset is None else opset
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 14 <= opset <= 23:
-        raise SquadkitError(f"opset must be an integer from 14 to 23, got {opset!r}")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise SquadkitError("exporting needs onnx and onnxruntime: pip install 'squadkit[onnx]'") from None
+    quantize, opset = _check_export_options(quantize, opset, exporter)
     name = str(model)
     if is_onnx_folder(name):
         raise SquadkitError(f"{name}: is already an exported ONNX folder; export the checkpoint it was made from")
@@ -236,39 +224,62 @@ def export_model(
         settings = qa.settings
         if not settings.is_empty():
             write_settings(tmp, settings)
-        files = {"fp32": FP32_FILE}
-        if quantize == "int8":
-            files["int8"] = INT8_FILE
-        config = torch_model.config
-        record = {
-            "format": RECORD_FORMAT,
-            "format_version": 1,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {
-                "model": name if not Path(name).exists() else str(Path(name).resolve()),
-                "revision": revision,
-                "model_type": getattr(config, "model_type", None),
-                "architecture": type(torch_model).__name__,
-                "num_hidden_layers": getattr(config, "num_hidden_layers", None),
-                "hidden_size": getattr(config, "hidden_size", None),
-                "num_attention_heads": getattr(config, "num_attention_heads", None),
-                "intermediate_size": getattr(config, "intermediate_size", None),
-                "max_position_embeddings": getattr(config, "max_position_embeddings", None),
-                "pad_token_id": getattr(config, "pad_token_id", None),
-                "head_sha256": qa.head_sha256,  # what a calibrator in squadkit.json is checked against
-            },
-            "settings": settings.to_json() if not settings.is_empty() else {},
-            "files": files,
-            "default": "int8" if quantize == "int8" else "fp32",
-            "inputs": list(input_names),
-            "outputs": list(OUTPUT_NAMES),
-            "dynamic_axes": {"0": "batch", "1": "sequence"},
-            "opset": opset if used == "torchscript" else max(opset, 18),
-            "exporter": f"torch.onnx.export ({used})",
-            "verification": {"max_abs_logit_diff": diff, "atol": VERIFY_ATOL} if verify else None,
-            "quantization": quant_info,
-            "versions": _versions(),
-        }
+        record = _export_record(name, revision, qa, settings, quantize, input_names, opset, used, diff, quant_info,
+                                verify)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         _check_output(output, overwrite)  # someone may have written there meanwhile
     return output
+
+
+def _check_export_options(quantize: str | None, opset: int | None, exporter: str) -> tuple[str | None, int]:
+    """One-line refusals of export's options, before anything loads; (quantize or None, opset)."""
+    if quantize not in (None, "none", "int8"):
+        raise SquadkitError(f"quantize must be 'int8' (or none), got {quantize!r}")
+    quantize = None if quantize == "none" else quantize
+    if exporter not in EXPORTERS:
+        raise SquadkitError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 14 <= opset <= 23:
+        raise SquadkitError(f"opset must be an integer from 14 to 23, got {opset!r}")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise SquadkitError("exporting needs onnx and onnxruntime: pip install 'squadkit[onnx]'") from None
+    return quantize, opset
+
+
+def _export_record(name: str, revision: str | None, qa, settings, quantize: str | None, input_names, opset: int,
+                   used: str, diff, quant_info, verify: bool) -> dict:
+    """``squadkit_export.json``: where the graph came from, its files, inputs, opset and verification."""
+    config = qa.model.config
+    files = {"fp32": FP32_FILE, **({"int8": INT8_FILE} if quantize == "int8" else {})}
+    return {
+        "format": RECORD_FORMAT,
+        "format_version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "model": name if not Path(name).exists() else str(Path(name).resolve()),
+            "revision": revision,
+            "model_type": getattr(config, "model_type", None),
+            "architecture": type(qa.model).__name__,
+            "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+            "hidden_size": getattr(config, "hidden_size", None),
+            "num_attention_heads": getattr(config, "num_attention_heads", None),
+            "intermediate_size": getattr(config, "intermediate_size", None),
+            "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+            "pad_token_id": getattr(config, "pad_token_id", None),
+            "head_sha256": qa.head_sha256,  # what a calibrator in squadkit.json is checked against
+        },
+        "settings": settings.to_json() if not settings.is_empty() else {},
+        "files": files,
+        "default": "int8" if quantize == "int8" else "fp32",
+        "inputs": list(input_names),
+        "outputs": list(OUTPUT_NAMES),
+        "dynamic_axes": {"0": "batch", "1": "sequence"},
+        "opset": opset if used == "torchscript" else max(opset, 18),
+        "exporter": f"torch.onnx.export ({used})",
+        "verification": {"max_abs_logit_diff": diff, "atol": VERIFY_ATOL} if verify else None,
+        "quantization": quant_info,
+        "versions": _versions(),
+    }

@@ -44,6 +44,22 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
         f"`squadkit predict` answers \"\" when the null score minus the best span's score exceeds {threshold:.4f} "
         f"(run_squad's rule), with windows stepping by {config.doc_stride} tokens.",
     ]
+    lines += _calibration_lines(settings)
+    if v2:
+        lines += ["",
+                  "`squadkit answer`, `squadkit serve` and `squadkit.pipeline(...)` may answer \"\" "
+                  "(`handle_impossible_answer` is on for this model); the empty answer ranks as if its probability "
+                  f"were p_null × e^(−{threshold:.4f}), which within one window is the same rule in probabilities. "
+                  "Their windows overlap by the pipeline's default (min(max_seq_length // 2, 128) tokens)."]
+    else:
+        lines += ["", "Trained without unanswerable questions: the pipeline does not offer the empty answer "
+                      "unless asked (`handle_impossible_answer=True`)."]
+    return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(settings: ModelSettings) -> list[str]:
+    """The card's section on the confidence calibrator, when the folder has one."""
+    lines: list[str] = []
     calibration = settings.calibration or {}
     fitted = calibration.get("fitted_on") or {}
     if calibration:
@@ -65,13 +81,4 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
                 lines.append(f"| {cut} | {row['coverage'] * 100:.1f}% | {precision} |")
         else:
             lines += ["", f"In-sample ECE (measured on the data it was fitted on): {fitted.get('ece_in_sample', 0):.3f}."]
-    if v2:
-        lines += ["",
-                  "`squadkit answer`, `squadkit serve` and `squadkit.pipeline(...)` may answer \"\" "
-                  "(`handle_impossible_answer` is on for this model); the empty answer ranks as if its probability "
-                  f"were p_null × e^(−{threshold:.4f}), which within one window is the same rule in probabilities. "
-                  "Their windows overlap by the pipeline's default (min(max_seq_len // 2, 128) tokens)."]
-    else:
-        lines += ["", "Trained without unanswerable questions: the pipeline does not offer the empty answer "
-                      "unless asked (`handle_impossible_answer=True`)."]
-    return "\n".join(lines) + "\n"
+    return lines
