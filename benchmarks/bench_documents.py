@@ -5,8 +5,9 @@ columns (DejaVu Serif: accents, non-Latin scripts), and by LibreOffice (when ``s
 PATH) from a two-column, justified, auto-hyphenated Word file written by python-docx, which gives
 real hyphenation and ligatures. Each extractor's pages go through squadkit's own mending
 (``filetypes.join_pages``: line ends, ligatures, words broken at line ends), so the comparison is
-of what the index would store. Faithfulness is the word-level similarity (difflib ratio over the
-whitespace-split words, in order) of that text to the source paragraphs; 1.0 is exact.
+of what the index would store. Faithfulness is the similarity of that text to the source
+paragraphs (difflib ratio, in order, whitespace runs as one space) by words and by characters;
+1.0 is exact.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_documents.py --pages 100
 
@@ -49,25 +50,28 @@ def fpdf_document(path: Path, paragraphs: list[str], pages: int, columns: int) -
     pdf = FPDF()
     pdf.set_auto_page_break(True, margin=15)
     if FONT.is_file():
+        from fontTools.ttLib import TTFont  # an fpdf2 dependency
+
         pdf.add_font("serif", fname=str(FONT))
         pdf.set_font("serif", size=10)
+        covered = TTFont(str(FONT)).getBestCmap()  # paragraphs the font can draw whole (no CJK in DejaVu)
+        paragraphs = [p for p in paragraphs if all(ord(c) in covered or c.isspace() for c in p)]
     else:  # core font: Latin-1 only
         pdf.set_font("Helvetica", size=10)
         paragraphs = [p.encode("latin-1", "ignore").decode("latin-1") for p in paragraphs]
     pdf.add_page()
     written: list[str] = []
-    cols = pdf.text_columns(ncols=columns, gutter=8) if columns > 1 else None
-    i = 0
-    while pdf.page_no() < pages:
-        text = paragraphs[i % len(paragraphs)]
-        if cols is not None:
-            with cols:
+    if columns > 1:  # one flowing block: fpdf2 breaks columns and pages itself (about 5 paragraphs a page)
+        written = [paragraphs[i % len(paragraphs)] for i in range(5 * pages)]
+        with pdf.text_columns(ncols=columns, gutter=8) as cols:
+            for text in written:
                 cols.write(text + "\n\n")
-        else:
+    else:
+        while pdf.page_no() < pages:
+            text = paragraphs[len(written) % len(paragraphs)]
             pdf.multi_cell(0, 5, text)
             pdf.ln(3)
-        written.append(text)
-        i += 1
+            written.append(text)
     pdf.output(str(path))
     return written
 
@@ -120,14 +124,27 @@ def extract_pdfminer(path: Path) -> list[str]:
 EXTRACTORS = {"pypdfium2": extract_pypdfium2, "pypdf": extract_pypdf, "pdfminer.six": extract_pdfminer}
 
 
-def similarity(source: list[str], pages: list[str]) -> float:
+def similarity(source: list[str], pages: list[str]) -> tuple[float, float]:
+    """(word-level, character-level) similarity of the mended text to the source, whitespace runs
+    as one space. Characters are aligned inside the word alignment (difflib over whole texts of
+    100k characters would take minutes): equal words match whole, replaced runs character by character."""
     text, _ = join_pages(pages)
-    return difflib.SequenceMatcher(None, " ".join(source).split(), text.split(), autojunk=False).ratio()
+    a, b = " ".join(source).split(), text.split()
+    words = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    matched = 0
+    for op, i1, i2, j1, j2 in words.get_opcodes():
+        if op == "equal":
+            matched += sum(len(w) + 1 for w in a[i1:i2])
+        elif op == "replace":
+            x, y = " ".join(a[i1:i2]), " ".join(b[j1:j2])
+            matched += sum(m.size for m in difflib.SequenceMatcher(None, x, y, autojunk=False).get_matching_blocks())
+    chars = len(" ".join(a)) + len(" ".join(b)) + 2
+    return words.ratio(), 2 * matched / chars
 
 
 def compare(pdfs: dict[str, tuple[Path, list[str]]], repeats: int) -> None:
-    print("| PDF | pages | extractor | pages/s (1 thread) | word similarity to the source |")
-    print("|---|---|---|---|---|")
+    print("| PDF | pages | extractor | pages/s (1 thread) | word similarity | character similarity |")
+    print("|---|---|---|---|---|---|")
     for label, (path, source) in pdfs.items():
         for name, extract in EXTRACTORS.items():
             best = float("inf")
@@ -135,22 +152,25 @@ def compare(pdfs: dict[str, tuple[Path, list[str]]], repeats: int) -> None:
                 t0 = time.perf_counter()
                 pages = extract(path)
                 best = min(best, time.perf_counter() - t0)
+            words, chars = similarity(source, pages)
             print(f"| {label} | {len(pages)} | {name} {version(name)} | {len(pages) / best:,.0f} | "
-                  f"{similarity(source, pages):.4f} |", flush=True)
+                  f"{words:.4f} | {chars:.4f} |", flush=True)
 
 
-def cli_index(path: Path, workdir: Path) -> None:
+def cli_index(path: Path, workdir: Path, tokenizer: str | None = None) -> None:
     """``squadkit index`` of one PDF as a user runs it (a fresh process: imports included)."""
     out = workdir / "pdf.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "squadkit.cli", "index", str(path), "-o", str(out), "--rebuild"]
+    cmd += ["--tokenizer", tokenizer] if tokenizer else []
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise SystemExit(done.stderr)
     report = json.loads(done.stdout)
-    print(f"\n`squadkit index` of {path.name}: {seconds:.2f} s wall (process start included), "
+    how = f" --tokenizer {Path(tokenizer).name}" if tokenizer else ""
+    print(f"\n`squadkit index{how}` of {path.name} ({report['documents']} document): {seconds:.2f} s wall (process start included), "
           f"{report['seconds']:.2f} s inside build_index, {report['passages']} passages")
 
 
@@ -159,6 +179,8 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=100, help="Pages of the fpdf2 PDFs.")
     parser.add_argument("--lo-paragraphs", type=int, default=120, help="Paragraphs in the LibreOffice PDF.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed runs per extractor (the best is kept).")
+    parser.add_argument("--tokenizer", default=None, help="Also index with this reader's tokenizer (passage lengths).")
+    parser.add_argument("--only-index", action="store_true", help="Skip the extractor comparison.")
     args = parser.parse_args()
     paragraphs = squad_paragraphs()
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,11 +191,14 @@ def main() -> None:
         two = work / "two.pdf"
         pdfs["fpdf2, 2 columns"] = (two, fpdf_document(two, paragraphs, args.pages, 2))
         lo = work / "office.pdf"
-        written = libreoffice_document(lo, paragraphs, args.lo_paragraphs)
+        written = None if args.only_index else libreoffice_document(lo, paragraphs, args.lo_paragraphs)
         if written is not None:
             pdfs["LibreOffice, 2 columns, hyphenated"] = (lo, written)
-        compare(pdfs, args.repeats)
+        if not args.only_index:
+            compare(pdfs, args.repeats)
         cli_index(one, work)
+        if args.tokenizer:
+            cli_index(one, work, args.tokenizer)
 
 
 if __name__ == "__main__":
