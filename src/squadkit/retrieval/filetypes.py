@@ -4,8 +4,8 @@ Why it is built this way:
 
 * **pypdfium2 for PDF.** Google's PDFium (the PDF engine of Chrome) behind a maintained Python
   binding, Apache-2.0/BSD-3, one wheel with no system libraries. Measured against pypdf and
-  pdfminer.six on PDFs made here (fpdf2 and LibreOffice, one and two columns, hyphenated, with
-  ligatures): the fastest by far and as faithful to the source text as the best of the others
+  pdfminer.six on PDFs made here (fpdf2 and LibreOffice, one and two columns, hyphenated): the
+  fastest by far (4-45x) and as faithful to the source text as the best of the others
   (benchmarks/bench_documents.py; the README's table). It is an optional extra; without it a .pdf
   is skipped with a reason naming the extra, never a crash.
 * **The stored text is the extracted text, lightly mended.** Offsets point into the text the
