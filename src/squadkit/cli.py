@@ -721,7 +721,7 @@ def serve(
 # COMMANDS:RETRIEVAL
 @command("index", no_args_is_help=True)
 def index_cmd(
-    paths: list[Path] = typer.Argument(..., metavar="PATH...", show_default=False, help="Files and folders: .txt .md .html .jsonl, SQuAD .json."),
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", show_default=False, help="Files and folders: .txt .md .html .jsonl, SQuAD .json, .pdf (the documents extra), .docx."),
     output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place)."),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="The reader's model or tokenizer folder: passage lengths in its tokens (default: words)."),
@@ -760,7 +760,7 @@ def search_cmd(
     k: Optional[int] = setting_option("k"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
-    """The best passages for a query, one JSON line each: {document, start, end, text, score}."""
+    """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
     from .retrieval.search import search
     from .settings import check_options
 

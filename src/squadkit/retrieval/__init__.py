@@ -1,7 +1,7 @@
 """Ask your documents: index a collection, retrieve passages, answer from them with offsets.
 
-* ``documents`` reads files (text, Markdown, HTML, JSON lines, SQuAD JSON) and splits them into
-  passages with exact character offsets;
+* ``documents`` reads files (text, Markdown, HTML, JSON lines, SQuAD JSON; PDF and Word through
+  ``filetypes``) and splits them into passages with exact character offsets;
 * ``index`` stores them in one SQLite file (FTS5 BM25, optional embeddings), updated atomically
   and incrementally;
 * ``search`` holds the retrievers (bm25, dense, hybrid) behind the ``Retriever`` Protocol;
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from .ask import Answer, AskResult, DocumentQA, ask, rank_answers, reader_threshold
 from .documents import Document, Passage, split_passages
-from .index import Index, IndexReport, IndexSettings, build_index, index_documents
+from .index import DocumentRecord, Index, IndexReport, IndexSettings, build_index, index_documents
 from .search import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Retriever, SentenceEmbedder, make_retriever, search
 
 __all__ = [
     "Answer", "AskResult", "DocumentQA", "ask", "rank_answers", "reader_threshold", "Document", "Passage",
-    "split_passages", "Index", "IndexReport", "IndexSettings", "build_index", "index_documents", "BM25Retriever",
+    "split_passages", "DocumentRecord", "Index", "IndexReport", "IndexSettings", "build_index", "index_documents", "BM25Retriever",
     "DenseRetriever", "Hit", "HybridRetriever", "Retriever", "SentenceEmbedder", "make_retriever", "search",
 ]

@@ -47,6 +47,7 @@ from typing import Any, Sequence
 from ..defaults import ASK_PASSAGES as DEFAULT_PASSAGES
 from ..errors import SquadkitError
 from ..settings import check_options
+from .documents import page_at
 from .index import Index
 from .search import Hit, Retriever, check_k, make_retriever
 
@@ -68,6 +69,8 @@ class Answer:
     retrieval_score: float
     retrieval_rank: int  # 1 = the retriever's best passage
     confidence: float | None = None  # calibrated P(exact match), for the best answer (with a calibrator)
+    page: int | None = None  # a PDF's 1-based page holding ``start``; None for other files
+    document_id: int | None = None  # the stored document (GET /v1/documents/{id}); None from a foreign retriever
 
 
 @dataclass
@@ -160,7 +163,8 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
             continue
         seen.add(key)
         answers.append(Answer(hit.text[s:e], score, 0.0, hit.document, hit.title, hit.start + s, hit.start + e,
-                              hit.text, hit.start, hit.end, hit.score, j + 1))
+                              hit.text, hit.start, hit.end, hit.score, j + 1, page=page_at(hit.metadata, hit.start + s),
+                              document_id=hit.document_id))
     scores = [a.score for a in answers] + ([null_score] if null_score is not None else [])
     if scores:
         top = max(scores)

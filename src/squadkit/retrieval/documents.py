@@ -12,11 +12,19 @@ Why it is built this way:
 * Passages follow paragraphs (blank lines): whole paragraphs are packed together up to
   ``max_tokens`` tokens of the reader's tokenizer; a paragraph longer than that is cut into
   token windows that share ``overlap`` tokens, so an answer near a cut is whole in one of them.
+* PDF and Word files are read as their text (``read_pdf``, ``read_docx``), and that text is what
+  offsets point into. A PDF's pages are joined by a blank line and ``metadata["pages"]`` holds the
+  offset where each page starts, so any offset maps back to its page (``page_at``). PDF needs the
+  ``documents`` extra (pypdfium2); a .docx is a zip of XML, read with the standard library.
+* Text files in any encoding with a byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE) are
+  decoded by it; without one, UTF-8 or nothing (a NUL byte means binary).
 * Everything is a generator: one file (one document for JSON lines) is in memory at a time.
 """
 
 from __future__ import annotations
 
+import bisect
+import codecs
 import hashlib
 import html.parser
 import json
@@ -34,7 +42,10 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ""}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 JSON_SUFFIXES = {".json"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES | JSON_SUFFIXES
+PDF_SUFFIXES = {".pdf"}
+DOCX_SUFFIXES = {".docx"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES | JSON_SUFFIXES | PDF_SUFFIXES | DOCX_SUFFIXES
+DOCUMENTS_EXTRA = "pip install 'squadkit[documents]'"
 
 
 @dataclass
@@ -98,12 +109,25 @@ def file_fingerprint(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# longest first: the UTF-32 LE mark begins with the UTF-16 LE one
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
 def decode_bytes(data: bytes) -> str:
-    """UTF-8 text of a file, or SkipFile for binary data (a NUL byte) or another encoding."""
+    """The text of a file: decoded by its byte-order mark (dropped), else as UTF-8; SkipFile for
+    binary data (a NUL byte, without a mark saying UTF-16/32) or another encoding."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise SkipFile(f"not {encoding.upper()} text, although it starts with that byte-order mark "
+                               f"(byte {exc.start + len(bom)})") from None
     if b"\x00" in data[:65536]:
         raise SkipFile("binary file")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SkipFile(f"not UTF-8 text (byte {exc.start})") from None
 
@@ -158,6 +182,15 @@ def html_to_text(source: str) -> tuple[str, str]:
     return " ".join(parser.title.split()), parser.text()
 
 
+def page_at(metadata: Any, offset: int) -> int | None:
+    """The 1-based page holding character ``offset`` of a document whose ``metadata["pages"]`` lists
+    its pages' start offsets (a PDF's); None for a document without pages."""
+    pages = metadata.get("pages") if isinstance(metadata, dict) else None
+    if not isinstance(pages, list) or not pages or pages[0] != 0 or not all(isinstance(p, int) for p in pages):
+        return None
+    return bisect.bisect_right(pages, offset)
+
+
 def _is_squad(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("data"), list) and all(
         isinstance(a, dict) and isinstance(a.get("paragraphs"), list) for a in obj["data"][:5])
@@ -167,7 +200,8 @@ def read_documents(path: Path, name: str) -> Iterator[Document]:
     """The documents of one file; ``name`` is how the file is called in the index.
 
     Raises SkipFile for a file that cannot be indexed at all. Plain text and Markdown give one
-    document; HTML one (its visible text); JSON lines one per line (``{"id", "text", ...}``, other
+    document; HTML one (its visible text); PDF and Word one (their text, a PDF's page starts in
+    ``metadata["pages"]``); JSON lines one per line (``{"id", "text", ...}``, other
     fields kept as metadata); SQuAD JSON one per paragraph, titled by its article.
     """
     suffix = path.suffix.lower()
@@ -177,6 +211,11 @@ def read_documents(path: Path, name: str) -> Iterator[Document]:
         data = path.read_bytes()
     except OSError as exc:
         raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    if suffix in PDF_SUFFIXES or suffix in DOCX_SUFFIXES:
+        from .filetypes import read_docx, read_pdf
+
+        yield (read_pdf if suffix in PDF_SUFFIXES else read_docx)(data, name, path.stem)
+        return
     text = decode_bytes(data)
     if suffix in TEXT_SUFFIXES:
         yield Document(name, text, title=path.stem)

@@ -40,6 +40,7 @@ from .documents import (
     SkipFile,
     file_fingerprint,
     iter_files,
+    page_at,
     read_documents,
     regex_token_count,
     regex_token_offsets,
@@ -171,6 +172,26 @@ class PassageRecord:
     end: int
     text: str
     metadata: dict = field(default_factory=dict)
+    document_id: int | None = None  # the documents row: ``Index.document(document_id)``, GET /v1/documents/{id}
+
+
+@dataclass
+class DocumentRecord:
+    """A stored document: the text every offset points into, and (a PDF's) pages as (start, end) spans
+    of it, ``text[start:end]`` being page ``i + 1``'s text; ``pages`` is None for other files."""
+
+    id: int
+    name: str
+    title: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+    pages: list[tuple[int, int]] | None = None
+
+    def to_dict(self) -> dict:
+        pages = None if self.pages is None else [{"page": i, "start": a, "end": b}
+                                                 for i, (a, b) in enumerate(self.pages, 1)]
+        return {"id": self.id, "name": self.name, "title": self.title, "text": self.text,
+                "metadata": self.metadata, "pages": pages}
 
 
 class Index:
@@ -212,9 +233,10 @@ class Index:
         with self.lock:
             rows = self.conn.execute(
                 f"SELECT p.id, d.name, d.title, p.start, p.\"end\", {PASSAGE_TEXT}, "
-                f"d.metadata FROM passages p JOIN documents d ON d.id = p.doc_id WHERE p.id IN ({marks})",
+                f"d.metadata, d.id FROM passages p JOIN documents d ON d.id = p.doc_id WHERE p.id IN ({marks})",
                 [int(i) for i in ids]).fetchall()
-        return {r[0]: PassageRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else {}) for r in rows}
+        return {r[0]: PassageRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else {}, r[7])
+                for r in rows}
 
     def document_text(self, name: str) -> str:
         with self.lock:
@@ -222,6 +244,24 @@ class Index:
         if row is None:
             raise SquadkitError(f"{self.path}: no document named {name!r}")
         return row[0]
+
+    def document(self, ref: int | str) -> DocumentRecord:
+        """The stored document with this id (an int: a hit's ``document_id``) or name (a str: a hit's
+        ``document``); a SquadkitError naming it when there is none. Ids are the index's own: a
+        re-indexed file's documents get new ones, names stay."""
+        column = "id" if isinstance(ref, int) and not isinstance(ref, bool) else "name"
+        with self.lock:
+            row = self.conn.execute(f"SELECT id, name, title, text, metadata FROM documents WHERE {column} = ?",
+                                    (ref,)).fetchone()
+        if row is None:
+            raise SquadkitError(f"{self.path}: no document with {column} {ref!r}")
+        metadata = json.loads(row[4]) if row[4] else {}
+        pages = None
+        if page_at(metadata, 0) is not None:
+            from .filetypes import page_spans
+
+            pages = page_spans(metadata["pages"], len(row[3]))
+        return DocumentRecord(row[0], row[1], row[2], row[3], metadata, pages)
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(passage ids, float32 matrix) of the stored embeddings, in passage-id order."""

@@ -1,4 +1,5 @@
-"""HTTP endpoints for questions over an index: ``POST /v1/ask`` and ``GET /v1/index``.
+"""HTTP endpoints for questions over an index: ``POST /v1/ask``, ``GET /v1/index`` and
+``GET /v1/documents/{id}`` (a stored document, by the ``document_id`` every hit and answer carries).
 
 ``squadkit.serve.create_app(..., index=PATH)`` includes this router; it shares the server's
 loaded model (``state.qa``), so one model serves both /v1/answer and /v1/ask. Questions over the
@@ -72,5 +73,17 @@ def ask_router(state: Any, index_path: str, max_question_chars: int = 1000, max_
         counts = await run_in_threadpool(index.counts)
         kinds = ["bm25"] + (["dense", "hybrid"] if index.meta.get("embedder") else [])
         return {"index": str(index.path), **counts, "retrievers": kinds, "settings": index.settings.__dict__}
+
+    @router.get("/v1/documents/{document_id}", responses={404: {}})
+    async def document(document_id: int):
+        """A stored document: ``{id, name, title, text, metadata, pages}``, ``text`` being what every
+        ``start``/``end`` points into; ``pages`` (a PDF's) lists ``{page, start, end}`` spans of it, else null.
+        Ids come from hits and answers (``document_id``); a re-indexed file's documents get new ones."""
+        try:
+            record = await run_in_threadpool(index.document, document_id)
+        except SquadkitError:
+            message = f"no document with id {document_id} in the served index"
+            return JSONResponse({"detail": message, "error": message}, status_code=404)
+        return record.to_dict()
 
     return router

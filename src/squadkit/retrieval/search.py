@@ -44,6 +44,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import SquadkitError
+from .documents import page_at
 from .index import FTS_TOKENIZE, Index
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -72,10 +73,12 @@ class Hit:
     score: float
     title: str = ""
     metadata: dict = field(default_factory=dict)
+    page: int | None = None  # a PDF's 1-based page holding ``start``; None for other files
+    document_id: int | None = None  # the stored document: ``Index.document(document_id)``, GET /v1/documents/{id}
 
     def to_dict(self) -> dict:
         return {"document": self.document, "start": self.start, "end": self.end, "text": self.text,
-                "score": self.score, "title": self.title}
+                "score": self.score, "title": self.title, "page": self.page, "document_id": self.document_id}
 
 
 @runtime_checkable
@@ -124,7 +127,8 @@ def _hits(index: Index, scored: Sequence[tuple[int, float]]) -> list[Hit]:
     for pid, score in scored:
         r = records.get(pid)
         if r is not None:
-            out.append(Hit(pid, r.document, r.start, r.end, r.text, float(score), r.title, r.metadata))
+            out.append(Hit(pid, r.document, r.start, r.end, r.text, float(score), r.title, r.metadata,
+                           page_at(r.metadata, r.start), r.document_id))
     return out
 
 

@@ -61,7 +61,7 @@
     where.hidden = !best;
     if (best) {
       // when abstaining, show the passage of the best (rejected) candidate, unhighlighted
-      $("docs-document").textContent = best.document;
+      $("docs-document").textContent = best.document + (best.page ? ", page " + best.page : "");
       $("docs-offsets").textContent = best.start + "–" + best.end;
       renderPassage(best, noAnswer);
     } else {
@@ -73,7 +73,7 @@
     $("docs-others").hidden = rest.length === 0;
     for (const a of rest) {
       const li = document.createElement("li");
-      li.textContent = a.answer + " — " + a.document;
+      li.textContent = a.answer + " — " + a.document + (a.page ? ", page " + a.page : "");
       list.append(li);
     }
     $("docs-result").hidden = false;
