@@ -346,14 +346,14 @@ def test_bad_indexes_and_bad_input_are_one_line_errors(tmp_path):
         (["search", str(not_index), "paris"], "not a squadkit index"),
         (["search", str(garbage), "paris"], "not a squadkit index"),
         (["search", str(tmp_path / "missing.sqlite"), "paris"], "index not found"),
-        (["search", str(idx), "paris", "-k", "0"], "k must be an integer >= 1"),
+        (["search", str(idx), "paris", "-k", "0"], "--k must be a positive integer"),
         (["search", str(idx), "?!"], "no words"),
         (["search", str(idx), "paris", "--retriever", "dense"], "no embeddings"),
         (["ask", str(idx), "where?", "-k", "0", "--model", str(tmp_path / "no-model")], "k must be"),
         (["index", str(tmp_path / "nowhere"), "-o", str(idx)], "no such file or folder"),
         (["index", str(folder / "blob.txt"), "-o", str(tmp_path / "x.sqlite")], "nothing to index"),
         (["index", str(folder), "-o", str(not_index)], "not a squadkit index"),
-        (["index", str(folder), "-o", str(idx), "--max-tokens", "4"], "max_tokens"),
+        (["index", str(folder), "-o", str(idx), "--max-tokens", "4"], "--max-tokens must be an integer >= 8"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
