@@ -97,6 +97,32 @@ def setting_option(name: str, help: str | None = None, **kwargs) -> Any:
     return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
 
 
+_KIND_OF_CHECK = {"_positive_int": int, "_non_negative_int": int, "_finite_number": float, "_probability": float,
+                  "_flag": bool}
+
+
+def with_settings(*names: str) -> Callable:
+    """Give a command the flags of these settings (``setting_option``), after its own options; the
+    command receives them as one dict, ``settings`` (None: not given), for the resolver."""
+    import inspect
+
+    def wrap(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=setting_option(name),
+                                   annotation=Optional[_KIND_OF_CHECK[BY_NAME[name].check.__name__]])
+                 for name in names]
+
+        @functools.wraps(func)
+        def command_with_settings(**kwargs):
+            return func(settings={name: kwargs.pop(name) for name in names}, **kwargs)
+
+        command_with_settings.__signature__ = signature.replace(parameters=own + added)
+        return command_with_settings
+
+    return wrap
+
+
 def _show_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -416,21 +442,15 @@ def _read_context(context: Optional[str], context_file: Optional[Path]) -> str:
 
 
 @command()
+@with_settings("top_k", "handle_impossible_answer", "null_score_diff_threshold", "max_answer_length", "max_seq_length",
+               "doc_stride", "max_query_length", "batch_size", "min_confidence")
 def answer(
+    settings: dict,
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
     context: Optional[str] = typer.Option(None, "--context", "-c", help="The passage to search."),
     context_file: Optional[Path] = typer.Option(None, "--context-file", help="Read the passage from a UTF-8 file."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    top_k: Optional[int] = setting_option("top_k"),
-    handle_impossible_answer: Optional[bool] = setting_option("handle_impossible_answer"),
-    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
-    max_answer_length: Optional[int] = setting_option("max_answer_length"),
-    max_seq_length: Optional[int] = setting_option("max_seq_length"),
-    doc_stride: Optional[int] = setting_option("doc_stride"),
-    max_query_length: Optional[int] = setting_option("max_query_length"),
-    batch_size: Optional[int] = setting_option("batch_size"),
-    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     explain: bool = typer.Option(False, "--explain/--no-explain", help="Also print the settings in force and where each came from."),
 ) -> None:
@@ -438,11 +458,7 @@ def answer(
     from .checkpoint import resolve_model_source
     from .settings import check_options
 
-    options = dict(top_k=top_k, handle_impossible_answer=handle_impossible_answer, max_answer_length=max_answer_length,
-                   max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length,
-                   null_score_diff_threshold=null_score_diff_threshold, min_confidence=min_confidence,
-                   batch_size=batch_size)
-    check_options(options, "pipeline")  # everything that can be checked without the model, before it loads
+    check_options(settings, "pipeline")  # everything that can be checked without the model, before it loads
     check_question(question)
     text = _read_context(context, context_file)
     resolve_model_source(model)
@@ -450,10 +466,10 @@ def answer(
     from .progress import ProgressLines
 
     qa = QuestionAnswerer(model, backend=backend, device=device)
-    in_force = qa.settings_in_force(**options)
+    in_force = qa.settings_in_force(**settings)
     progress = ProgressLines("answer: windows", 1)
     try:
-        answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done, **options)[0]
+        answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done, **settings)[0]
     finally:
         progress.close()
     result = answers if in_force.values["top_k"] > 1 else (
@@ -465,39 +481,26 @@ def answer(
 
 
 @command()
+@with_settings("batch_size", "null_score_diff_threshold", "n_best_size", "max_answer_length", "max_seq_length",
+               "doc_stride", "max_query_length", "legacy", "do_lower_case", "version_2_with_negative", "min_confidence")
 def predict(
+    settings: dict,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD file (nested v1.1/v2.0 JSON, or flat JSON/JSONL)."),
     output_dir: Path = typer.Option(..., "--output", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    batch_size: Optional[int] = setting_option("batch_size"),
-    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
     ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold/--use-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
-    n_best_size: Optional[int] = setting_option("n_best_size"),
-    max_answer_length: Optional[int] = setting_option("max_answer_length"),
-    max_seq_length: Optional[int] = setting_option("max_seq_length"),
-    doc_stride: Optional[int] = setting_option("doc_stride"),
-    max_query_length: Optional[int] = setting_option("max_query_length"),
-    legacy: Optional[bool] = setting_option("legacy"),
-    do_lower_case: Optional[bool] = setting_option("do_lower_case"),
-    version_2_with_negative: Optional[bool] = setting_option("version_2_with_negative"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Fail on answer offsets that do not point at their text."),
-    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
 ) -> None:
     """Write run_squad's prediction files for a SQuAD file (and eval_results.json when it has answers).
 
     With a calibrated model (squadkit calibrate) also confidence.json: question id -> confidence of its prediction."""
     from .predict import run_predict
 
-    summary = run_predict(
-        model=model, data=data, output_dir=output_dir, backend=backend, batch_size=batch_size, device=device,
-        null_score_diff_threshold=null_score_diff_threshold, ignore_saved_threshold=ignore_saved_threshold,
-        n_best_size=n_best_size, max_answer_length=max_answer_length, max_seq_length=max_seq_length,
-        doc_stride=doc_stride, max_query_length=max_query_length, legacy=legacy, do_lower_case=do_lower_case,
-        version_2_with_negative=version_2_with_negative, strict=strict, show_progress=True, note=note,
-        min_confidence=min_confidence,
-    )
+    summary = run_predict(model=model, data=data, output_dir=output_dir, backend=backend, device=device,
+                          ignore_saved_threshold=ignore_saved_threshold, strict=strict, show_progress=True, note=note,
+                          **settings)
     if summary is not None:
         print_json(summary)
 
@@ -770,20 +773,14 @@ def search_cmd(
 
 
 @command("ask", no_args_is_help=True)
+@with_settings("k", "top_k", "null_score_diff_threshold", "max_answer_length", "max_seq_length", "doc_stride",
+               "max_query_length", "batch_size", "min_confidence")
 def ask_cmd(
+    settings: dict,
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     question: str = typer.Argument(..., metavar="QUESTION"),
     model: str = typer.Option(..., "--model", "-m", help="A SQuAD v2 model: checkpoint folder, exported ONNX folder or hub id."),
-    k: Optional[int] = setting_option("k"),
-    top_k: Optional[int] = setting_option("top_k"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid."),
-    null_score_diff_threshold: Optional[float] = setting_option("null_score_diff_threshold"),
-    max_answer_length: Optional[int] = setting_option("max_answer_length"),
-    max_seq_length: Optional[int] = setting_option("max_seq_length"),
-    doc_stride: Optional[int] = setting_option("doc_stride"),
-    max_query_length: Optional[int] = setting_option("max_query_length"),
-    batch_size: Optional[int] = setting_option("batch_size"),
-    min_confidence: Optional[float] = setting_option("min_confidence", metavar="P"),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     show_passages: bool = typer.Option(False, "--show-passages/--no-show-passages", help="Also print the retrieved passages."),
@@ -791,16 +788,14 @@ def ask_cmd(
     """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
     from .settings import check_options
 
-    options = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_answer_length=max_answer_length,
-                   max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length,
-                   batch_size=batch_size)
-    check_options({**options, "top_k": top_k, "min_confidence": min_confidence}, "ask")  # before the model loads
+    check_options(settings, "ask")  # before the index opens or the model loads
     check_question(question)
     from .retrieval.ask import DocumentQA
     from .retrieval.index import Index
 
     Index(index).close()  # a missing or damaged index fails before the model loads
-    dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **options)
+    top_k, min_confidence = settings.pop("top_k"), settings.pop("min_confidence")
+    dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **settings)
     result = dqa.ask(question, top_k=top_k or 1, min_confidence=min_confidence)
     print_json(result.to_dict(with_passages=show_passages))
 
