@@ -225,7 +225,13 @@ def test_model_that_fails_to_load_is_reported_not_ready(tmp_path):
     ({"question": "who", "context": "the king", "top_k": 21}, "top_k"),
     ({"question": "who", "context": "the king", "max_answer_len": 0}, "max_answer_len"),
     ({"question": "who", "context": "the king", "handle_impossible_answer": "yes"}, "handle_impossible_answer"),
-    ({"question": "who", "context": "the king", "doc_stride": 3}, "doc_stride"),
+    ({"question": "who", "context": "the king", "max_answer_length": 513}, "max_answer_length"),
+    ({"question": "who", "context": "the king", "doc_stride": 10_000}, "doc_stride"),
+    ({"question": "who", "context": "the king", "max_seq_length": 513}, "max_seq_length"),
+    ({"question": "who", "context": "the king", "max_query_length": 0}, "max_query_length"),
+    ({"question": "who", "context": "the king", "null_score_diff_threshold": "high"}, "null_score_diff_threshold"),
+    ({"question": "who", "context": "the king", "min_confidence": 0.5}, "min_confidence"),  # not calibrated
+    ({"question": "who", "context": "the king", "max_seq_len": 128}, "max_seq_len"),  # one name per setting
     ([{"question": "who", "context": "the king"}], "body"),
 ])
 def test_invalid_requests_are_422_naming_the_field(server, body, field):
@@ -498,7 +504,7 @@ def test_cli_port_in_use_is_one_line_exit_2(tiny_bert):
 def test_cli_bad_setting_is_one_line_exit_2(tiny_bert):
     result = run_cli("--model", str(tiny_bert), "--max-batch-size", "0")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: max_batch_size must be an integer >= 1, got 0"]
+    assert result.stderr.strip().splitlines() == ["error: --max-batch-size must be an integer >= 1, got 0"]  # the flag as typed
 
 
 def test_cli_help_lists_the_flags():
