@@ -513,3 +513,24 @@ def test_cli_help_lists_the_flags():
     for flag in ("--max-batch-size", "--max-wait-ms", "--max-queue", "--max-body-bytes", "--max-context-chars",
                  "--max-batch-items", "--request-timeout", "--host", "--port", "--backend"):
         assert flag in result.stdout
+
+
+def test_cli_flags_are_serve_settings_and_old_spellings_still_work():
+    """One flag per ServeSettings field (--name-with-dashes), defaults from the dataclass; old spellings hidden."""
+    import dataclasses
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from squadkit.cli import app
+
+    command = typer.main.get_command(app).commands["serve"]
+    options = {p.name: p for p in command.params}
+    for f in dataclasses.fields(ServeSettings):
+        assert "--" + f.name.replace("_", "-") in options[f.name].opts, f.name
+        assert options[f.name].default == f.default, f.name
+    assert set(options) == {f.name for f in dataclasses.fields(ServeSettings)} | {"model", "index"}
+    assert "--request-timeout " not in CliRunner().invoke(app, ["serve", "--help"]).output  # hidden alias
+    for typed in ("--request-timeout", "--request-timeout-s", "--request_timeout_s"):
+        result = CliRunner().invoke(app, ["serve", "-m", "nowhere", typed, "0"])
+        assert result.exit_code == 2 and f"{typed} must be > 0" in result.output, result.output

@@ -586,45 +586,72 @@ def export_cmd(
 # serve  (squadkit.serve)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:SERVE
-@app.command()
-@friendly_errors
-def serve(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
-    backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of the model (ONNX Runtime's session, or torch's) [default: one per core]."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; 0.0.0.0 for all)."),
-    port: int = typer.Option(8000, help="Port to listen on (0 picks a free one)."),
-    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Questions answered together (1 disables batching)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: the measured best for the backend and precision]."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a question may wait for others to share its batch."),
-    max_queue: int = typer.Option(256, "--max-queue", help="Questions waiting at most; beyond it 503 with Retry-After."),
-    max_body_bytes: int = typer.Option(2_097_152, "--max-body-bytes", help="Largest request body; beyond it 413."),
-    max_context_chars: int = typer.Option(20_000, "--max-context-chars", help="Longest context, in characters; beyond it 422."),
-    max_question_chars: int = typer.Option(1_000, "--max-question-chars", help="Longest question, in characters; beyond it 422."),
-    max_batch_items: int = typer.Option(64, "--max-batch-items", help="Inputs per /v1/answer/batch request; beyond it 422."),
-    max_top_k: int = typer.Option(20, "--max-top-k", help="Largest top_k a request may ask for."),
-    request_timeout: float = typer.Option(30.0, "--request-timeout", help="Seconds a request may wait for its answer; beyond it 504."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Also answer over this document index: POST /v1/ask and a page tab."),
-) -> None:
-    """Serve the model over HTTP: JSON API (/v1/answer, /docs), health checks and a page to try it (/)."""
-    from .serve import ServeSettings, serve as run_server
+def _serve_parameters() -> list:
+    """``--model``, one option per ServeSettings field (its help, default and type: none retyped
+    here), and ``--index``."""
+    import dataclasses
+    import inspect
+    import typing
 
-    settings = ServeSettings(
-        host=host, port=port, backend=backend, device=device, threads=threads, max_batch_size=max_batch_size,
-        batch_size=batch_size,
-        max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
-        max_context_chars=max_context_chars, max_question_chars=max_question_chars,
-        max_batch_items=max_batch_items, max_top_k=max_top_k, request_timeout_s=request_timeout,
-        log_level=log_level, access_log=access_log,
-    )
-    if index is not None:  # a bad index fails before the model loads
+    from .serve_settings import ServeSettings
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("model", keyword, annotation=str, default=typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False))]
+    hints = typing.get_type_hints(ServeSettings)
+    for f in dataclasses.fields(ServeSettings):
+        kind, optional = hints[f.name], False
+        if type(None) in typing.get_args(kind):
+            kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
+        flag = "--" + f.name.replace("_", "-")
+        decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,)
+        shown = ("on" if f.default else "off") if kind is bool else f.default is not None
+        params.append(inspect.Parameter(f.name, keyword, annotation=Optional[kind] if optional else kind,
+                                        default=typer.Option(f.default, *decls, help=f.metadata["help"],
+                                                             show_default=shown)))
+    params.append(inspect.Parameter("index", keyword, annotation=Optional[Path], default=typer.Option(
+        None, "--index", help="Also answer over this document index: POST /v1/ask and a page tab.")))
+    return params
+
+
+class ServeFlags(RunSquadFlags):
+    """serve's flags, and their old spellings (hidden): e.g. --request-timeout for --request-timeout-s."""
+
+    @property
+    def aliases(self) -> dict[str, str]:  # type: ignore[override]
+        import dataclasses
+
+        from .serve_settings import ServeSettings
+
+        return {alias: "--" + f.name.replace("_", "-") for f in dataclasses.fields(ServeSettings)
+                for alias in f.metadata.get("aliases", ())}
+
+
+def serve_cmd(**flags) -> None:
+    """Serve the model over HTTP: JSON API (/v1/answer, /docs), health checks and a page to try it (/)."""
+    from .serve_settings import ServeSettings
+
+    model, index = flags.pop("model"), flags.pop("index")
+    settings = ServeSettings(**flags).validate()  # bad settings fail before the model loads
+    if index is not None:  # so does a bad index
         from .retrieval.index import Index
 
         Index(index).close()
+    from .serve import serve as run_server
+
     run_server(model, settings, index=index)
+
+
+def _register_serve() -> None:
+    import inspect
+
+    params = _serve_parameters()
+    serve_cmd.__signature__ = inspect.Signature(params)
+    serve_cmd.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("serve", cls=ServeFlags)(friendly_errors(serve_cmd))
+
+
+_register_serve()
 
 
 # ---------------------------------------------------------------------------------------------
