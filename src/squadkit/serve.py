@@ -67,6 +67,8 @@ from typing import Any, Annotated, AsyncIterator, Callable, Iterator, Optional, 
 
 from . import defaults
 from .errors import SquadkitError, first_line
+from .http_contract import (ANSWERING_ERRORS, RETRY_AFTER, ErrorBody, error_response, error_responses, json_int,
+                            json_number, text)
 from .serve_settings import RequestOptions, ServeSettings, pipeline_options
 
 try:  # the serve extra: pip install "squadkit[serve]"
@@ -75,8 +77,7 @@ try:  # the serve extra: pip install "squadkit[serve]"
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model,
-                          field_validator)
+    from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, create_model
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise SquadkitError(f"serving needs the serve extra: pip install 'squadkit[serve]' ({exc})") from None
@@ -89,7 +90,10 @@ log = logging.getLogger("squadkit.serve")
 STATIC_DIR = resources.files("squadkit") / "static"
 MAX_ANSWER_LENGTH_LIMIT = 512  # tokens; longer than any window, so a larger value could never matter
 MAX_WINDOW_LIMIT = 512  # tokens, for a model whose own limit is not known (yet)
-CONTEXT_ROOM = 32  # tokens: the shortest window a request may ask for leaves this beyond the longest question
+# tokens: the shortest window a request may ask for holds the longest question it may keep and this much
+# context (256 tokens in all with the default question length), so the pipeline's default overlap of
+# 128 can be asked for, and every window a request may set keeps room for the context
+CONTEXT_ROOM = 192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,16 +284,8 @@ class MicroBatcher:
 
 
 # ---------------------------------------------------------------------------------------------
-# errors: one body for every error, listed in the OpenAPI schema
+# errors: one body for every error (http_contract.py), listed in the OpenAPI schema
 # ---------------------------------------------------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    """Every error response: ``error`` is one line naming the field, limit or cause; ``detail`` is the
-    same line, or for 422 the list of validation errors (each with its ``field``)."""
-
-    error: str
-    detail: Union[str, list[dict[str, Any]]]
 
 
 class NotReadyBody(ErrorBody):
@@ -298,46 +294,9 @@ class NotReadyBody(ErrorBody):
     status: str
 
 
-_ERROR_DESCRIPTIONS = {
-    400: "The body cannot be read as JSON text (e.g. it is not UTF-8).",
-    404: "Not served here (e.g. the document routes on a server started without --index).",
-    413: "The body is larger than max_body_bytes.",
-    422: "The body breaks the schema or a limit (``error`` names the field), or the model cannot answer this input.",
-    500: "Answering failed: a bug, reported with its message.",
-    503: "The model is loading or failed to load, the queue is full, or the server is shutting down; retry later.",
-    504: "No answer within request_timeout_s.",
-}
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-
-
-def error_responses(*statuses: int) -> dict:
-    """The OpenAPI ``responses=`` entries of the error statuses a route can return."""
-    return {status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status],
-                     **({"headers": _RETRY_AFTER} if status == 503 else {})} for status in statuses}
-
-
-ANSWERING_ERRORS = (400, 413, 422, 500, 503, 504)  # what a route that uses the model can answer
-
-
-def error_response(status: int, message: str, detail: Any = None, retry_after: Optional[int] = None,
-                   headers: Optional[dict] = None) -> JSONResponse:
-    """An error in the one shape: ``{"error": message, "detail": detail or message}``."""
-    headers = dict(headers or {})
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    body = {"error": message, "detail": message if detail is None else detail}
-    return JSONResponse(body, status_code=status, headers=headers or None)
-
-
 # ---------------------------------------------------------------------------------------------
 # request / response models
 # ---------------------------------------------------------------------------------------------
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or blank")
-    return value
 
 
 class Answer(BaseModel):
@@ -407,11 +366,6 @@ class _AnswerFields(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "question": "Where do I live?", "context": "My name is Wolfgang and I live in Berlin."}]})
 
-    @field_validator("question", "context", check_fields=False)
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        return _not_blank(value)
-
     def options(self) -> RequestOptions:
         return RequestOptions(**{f.name: getattr(self, f.name, None) for f in dataclasses.fields(RequestOptions)})
 
@@ -423,26 +377,26 @@ def option_fields(limits: RequestLimits) -> dict:
     """The answering options a request may set (pydantic field definitions), by their canonical names."""
     lo, hi = limits.max_seq_length
     fields: dict = {
-        "top_k": (Annotated[StrictInt, Field(ge=1, le=limits.max_top_k, description="Answers to return, best first.")], 1),
+        "top_k": (json_int(ge=1, le=limits.max_top_k), Field(1, description="Answers to return, best first.")),
         "handle_impossible_answer": (Optional[StrictBool], Field(None, description=(
             "Allow the empty answer [default: the model folder's, else off]."))),
-        "null_score_diff_threshold": (Optional[Annotated[float, Field(allow_inf_nan=False)]], Field(None, description=(
+        "null_score_diff_threshold": (Optional[json_number()], Field(None, description=(
             "With the empty answer: it wins when log p_null - log p_span exceeds this [default: the model folder's, "
             "else 0]."))),
-        "max_answer_length": (Optional[Annotated[StrictInt, Field(ge=1, le=MAX_ANSWER_LENGTH_LIMIT)]], Field(
+        "max_answer_length": (Optional[json_int(ge=1, le=MAX_ANSWER_LENGTH_LIMIT)], Field(
             None, validation_alias=AliasChoices("max_answer_length", "max_answer_len"), description=(
                 "Longest answer, in tokens [default: the model folder's, else 15]; transformers' name "
                 "max_answer_len is accepted too."))),
-        "max_seq_length": (Optional[Annotated[StrictInt, Field(ge=lo, le=hi)]], Field(None, description=(
+        "max_seq_length": (Optional[json_int(ge=lo, le=hi)], Field(None, description=(
             "Tokens per window [default: the model folder's, else min(model limit, 384)]."))),
-        "doc_stride": (Optional[Annotated[StrictInt, Field(ge=0, le=limits.doc_stride)]], Field(None, description=(
+        "doc_stride": (Optional[json_int(ge=0, le=limits.doc_stride)], Field(None, description=(
             "Tokens shared by neighbouring windows (the pipeline's overlap) [default: min(max_seq_length // 2, "
             "128)]."))),
-        "max_query_length": (Optional[Annotated[StrictInt, Field(ge=1, le=limits.max_query_length)]], Field(
+        "max_query_length": (Optional[json_int(ge=1, le=limits.max_query_length)], Field(
             None, description="Question tokens kept [default: the model folder's, else 64].")),
     }
     if limits.calibrated:  # otherwise not a field: refused, as Python and the CLI refuse it
-        fields["min_confidence"] = (Optional[Annotated[float, Field(ge=0.0, le=1.0)]], Field(None, description=(
+        fields["min_confidence"] = (Optional[json_number(ge=0.0, le=1.0)], Field(None, description=(
             'Answer "" unless the calibrated confidence is at least this.')))
     return fields
 
@@ -450,12 +404,10 @@ def option_fields(limits: RequestLimits) -> dict:
 def request_models(settings: ServeSettings, limits: Optional[RequestLimits] = None) -> tuple[type[BaseModel], type[BaseModel]]:
     """The request bodies, with this server's limits in them (so they show in the OpenAPI schema)."""
     limits = limits or RequestLimits(settings.max_top_k)
-    # not blank: enforced by the validator (its message is clearer than a pattern's), stated in the schema
-    text = Annotated[StrictStr, Field(min_length=1, json_schema_extra={"pattern": r"\S"})]
     AnswerRequest = create_model(  # noqa: N806 - a class
         "AnswerRequest", __base__=_AnswerFields, __doc__=_AnswerFields.__doc__,
-        question=(Annotated[text, Field(max_length=settings.max_question_chars)], ...),
-        context=(Annotated[text, Field(max_length=settings.max_context_chars)], ...),
+        question=(text(max_length=settings.max_question_chars), ...),
+        context=(text(max_length=settings.max_context_chars), ...),
         **option_fields(limits),
     )
 
@@ -692,7 +644,7 @@ def create_app(qa_or_model: Any, settings: Optional[ServeSettings] = None, index
         from .retrieval.routes import ask_router
 
         app.include_router(ask_router(admission, str(index), settings.max_question_chars, settings.max_top_k,
-                                      calibrated=limits.calibrated, responses=error_responses))
+                                      calibrated=limits.calibrated))
     else:
         _add_no_index_routes(app)
 
@@ -746,7 +698,7 @@ def _add_health_routes(app: FastAPI, state: "ServerState") -> None:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses={503: {
-        "model": NotReadyBody, "description": "Loading, failed to load, or draining.", "headers": _RETRY_AFTER}})
+        "model": NotReadyBody, "description": "Loading, failed to load, or draining.", "headers": RETRY_AFTER}})
     async def readyz():
         """The model is loaded and requests are admitted; 503 while loading, after a failed load, or draining."""
         if state.ready:
@@ -877,15 +829,20 @@ def serve(qa_or_model: Any = None, settings: Optional[ServeSettings] = None, ind
     qa_or_model = DEFAULT_MODEL if qa_or_model is None else qa_or_model
     sock = bind_socket(settings.host, settings.port)
     try:
-        _set_threads(settings.threads)
-        qa = _as_pipeline(qa_or_model, settings)
-        app = create_app(qa, settings, index=index)
+        app = app_for(qa_or_model, settings, index=index)
         server = _uvicorn_server(app, settings)
-        print(f"squadkit: serving {_model_name(qa)} at {url_of(sock)} (page: /, API docs: /docs)",
+        print(f"squadkit: serving {app.state.squadkit.model_name} at {url_of(sock)} (page: /, API docs: /docs)",
               file=sys.stderr, flush=True)
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def app_for(qa_or_model: Any, settings: ServeSettings, index: Any = None) -> FastAPI:
+    """The app exactly as ``squadkit serve`` makes it: threads pinned, the model loaded first (so its
+    limits and calibration are in the request schema), then the app."""
+    _set_threads(settings.threads)
+    return create_app(_as_pipeline(qa_or_model, settings), settings, index=index)
 
 
 def _set_threads(threads: Optional[int]) -> None:

@@ -9,18 +9,19 @@ So retrieval and reading never block the event loop, and never compete with /v1/
 """
 
 # No "from __future__ import annotations": FastAPI reads the request model's annotations at runtime.
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .ask import DEFAULT_PASSAGES, DocumentQA
+from ..http_contract import ANSWERING_ERRORS, error_responses, json_int, json_number, text
+
+from .ask import DEFAULT_PASSAGES, AskResult, DocumentQA
 from .index import Index
-from .search import query_words
+from .search import has_words
 
 MAX_PASSAGES = 50
-ASKING_ERRORS = (400, 413, 422, 500, 503, 504)
 
 
 def ask_request_model(max_question_chars: int, max_top_k: int, retrievers: tuple[str, ...],
@@ -33,35 +34,25 @@ def ask_request_model(max_question_chars: int, max_top_k: int, retrievers: tuple
         model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
             "question": "In what country is Normandy located?", "k": 5, "top_k": 1}]})
 
-        @field_validator("question", check_fields=False)
-        @classmethod
-        def has_words(cls, value: str) -> str:
-            query_words(value)  # a question without a word to search for: its own message (ValueError)
-            return value
-
     fields: dict = {
-        # at least one word character (Python's \w, as the search reads words): stated in the schema,
-        # enforced by the validator
-        "question": (StrictStr, Field(min_length=1, max_length=max_question_chars,
-                                      json_schema_extra={"pattern": r"\w"})),
-        "k": (StrictInt, Field(DEFAULT_PASSAGES, ge=1, le=MAX_PASSAGES, description="Passages to retrieve and read.")),
-        "top_k": (StrictInt, Field(1, ge=1, le=max_top_k, description="Answers to return, best first.")),
+        "question": (text(max_length=max_question_chars), ...),
+        "k": (json_int(ge=1, le=MAX_PASSAGES), Field(DEFAULT_PASSAGES, description="Passages to retrieve and read.")),
+        "top_k": (json_int(ge=1, le=max_top_k), Field(1, description="Answers to return, best first.")),
         "retriever": (Optional[Literal[retrievers]], Field(None, description="Default: bm25.")),  # type: ignore[valid-type]
-        "null_score_diff_threshold": (Optional[float], Field(None, allow_inf_nan=False, description=(
+        "null_score_diff_threshold": (Optional[json_number()], Field(None, description=(
             "Abstain when the no-answer score beats the best span's by more than this [default: the model "
             "folder's, else 0]."))),
     }
     if calibrated:
-        fields["min_confidence"] = (Optional[float], Field(None, ge=0.0, le=1.0, description=(
+        fields["min_confidence"] = (Optional[json_number(ge=0.0, le=1.0)], Field(None, description=(
             "Abstain below this calibrated confidence.")))
     return create_model("AskRequest", __base__=AskFields, __doc__=AskFields.__doc__, **fields)
 
 
 def ask_router(admission: Any, index_path: str, max_question_chars: int = 1000, max_top_k: int = 20, *,
-               calibrated: bool = False, responses: Callable[..., dict] = lambda *codes: {}) -> APIRouter:
+               calibrated: bool = False) -> APIRouter:
     """The router. ``admission.qa`` is the server's QuestionAnswerer once loaded; ``admission.run(job)``
-    runs a job through the server's admission control (its result, or an error response);
-    ``responses(*statuses)`` gives the OpenAPI entries of the server's error body."""
+    runs a job through the server's admission control (its result, or an error response)."""
     index = Index(index_path)  # a missing or bad index fails here, when the app is created
     router = APIRouter(tags=["documents"])
     readers: dict[str, DocumentQA] = {}  # made and used on the model's worker thread only
@@ -74,12 +65,16 @@ def ask_router(admission: Any, index_path: str, max_question_chars: int = 1000, 
         return readers[kind]
 
     def run(body: Any) -> dict:
-        result = reader(body.retriever or "bm25").ask(
+        dqa = reader(body.retriever or "bm25")
+        if not has_words(body.question):  # nothing to search for, so nothing found: the reader abstains
+            threshold = dqa.threshold if body.null_score_diff_threshold is None else body.null_score_diff_threshold
+            return AskResult(body.question, True, [], None, threshold).to_dict()
+        result = dqa.ask(
             body.question, k=body.k, top_k=body.top_k, min_confidence=getattr(body, "min_confidence", None),
             null_score_diff_threshold=body.null_score_diff_threshold)
         return result.to_dict()
 
-    @router.post("/v1/ask", responses=responses(*ASKING_ERRORS))
+    @router.post("/v1/ask", responses=error_responses(*ANSWERING_ERRORS))
     async def ask_endpoint(body: AskRequest):  # type: ignore[valid-type]
         """Answers from the documents: ``{answer, no_answer, answers: [{answer, score, document, start,
         end, passage, passage_start, ...}]}``; ``document_text[start:end] == answer``. When the reader
