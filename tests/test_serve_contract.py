@@ -81,14 +81,22 @@ def run_schemathesis(url: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("calibrated, with_index", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["plain", "plain+index", "calibrated", "calibrated+index"])
-def test_every_route_keeps_its_openapi_contract(tiny_bert, calibrated_model, index, calibrated, with_index):
+def test_every_route_keeps_its_openapi_contract(tiny_bert, calibrated_model, index, calibrated, with_index, capsys):
     model = calibrated_model if calibrated else tiny_bert
     app = app_for(str(model), ServeSettings(**SETTINGS),
                   index=index if with_index else None)
     with serve_in_thread(app) as url:
-        paths = set(schemathesis.openapi.from_url(url + "/openapi.json").raw_schema["paths"])
+        raw = schemathesis.openapi.from_url(url + "/openapi.json").raw_schema
         sent, failures = run_schemathesis(url)
+    paths, bodies = set(raw["paths"]), raw["components"]["schemas"]
     assert ("/v1/ask" in paths) == ("/v1/index" in paths) == with_index
+    # min_confidence is offered exactly where the model is calibrated (and refused elsewhere: test_serve.py)
+    assert ("min_confidence" in bodies["AnswerRequest"]["properties"]) == calibrated
+    if with_index:
+        assert ("min_confidence" in bodies["AskRequest"]["properties"]) == calibrated
     assert {"/v1/answer", "/v1/answer/batch", "/healthz", "/readyz", "/v1/model"} <= paths
+    with capsys.disabled():
+        print(f"\n[schemathesis, {'calibrated' if calibrated else 'plain'}{' + index' if with_index else ''}] "
+              f"{sent} requests over {len(paths)} routes, {len(failures)} failures")
     assert sent > 100  # it did exercise the routes
     assert not failures, "\n".join(dict.fromkeys(failures))
