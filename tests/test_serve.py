@@ -415,6 +415,8 @@ def test_every_error_has_the_same_shape_and_is_in_the_schema(small_limits):
         assert response.status_code == status and set(body) == {"error", "detail"}, (status, body)
         assert isinstance(body["error"], str) and body["error"]
     assert garbled.json()["error"].startswith("body:")
+    uncalibrated = post(small_limits, "/v1/answer", {"question": "who", "context": "a", "min_confidence": 0.5})
+    assert uncalibrated.status_code == 422 and "not calibrated" in uncalibrated.json()["error"]
     assert "--index" in no_index.json()["error"] and wrong_method.headers["allow"] == "POST"
     schema = httpx.get(small_limits + "/openapi.json").json()
     for path in ("/v1/answer", "/v1/answer/batch"):
