@@ -55,7 +55,7 @@ def index(tmp_path_factory, tiny_bert):
 def run_schemathesis(url: str) -> tuple[int, list[str]]:
     """All checks, all phases, a bounded number of examples; (requests sent, failures described)."""
     config = schemathesis.Config.from_dict({
-        "seed": 17, "checks": {"enabled": True},
+        "seed": 17, "checks": {"enabled": True}, "cache": {"enabled": False},  # no .schemathesis/ left behind
         "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
     })
     schema = schemathesis.openapi.from_url(url + "/openapi.json", config=config)
