@@ -540,13 +540,25 @@ def test_serve_ask_endpoint(docs_index, tiny_bert):
                             ({"question": "x", "top_k": 99}, "top_k"), ({"question": "x", "extra": 1}, "extra")]:
             r = client.post("/v1/ask", json=body)
             assert r.status_code == 422 and r.json()["error"].startswith(field), r.json()
+        # a question without a word to search for finds nothing: the reader abstains (the schema cannot
+        # state "has a word" the way Python's regex reads it, so it is not a refusal over HTTP)
         r = client.post("/v1/ask", json={"question": "?!"})
-        assert r.status_code == 422 and "no words" in r.json()["error"]
+        assert r.status_code == 200 and r.json()["no_answer"] is True and r.json()["answers"] == []
+        # the schema offers only the retrievers this index supports
         r = client.post("/v1/ask", json={"question": "x", "retriever": "dense"})
-        assert r.status_code == 422 and "no embeddings" in r.json()["error"]
-    with TestClient(create_app(qa, ServeSettings(access_log=False))) as client:  # no index: no endpoint
-        assert client.post("/v1/ask", json={"question": "x"}).status_code == 404
-        assert client.get("/v1/index").status_code == 404
+        assert r.status_code == 422 and r.json()["error"].startswith("retriever:")
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["AskRequest"]["properties"]
+        assert "dense" not in json.dumps(schema["retriever"]) and "min_confidence" not in schema  # not calibrated
+        # the reader's threshold, per request: +inf-like never abstains, -inf-like always does
+        question = {"question": "where was the queen born", "k": 3}
+        never = client.post("/v1/ask", json={**question, "null_score_diff_threshold": 1e9}).json()
+        always = client.post("/v1/ask", json={**question, "null_score_diff_threshold": -1e9}).json()
+        assert never["no_answer"] is False and never["threshold"] == 1e9
+        assert always["no_answer"] is True and always["answer"] == "" and always["threshold"] == -1e9
+    with TestClient(create_app(qa, ServeSettings(access_log=False))) as client:  # no index: a JSON error saying so
+        for r in (client.post("/v1/ask", json={"question": "x"}), client.get("/v1/index")):
+            assert r.status_code == 404 and "--index" in r.json()["error"] and r.json()["detail"]
+        assert "/v1/ask" not in client.get("/openapi.json").json()["paths"]
     with pytest.raises(SquadkitError, match="index not found"):
         create_app(qa, ServeSettings(), index=docs_index.parent / "missing.sqlite")
 

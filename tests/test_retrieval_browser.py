@@ -71,17 +71,45 @@ def test_documents_tab_highlights_the_answer_in_its_passage(browser, served):
 
 
 def test_documents_tab_shows_abstention_and_errors(browser, served):
+    """Abstaining is said first; the best span the reader rejected is labelled so and marked apart."""
     idx, models = served
+    rejected = DocumentQA(idx, qa=models["abstains"]).ask(QUESTION, k=5, top_k=3)
+    assert rejected.no_answer and rejected.answers  # the reader found spans, and rejected them
+    best = rejected.answers[0]
     with serve_in_thread(create_app(models["abstains"], ServeSettings(**QUIET), index=idx)) as url:
         page = browser.new_page()
         try:
             ask_documents(page, url, QUESTION)
             assert page.locator("#docs-verdict").get_attribute("data-kind") == "no-answer"
             assert "No answer" in page.locator("#docs-verdict").text_content()
-            assert page.locator("#docs-passage mark").count() == 0
-            ask_documents(page, url, "?!")
+            assert "No document answers" in page.locator("#docs-answer-text").inner_text()
+            label = page.locator("#docs-where .passage-label").inner_text()
+            assert label.startswith("Best span the reader found, and rejected:") and best.answer in label
+            mark = page.locator("#docs-passage mark")
+            assert mark.count() == 1 and mark.get_attribute("class") == "rejected"
+            assert mark.inner_text() == best.answer
+            assert page.locator("#docs-others h3").inner_text() == "Other rejected spans"
+            ask_documents(page, url, "?!")  # nothing to search for: nothing found, no span to show
+            assert page.locator("#docs-verdict").get_attribute("data-kind") == "no-answer"
+            assert not page.locator("#docs-where").is_visible()
+            ask_documents(page, url, "why " * 300)  # over max_question_chars: the server's error, one line
             error = page.locator("#docs-error")
-            assert error.is_visible() and "no words" in error.inner_text()
+            assert error.is_visible() and error.inner_text().startswith("question:") and "1000" in error.inner_text()
+        finally:
+            page.close()
+
+
+def test_the_two_tabs_sit_together_in_one_bar(browser, served):
+    idx, models = served
+    with serve_in_thread(create_app(models["answers"], ServeSettings(**QUIET), index=idx)) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        try:
+            page.goto(url + "/")
+            page.wait_for_selector("#tabs:not([hidden])")
+            first = page.get_by_role("tab", name="A passage").bounding_box()
+            second = page.get_by_role("tab", name="Documents").bounding_box()
+            assert first["y"] == second["y"]  # one row
+            assert 0 <= second["x"] - (first["x"] + first["width"]) <= 16  # side by side, not spread apart
         finally:
             page.close()
 

@@ -157,6 +157,7 @@ def test_health_ready_model_docs_and_page(server):
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     info = httpx.get(url + "/v1/model").json()
     assert info["backend"] == "torch" and info["device"] == "cpu" and info["ready"] is True
+    assert info["model_file"] is None and info["precision"] == "fp32"  # a torch checkpoint: its folder is "model"
     assert info["model"].endswith("tiny-bert0") or "tiny-bert" in info["model"]
     assert info["settings"]["max_batch_size"] == 16 and info["settings"]["max_wait_ms"] == 20
     schema = httpx.get(url + "/openapi.json").json()
@@ -225,7 +226,13 @@ def test_model_that_fails_to_load_is_reported_not_ready(tmp_path):
     ({"question": "who", "context": "the king", "top_k": 21}, "top_k"),
     ({"question": "who", "context": "the king", "max_answer_len": 0}, "max_answer_len"),
     ({"question": "who", "context": "the king", "handle_impossible_answer": "yes"}, "handle_impossible_answer"),
-    ({"question": "who", "context": "the king", "doc_stride": 3}, "doc_stride"),
+    ({"question": "who", "context": "the king", "max_answer_length": 513}, "max_answer_length"),
+    ({"question": "who", "context": "the king", "doc_stride": 10_000}, "doc_stride"),
+    ({"question": "who", "context": "the king", "max_seq_length": 513}, "max_seq_length"),
+    ({"question": "who", "context": "the king", "max_query_length": 0}, "max_query_length"),
+    ({"question": "who", "context": "the king", "null_score_diff_threshold": "high"}, "null_score_diff_threshold"),
+    ({"question": "who", "context": "the king", "min_confidence": 0.5}, "min_confidence"),  # not calibrated
+    ({"question": "who", "context": "the king", "max_seq_len": 128}, "max_seq_len"),  # one name per setting
     ([{"question": "who", "context": "the king"}], "body"),
 ])
 def test_invalid_requests_are_422_naming_the_field(server, body, field):
@@ -339,6 +346,123 @@ def test_full_queue_is_503_with_retry_after(qa):
         queued.join(30)
         assert sorted(r.status_code for r in results) == [200, 200]
         assert post(url, "/v1/answer", body).status_code == 200  # room again
+
+
+@pytest.fixture(scope="module")
+def docs_index(tmp_path_factory, tiny_bert):
+    from test_retrieval import write_collection
+
+    from squadkit.retrieval import IndexSettings, build_index
+
+    root = tmp_path_factory.mktemp("serve-docs")
+    path = root / "idx.sqlite"
+    build_index([write_collection(root / "docs")], path, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
+    return path
+
+
+def test_ask_goes_through_the_same_admission_as_answer(qa, docs_index):
+    """/v1/ask shares the answer routes' queue (503 + Retry-After when full), timeout (504) and worker."""
+    gated = GatedQA(qa)
+    settings = ServeSettings(max_batch_size=1, max_wait_ms=0, max_queue=2, max_batch_items=2, retry_after_s=3,
+                             **QUIET)
+    app = create_app(gated, settings, index=docs_index)
+    body = {"question": "who", "context": "the king"}
+    question = {"question": "where was the queen born", "k": 3}
+    with serve_in_thread(app) as url:
+        results: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: results.append(post(url, "/v1/answer", body)))
+        first.start()
+        assert gated.entered.wait(10)  # the worker is busy, held at the gate
+        asked = threading.Thread(target=lambda: results.append(post(url, "/v1/ask", question)))
+        asked.start()
+        queued = threading.Thread(target=lambda: results.append(post(url, "/v1/answer", body)))
+        queued.start()
+        wait_until(lambda: app.state.squadkit.batcher.queued == 2)  # the ask job and a pair: full
+        for path, payload in (("/v1/ask", question), ("/v1/answer", body)):
+            refused = post(url, path, payload)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "3", path
+            assert "queue is full" in refused.json()["error"] and refused.json()["detail"]
+        gated.gate.set()
+        for thread in (first, asked, queued):
+            thread.join(30)
+        assert sorted(r.status_code for r in results) == [200, 200, 200]
+        assert app.state.squadkit.batcher.jobs_run == 1  # the question over the documents ran on the worker
+        assert post(url, "/v1/ask", question).status_code == 200  # room again
+
+
+def test_ask_times_out_like_answer(qa, docs_index):
+    gated = GatedQA(qa)
+    app = create_app(gated, ServeSettings(request_timeout_s=0.3, max_wait_ms=0, **QUIET), index=docs_index)
+    with serve_in_thread(app) as url:
+        blocker = threading.Thread(target=lambda: post(url, "/v1/answer", {"question": "who", "context": "the king"}))
+        blocker.start()
+        assert gated.entered.wait(10)
+        response = post(url, "/v1/ask", {"question": "where was the queen born"})
+        assert response.status_code == 504 and "0.3" in response.json()["error"]
+        gated.gate.set()
+        blocker.join(30)
+
+
+def test_every_error_has_the_same_shape_and_is_in_the_schema(small_limits):
+    garbled = httpx.post(small_limits + "/v1/answer", content=b'{"question": "\xff", "context": "a"}',
+                         headers={"content-type": "application/json"})
+    too_large = post(small_limits, "/v1/answer", {"question": "who", "context": "x" * 5_000})
+    invalid = post(small_limits, "/v1/answer", {"question": "who"})
+    no_index = post(small_limits, "/v1/ask", {"question": "who"})
+    wrong_method = httpx.delete(small_limits + "/v1/answer")
+    for response, status in ((garbled, 400), (too_large, 413), (invalid, 422), (no_index, 404), (wrong_method, 405)):
+        body = response.json()
+        assert response.status_code == status and set(body) == {"error", "detail"}, (status, body)
+        assert isinstance(body["error"], str) and body["error"]
+    assert garbled.json()["error"].startswith("body:")
+    uncalibrated = post(small_limits, "/v1/answer", {"question": "who", "context": "a", "min_confidence": 0.5})
+    assert uncalibrated.status_code == 422 and "not calibrated" in uncalibrated.json()["error"]
+    assert "--index" in no_index.json()["error"] and wrong_method.headers["allow"] == "POST"
+    schema = httpx.get(small_limits + "/openapi.json").json()
+    for path in ("/v1/answer", "/v1/answer/batch"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "413", "422", "500", "503", "504"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_requests_take_what_answer_takes_by_the_canonical_names(server, qa):
+    url, _ = server
+    question, context = EXAMPLES[1]
+    options = {"null_score_diff_threshold": -1e9, "handle_impossible_answer": True, "max_answer_length": 3,
+               "max_seq_length": 256, "doc_stride": 64, "max_query_length": 16, "top_k": 2}
+    response = post(url, "/v1/answer", {"question": question, "context": context, **options})
+    assert response.status_code == 200, response.text
+    expected = qa(question=question, context=context, null_score_diff_threshold=-1e9, handle_impossible_answer=True,
+                  max_answer_len=3, max_seq_len=256, doc_stride=64, max_question_len=16, top_k=2)
+    assert_same_answers(response.json(), expected)
+    assert response.json()[0]["answer"] == ""  # the threshold made the empty answer win
+    # transformers' name for the answer length is still accepted
+    old = post(url, "/v1/answer", {"question": question, "context": context, "max_answer_len": 3, "top_k": 2})
+    new = post(url, "/v1/answer", {"question": question, "context": context, "max_answer_length": 3, "top_k": 2})
+    assert old.json() == new.json()
+
+
+def test_request_options_are_one_hashable_value_and_reach_the_pipeline_by_its_names():
+    from squadkit.serve_settings import RequestOptions, pipeline_options
+
+    a, b = RequestOptions(top_k=2, max_seq_length=256), RequestOptions(top_k=2, max_seq_length=256)
+    assert a == b and hash(a) == hash(b) and len({a, b, RequestOptions()}) == 2
+    assert pipeline_options(a) == {"top_k": 2, "handle_impossible_answer": None, "null_score_diff_threshold": None,
+                                   "max_answer_len": None, "max_seq_len": 256, "doc_stride": None,
+                                   "max_question_len": None, "min_confidence": None}
+
+
+def test_blank_means_blank_to_python_and_to_the_schemas_regex_dialect():
+    import re
+
+    from squadkit.http_contract import NOT_BLANK, not_blank
+
+    for char in [chr(c) for c in range(0x3001) if chr(c).isspace()] + ["\ufeff"]:
+        with pytest.raises(ValueError):
+            not_blank(char * 2)
+        assert not re.search(NOT_BLANK, char)
+    assert not_blank(" \x12 ") == " \x12 " and not_blank("\u200b") == "\u200b"
 
 
 class FailingQA:
@@ -498,7 +622,7 @@ def test_cli_port_in_use_is_one_line_exit_2(tiny_bert):
 def test_cli_bad_setting_is_one_line_exit_2(tiny_bert):
     result = run_cli("--model", str(tiny_bert), "--max-batch-size", "0")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: max_batch_size must be an integer >= 1, got 0"]
+    assert result.stderr.strip().splitlines() == ["error: --max-batch-size must be an integer >= 1, got 0"]  # the flag as typed
 
 
 def test_cli_help_lists_the_flags():
@@ -507,3 +631,39 @@ def test_cli_help_lists_the_flags():
     for flag in ("--max-batch-size", "--max-wait-ms", "--max-queue", "--max-body-bytes", "--max-context-chars",
                  "--max-batch-items", "--request-timeout", "--host", "--port", "--backend"):
         assert flag in result.stdout
+
+
+def test_cli_flags_are_serve_settings_and_old_spellings_still_work():
+    """One flag per ServeSettings field (--name-with-dashes), defaults from the dataclass; old spellings hidden."""
+    import dataclasses
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from squadkit.cli import app
+
+    command = typer.main.get_command(app).commands["serve"]
+    options = {p.name: p for p in command.params}
+    for f in dataclasses.fields(ServeSettings):
+        assert "--" + f.name.replace("_", "-") in options[f.name].opts, f.name
+        assert options[f.name].default == f.default, f.name
+    assert set(options) == {f.name for f in dataclasses.fields(ServeSettings)} | {"model", "index"}
+    assert "--request-timeout " not in CliRunner().invoke(app, ["serve", "--help"]).output  # hidden alias
+    for typed in ("--request-timeout", "--request-timeout-s", "--request_timeout_s"):
+        result = CliRunner().invoke(app, ["serve", "-m", "nowhere", typed, "0"])
+        assert result.exit_code == 2 and f"{typed} must be > 0" in result.output, result.output
+
+
+def test_model_info_says_which_onnx_file_runs(tiny_bert, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from squadkit.export import export_model
+
+    folder = export_model(str(tiny_bert), tmp_path / "onnx", quantize="int8")
+    for precision, file in (("int8", "model.int8.onnx"), ("fp32", "model.onnx")):
+        qa = QuestionAnswerer(str(folder), precision=precision)
+        assert qa.model_file.endswith(file)
+        with TestClient(create_app(qa, ServeSettings(**QUIET))) as client:
+            info = client.get("/v1/model").json()
+        assert (info["model_file"], info["precision"], info["backend"]) == (file, precision, "onnx")

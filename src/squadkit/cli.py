@@ -542,36 +542,66 @@ _RUN_SQUAD_EXTRAS = {
 }
 
 
-def _train_parameters() -> list:
-    """One CLI option per TrainConfig field (its help, default and type), plus run_squad's extras."""
+def dataclass_options(cls: type) -> list:
+    """One CLI option per field of a settings dataclass (TrainConfig, ServeSettings): its flag
+    (metadata ``flag``, else ``--`` + the name), short flags (``flags``), help, type and default
+    (``cli_default`` where the command line's differs); fields with ``cli: False`` are left out.
+    Nothing is typed twice: the dataclass is the one place each option is written down."""
     import dataclasses
     import inspect
     import typing
 
-    from .train import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(cls)
     params = []
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata.get("cli"):
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
             continue
         kind, optional = hints[f.name], False
-        args = typing.get_args(kind)
-        if type(None) in args:
-            kind, optional = next(a for a in args if a is not type(None)), True
+        if type(None) in typing.get_args(kind):
+            kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        extra = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))  # short flags are shown
+        shorts = tuple(o for o in f.metadata.get("flags", ()) if not o.startswith("--"))
         required = f.default is dataclasses.MISSING
         default = f.metadata.get("cli_default", f.default)
-        if kind is bool:
-            decls = (flag,) if f.name.startswith("no_") else (f"{flag}/--no-{f.name.replace('_', '-')}",)
-        else:
-            decls = (flag,)
+        decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool and not f.name.startswith("no_") else (flag,)
         shown = ("on" if default else "off") if kind is bool else (not required and default is not None)
-        option = typer.Option(... if required else default, *decls, *extra, help=f.metadata["help"],
+        option = typer.Option(... if required else default, *decls, *shorts, help=f.metadata["help"],
                               show_default=shown)
-        annotation = Optional[kind] if optional else kind
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[kind] if optional else kind))
+    return params
+
+
+def dataclass_aliases(cls: type) -> dict[str, str]:
+    """Older spellings of a settings dataclass's flags (metadata ``aliases``, and ``--`` entries of
+    ``flags``) -> the flag; accepted, not shown."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        for alias in (*f.metadata.get("aliases", ()), *f.metadata.get("flags", ())):
+            if alias.startswith("--"):
+                out[alias] = flag
+    return out
+
+
+def register(name: str, func: Callable, params: list, cls: type) -> None:
+    """A command whose options are generated (``func(**flags)``), with one-line errors."""
+    import inspect
+
+    func.__signature__ = inspect.Signature(params)
+    func.__annotations__ = {p.name: p.annotation for p in params}
+    app.command(name, cls=cls, no_args_is_help=name == "train")(friendly_errors(func))
+
+
+def _train_parameters() -> list:
+    """One CLI option per TrainConfig field, plus run_squad's extras (hidden)."""
+    import inspect
+
+    from .train import TrainConfig
+
+    params = dataclass_options(TrainConfig)
     for name, (annotation, help_text) in _RUN_SQUAD_EXTRAS.items():
         default = False if annotation is bool else (-1 if annotation is int else None)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(
@@ -580,8 +610,13 @@ def _train_parameters() -> list:
 
 
 class TrainFlags(SquadkitCommand):
-    aliases = {"--model-name-or-path": "--model", "--output-dir": "--output", "--per-device-train-batch-size": "--per-gpu-train-batch-size",
-               "--per-device-eval-batch-size": "--per-gpu-eval-batch-size"}
+    """train's flags, and run_squad's and transformers' spellings of them (hidden)."""
+
+    @property
+    def aliases(self) -> dict[str, str]:  # type: ignore[override]
+        from .train import TrainConfig
+
+        return {"--model-name-or-path": "--model", "--output-dir": "--output", **dataclass_aliases(TrainConfig)}
 
 
 def train_cmd(**flags) -> None:
@@ -635,16 +670,7 @@ def train_cmd(**flags) -> None:
         })
 
 
-def _register_train() -> None:
-    import inspect
-
-    params = _train_parameters()
-    train_cmd.__signature__ = inspect.Signature(params)
-    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
-    app.command("train", cls=TrainFlags, no_args_is_help=True)(friendly_errors(train_cmd))
-
-
-_register_train()
+register("train", train_cmd, _train_parameters(), TrainFlags)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,44 +704,46 @@ def export_cmd(
 # serve  (squadkit.serve)
 # ---------------------------------------------------------------------------------------------
 # COMMANDS:SERVE
-@command()
-def serve(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
-    backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of the model (ONNX Runtime's session, or torch's) [default: one per core]."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; 0.0.0.0 for all)."),
-    port: int = typer.Option(8000, help="Port to listen on (0 picks a free one)."),
-    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Questions answered together (1 disables batching)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass [default: the measured best for the backend and precision]."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a question may wait for others to share its batch."),
-    max_queue: int = typer.Option(256, "--max-queue", help="Questions waiting at most; beyond it 503 with Retry-After."),
-    max_body_bytes: int = typer.Option(2_097_152, "--max-body-bytes", help="Largest request body; beyond it 413."),
-    max_context_chars: int = typer.Option(20_000, "--max-context-chars", help="Longest context, in characters; beyond it 422."),
-    max_question_chars: int = typer.Option(1_000, "--max-question-chars", help="Longest question, in characters; beyond it 422."),
-    max_batch_items: int = typer.Option(64, "--max-batch-items", help="Inputs per /v1/answer/batch request; beyond it 422."),
-    max_top_k: int = typer.Option(20, "--max-top-k", help="Largest top_k a request may ask for."),
-    request_timeout: float = typer.Option(30.0, "--request-timeout", help="Seconds a request may wait for its answer; beyond it 504."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Also answer over this document index: POST /v1/ask and a page tab."),
-) -> None:
-    """Serve the model over HTTP: JSON API (/v1/answer, /docs), health checks and a page to try it (/)."""
-    from .serve import ServeSettings, serve as run_server
+def _serve_parameters() -> list:
+    """``--model``, one option per ServeSettings field, and ``--index``."""
+    import inspect
 
-    settings = ServeSettings(
-        host=host, port=port, backend=backend, device=device, threads=threads, max_batch_size=max_batch_size,
-        batch_size=batch_size,
-        max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes,
-        max_context_chars=max_context_chars, max_question_chars=max_question_chars,
-        max_batch_items=max_batch_items, max_top_k=max_top_k, request_timeout_s=request_timeout,
-        log_level=log_level, access_log=access_log,
-    )
-    if index is not None:  # a bad index fails before the model loads
+    from .serve_settings import ServeSettings
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    model = inspect.Parameter("model", keyword, annotation=str, default=typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False))
+    index = inspect.Parameter("index", keyword, annotation=Optional[Path], default=typer.Option(
+        None, "--index", help="Also answer over this document index: POST /v1/ask and a page tab."))
+    return [model, *dataclass_options(ServeSettings), index]
+
+
+class ServeFlags(SquadkitCommand):
+    """serve's flags, and their old spellings (hidden): e.g. --request-timeout for --request-timeout-s."""
+
+    @property
+    def aliases(self) -> dict[str, str]:  # type: ignore[override]
+        from .serve_settings import ServeSettings
+
+        return dataclass_aliases(ServeSettings)
+
+
+def serve_cmd(**flags) -> None:
+    """Serve the model over HTTP: JSON API (/v1/answer, /docs), health checks and a page to try it (/)."""
+    from .serve_settings import ServeSettings
+
+    model, index = flags.pop("model"), flags.pop("index")
+    settings = ServeSettings(**flags).validate()  # bad settings fail before the model loads
+    if index is not None:  # so does a bad index
         from .retrieval.index import Index
 
         Index(index).close()
+    from .serve import serve as run_server
+
     run_server(model, settings, index=index)
+
+
+register("serve", serve_cmd, _serve_parameters(), ServeFlags)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,6 +131,12 @@ class QuestionAnswerer:
         return getattr(self.model, "device", "cpu")
 
     @property
+    def model_file(self) -> str | None:
+        """The file the model runs from: an export's ``model.onnx`` or ``model.int8.onnx`` (full path);
+        None for a torch model (its folder is ``model.name_or_path``)."""
+        return getattr(self.model, "model_file", None)
+
+    @property
     def batch_size(self) -> int:
         return self.settings_in_force().values["batch_size"]
 

@@ -119,6 +119,12 @@ def _calibrate(result: AskResult, calibrator, features: dict, question_index: in
     result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
 
 
+def _finite(value: Any, name: str = "null_score_diff_threshold") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SquadkitError(f"{name} must be a finite number, got {value!r}", param=name)
+    return float(value)
+
+
 @dataclass
 class _Example:
     id: str
@@ -221,18 +227,21 @@ class DocumentQA:
         self.batch_size = self.in_force["batch_size"]
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
-            min_confidence: float | None = None) -> AskResult:
+            min_confidence: float | None = None, null_score_diff_threshold: float | None = None) -> AskResult:
         """The ``top_k`` best answers to ``question`` from the ``k`` best passages (see the module docstring)."""
-        return self.ask_many([question], k=k, top_k=top_k, min_confidence=min_confidence)[0]
+        return self.ask_many([question], k=k, top_k=top_k, min_confidence=min_confidence,
+                             null_score_diff_threshold=null_score_diff_threshold)[0]
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1,
-                 min_confidence: float | None = None) -> list[AskResult]:
-        """``ask`` for many questions, their passages read in shared batches."""
+                 min_confidence: float | None = None, null_score_diff_threshold: float | None = None) -> list[AskResult]:
+        """``ask`` for many questions, their passages read in shared batches; ``null_score_diff_threshold``
+        replaces the reader's threshold for this call."""
         from ..calibration import calibrator_of, check_min_confidence
         from ..predict import predict_squad
 
         k = check_k(self.k if k is None else k)
         check_k(top_k, "top_k")
+        threshold = self.threshold if null_score_diff_threshold is None else _finite(null_score_diff_threshold)
         calibrator = calibrator_of(self.model)
         check_min_confidence(min_confidence, calibrated=calibrator is not None)
         for q in questions:
@@ -245,7 +254,7 @@ class DocumentQA:
         results = []
         for i, (q, hits) in enumerate(zip(questions, all_hits)):
             nbests = [preds.nbest[f"{i}:{j}"] for j in range(len(hits))] if hits else []
-            result = rank_answers(q, hits, nbests, self.threshold, top_k)
+            result = rank_answers(q, hits, nbests, threshold, top_k)
             if calibrator is not None:
                 _calibrate(result, calibrator, preds.features if preds is not None else {}, i, min_confidence)
             results.append(result)

@@ -103,6 +103,11 @@ def fts_query(query: str) -> str:
     return _match_expression(query_words(query))
 
 
+def has_words(query: str) -> bool:
+    """Whether ``query`` has a word to search for (``query_words`` refuses one without)."""
+    return _WORDS.search(query) is not None
+
+
 def query_words(query: str) -> list[str]:
     """The query's words, lower-cased, without English stop words (all of them for a question of stop
     words only); a SquadkitError when it has no word."""

@@ -136,7 +136,8 @@
     try {
       const response = await fetch("/v1/model");
       const body = await response.json();
-      info.textContent = "Model: " + body.model + " (" + body.backend + (body.device ? ", " + body.device : "") + ")";
+      const how = [body.backend, body.model_file, body.device].filter(Boolean).join(", ");
+      info.textContent = "Model: " + body.model + " (" + how + ")";
     } catch (_) {
       info.textContent = "";
     }

@@ -27,27 +27,25 @@
     $("docs-error").hidden = false;
   }
 
-  // The passage as text nodes with the answer in <mark>; never innerHTML. The server's offsets
+  // The passage as text nodes with the span in <mark>; never innerHTML. The server's offsets
   // count code points (Python), JavaScript strings count UTF-16 units: slice an array of code points.
-  function renderPassage(best, noAnswer) {
+  function renderPassage(best, rejected) {
     const box = $("docs-passage");
     box.replaceChildren();
     const chars = Array.from(best.passage);
     const a = best.start - best.passage_start;
     const b = best.end - best.passage_start;
-    if (noAnswer) { box.append(document.createTextNode(best.passage)); return; }
     const mark = document.createElement("mark");
     mark.id = "docs-answer-span";
+    if (rejected) mark.className = "rejected";
     mark.textContent = chars.slice(a, b).join("");
     box.append(document.createTextNode(chars.slice(0, a).join("")), mark,
                document.createTextNode(chars.slice(b).join("")));
   }
 
-  function render(body) {
+  function renderVerdict(best, noAnswer) {
     const verdict = $("docs-verdict");
     verdict.replaceChildren();
-    const best = body.answers[0];
-    const noAnswer = body.no_answer || !best;
     verdict.className = "verdict " + (noAnswer ? "no-answer" : "has-answer");
     verdict.dataset.kind = noAnswer ? "no-answer" : "answer";
     const label = document.createElement("span");
@@ -57,10 +55,19 @@
     text.id = "docs-answer-text";
     text.textContent = noAnswer ? "No document answers this question." : best.answer;
     verdict.append(label, text);
-    const where = $("docs-result").querySelector(".passage-label");
-    where.hidden = !best;
+  }
+
+  // An answer: where it is, highlighted. An abstention: said first, then (if the reader found any
+  // span) the best one it rejected, labelled as such and marked apart, never shown as the answer.
+  function render(body) {
+    const best = body.answers[0];
+    const noAnswer = body.no_answer || !best;
+    renderVerdict(best, noAnswer);
+    $("docs-where").hidden = !best;
     if (best) {
-      // when abstaining, show the passage of the best (rejected) candidate, unhighlighted
+      $("docs-where-kind").textContent = noAnswer
+        ? "Best span the reader found, and rejected: “" + best.answer + "”, in"
+        : "Found in";
       $("docs-document").textContent = best.document + (best.page ? ", page " + best.page : "");
       $("docs-offsets").textContent = best.start + "–" + best.end;
       renderPassage(best, noAnswer);
@@ -69,8 +76,9 @@
     }
     const list = $("docs-others-list");
     list.replaceChildren();
-    const rest = noAnswer ? body.answers : body.answers.slice(1);
+    const rest = body.answers.slice(1);
     $("docs-others").hidden = rest.length === 0;
+    $("docs-others").querySelector("h3").textContent = noAnswer ? "Other rejected spans" : "Other candidates";
     for (const a of rest) {
       const li = document.createElement("li");
       li.textContent = a.answer + " — " + a.document + (a.page ? ", page " + a.page : "");
@@ -95,7 +103,7 @@
       let body = null;
       try { body = await response.json(); } catch (_) { /* not JSON */ }
       if (!response.ok) {
-        showError((body && (body.error || (typeof body.detail === "string" && body.detail))) || ("The server answered " + response.status + "."));
+        showError((body && typeof body.error === "string" && body.error) || ("The server answered " + response.status + "."));
         return;
       }
       render(body);
