@@ -69,7 +69,7 @@ from . import defaults
 from .errors import SquadkitError, first_line
 from .http_contract import (ANSWERING_ERRORS, RETRY_AFTER, ErrorBody, error_response, error_responses, json_int,
                             json_number, text)
-from .serve_settings import RequestOptions, ServeSettings, pipeline_options
+from .serve_settings import RequestOptions, ServeSettings
 
 try:  # the serve extra: pip install "squadkit[serve]"
     from fastapi import FastAPI, Request
@@ -267,7 +267,7 @@ class MicroBatcher:
         for options, indices in groups.items():
             inputs = [{"question": batch[i].question, "context": batch[i].context} for i in indices]
             try:
-                answers = self.qa(inputs, **pipeline_options(options), batch_size=self.settings.batch_size)
+                answers = self.qa(inputs, **dataclasses.asdict(options), batch_size=self.settings.batch_size)
             except Exception as exc:  # handed to the requests of this group only
                 answers = [exc] * len(indices)
             for i, answer in zip(indices, answers):
@@ -338,9 +338,9 @@ def request_limits(qa_or_model: Any, settings: ServeSettings) -> RequestLimits:
         return RequestLimits(settings.max_top_k, calibrated=_folder_is_calibrated(qa_or_model))
     values = qa_or_model.settings_in_force().values
     window = getattr(qa_or_model.model, "window_limit", None) or MAX_WINDOW_LIMIT
-    query = max(defaults.MAX_QUERY_LENGTH, values["max_question_len"])
+    query = max(defaults.MAX_QUERY_LENGTH, values["max_query_length"])
     shortest = min(query + CONTEXT_ROOM, window)
-    return RequestLimits(settings.max_top_k, (shortest, window), query, min(shortest, values["max_seq_len"]) - 1,
+    return RequestLimits(settings.max_top_k, (shortest, window), query, min(shortest, values["max_seq_length"]) - 1,
                          getattr(qa_or_model, "calibrator", None) is not None)
 
 

@@ -102,8 +102,3 @@ class RequestOptions:
     doc_stride: Optional[int] = None  # pipeline mode: the overlap between neighbouring windows
     max_query_length: Optional[int] = None
     min_confidence: Optional[float] = None
-
-
-def pipeline_options(options: RequestOptions) -> dict:
-    """``options`` as QuestionAnswerer's keyword arguments (the same canonical names: settings.py)."""
-    return dataclasses.asdict(options)

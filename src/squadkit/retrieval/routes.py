@@ -10,14 +10,15 @@ So retrieval and reading never block the event loop, and never compete with /v1/
 """
 
 # No "from __future__ import annotations": FastAPI reads the request model's annotations at runtime.
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..http_contract import ANSWERING_ERRORS, error_responses, json_int, json_number, text
+from ..http_contract import ANSWERING_ERRORS, error_response, error_responses, json_int, json_number, text
 
+from ..errors import SquadkitError
 from .ask import DEFAULT_PASSAGES, AskResult, DocumentQA
 from .index import Index
 from .search import has_words
@@ -88,16 +89,15 @@ def ask_router(admission: Any, index_path: str, max_question_chars: int = 1000, 
         counts = await run_in_threadpool(index.counts)
         return {"index": str(index.path), **counts, "retrievers": list(retrievers), "settings": index.settings.__dict__}
 
-    @router.get("/v1/documents/{document_id}", responses={404: {}})
-    async def document(document_id: int):
+    @router.get("/v1/documents/{document_id}", responses=error_responses(404, 422, 500))
+    async def document(document_id: Annotated[int, Path(ge=1, le=2**63 - 1)]):
         """A stored document: ``{id, name, title, text, metadata, pages}``, ``text`` being what every
         ``start``/``end`` points into; ``pages`` (a PDF's) lists ``{page, start, end}`` spans of it, else null.
         Ids come from hits and answers (``document_id``); a re-indexed file's documents get new ones."""
         try:
             record = await run_in_threadpool(index.document, document_id)
         except SquadkitError:
-            message = f"no document with id {document_id} in the served index"
-            return JSONResponse({"detail": message, "error": message}, status_code=404)
+            return error_response(404, f"no document with id {document_id} in the served index")
         return record.to_dict()
 
     return router
