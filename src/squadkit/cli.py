@@ -687,21 +687,23 @@ def ask_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     question: str = typer.Argument(..., metavar="QUESTION"),
     model: str = typer.Option(..., "--model", "-m", help="A SQuAD v2 model: checkpoint folder, exported ONNX folder or hub id."),
-    k: int = typer.Option(5, "-k", "--k", help="How many passages to retrieve and read."),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="How many passages to retrieve and read, 1-50 (default: the model folder's ask_k, else 5)."),
     top_k: int = typer.Option(1, "--top-k", help="How many answers to return."),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", help="No-answer threshold (default: the one saved with the model, else 0.0)."),
+        None, "--threshold", help="No-answer threshold (default: the model folder's ask_threshold, else its single-passage threshold, else 0.0)."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     passages: bool = typer.Option(False, "--passages/--no-passages", help="Also print the retrieved passages."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Abstain when the best answer's calibrated confidence is below this (needs a calibrated model)."),
 ) -> None:
     """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
-    from .retrieval.ask import DocumentQA
+    from .retrieval.ask import DocumentQA, check_passages
     from .retrieval.search import check_k
 
-    check_k(k), check_k(top_k, "top_k")  # bad flags fail before a model is loaded
+    if k is not None:  # bad flags fail before a model is loaded
+        check_passages(k)
+    check_k(top_k, "top_k")
     dqa = DocumentQA(index, model, retriever=retriever, k=k, threshold=threshold, backend=backend, device=device)
     print_json(dqa.ask(question, k=k, top_k=top_k, min_confidence=min_confidence).to_dict(with_passages=passages))
 

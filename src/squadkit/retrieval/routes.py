@@ -36,7 +36,8 @@ def ask_router(state: Any, index_path: str, max_question_chars: int = 1000, max_
             "question": "In what country is Normandy located?", "k": 5, "top_k": 1}]})
 
         question: StrictStr = Field(min_length=1, max_length=max_question_chars)
-        k: int = Field(DEFAULT_PASSAGES, ge=1, le=MAX_PASSAGES, description="Passages to retrieve and read.")
+        k: Optional[int] = Field(None, ge=1, le=MAX_PASSAGES, description="Passages to retrieve and read (default: "
+                                 f"the model folder's ask_k, else {DEFAULT_PASSAGES}).")
         top_k: int = Field(1, ge=1, le=max_top_k, description="Answers to return, best first.")
         retriever: Optional[Literal["bm25", "dense", "hybrid"]] = Field(None, description="Default: bm25.")
         min_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="Abstain below this calibrated "
