@@ -314,3 +314,31 @@ def test_ask_threshold_precedence_and_normalised_scores(collection, tiny_bert, t
     assert out["threshold"] == -1.5 and out["scoring"] == "normalized"
     res = CliRunner().invoke(app, ["ask", str(collection), "where was the queen born", "-m", str(model), "-k", "51"])
     assert res.exit_code == 2 and "k must be at most 50" in res.output
+
+
+@pytest.mark.slow
+def test_two_processes_with_shared_norm_match_one_process(tmp_path):
+    """DDP: each process gets whole questions (groups); two processes with B questions each train the
+    same model as one with 2B (the loss is the mean over the global batch's questions)."""
+    from safetensors.torch import load_file
+    from test_train_distributed import TOLERANCE, _torchrun
+
+    base = make_task_model(tmp_path / "base", seed=1, hidden=32, dropout=0.0)
+    data = write_task_data(tmp_path / "train.json", 7, seed=4)  # 14 questions: 4 steps of 4, the last one short
+    common = ["--model_name_or_path", str(base), "--do_train", "--version_2_with_negative", "--train_file", str(data),
+              "--max_seq_length", "64", "--doc_stride", "32", "--learning_rate", "1e-3", "--num_train_epochs", "1",
+              "--save_steps", "0", "--logging_steps", "1", "--features_cache_dir", str(tmp_path / "cache"), "--quiet",
+              "--passage_negatives", "1", "--shared_norm"]
+    two = _torchrun(["train", *common, "--output_dir", str(tmp_path / "two"), "--per_gpu_train_batch_size", "2"],
+                    tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = CliRunner().invoke(app, ["train", *common, "--output_dir", str(tmp_path / "one"),
+                                   "--per_gpu_train_batch_size", "4"])
+    assert one.exit_code == 0, one.output
+    start = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2 and start["total_steps"] == 4 and start["negative_windows"] > 0
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a if k != "qa_outputs.bias") <= TOLERANCE
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+              for n in ("one", "two")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-4)
