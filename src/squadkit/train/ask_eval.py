@@ -82,7 +82,8 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
     threshold = float(best["best_f1_thresh"])
     results_at = score_at(dataset, preds, odds, threshold)
     names = " + ".join(f.name for f in files)
-    source = f"best_f1_thresh of ask (bm25, k={k}, passage-normalised scores) on {dataset.path.name if dataset.path else 'dev'} over the paragraphs of {names}"
+    dev_name = dataset.path.name if dataset.path else "dev"
+    source = f"best_f1_thresh of ask (bm25, k={k}, passage-normalised scores) on {dev_name} over the paragraphs of {names}"
     fit = AskFit(threshold, k, source, {"k": k, "threshold": threshold, **results_at})
     fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
     return fit

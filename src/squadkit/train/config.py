@@ -231,6 +231,7 @@ class TrainResult:
     examples_used: int = 0
     examples_skipped: dict = field(default_factory=dict)
     train_windows: int = 0
+    negative_windows: int = 0  # of train_windows, from passage negatives
     eval_results: dict | None = None
     null_score_diff_threshold: float | None = None
     best_metric: float | None = None

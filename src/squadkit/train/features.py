@@ -241,6 +241,7 @@ def load_features(config, accelerator, train_path: Path, tokenizer, result) -> T
             warn_main(accelerator, f"cannot write the feature cache {path}: {exc}")
     stats = features.stats
     result.examples_used, result.train_windows = stats["examples_used"], stats["windows"]
+    result.negative_windows = stats.get("negative_windows", 0)
     result.examples_skipped = {k: v for k, v in stats["skipped"].items() if v}
     if stats["skipped"]["answer_not_in_context"]:
         warn_main(accelerator, f"{train_path}: skipped {stats['skipped']['answer_not_in_context']} question(s) whose answer "

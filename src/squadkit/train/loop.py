@@ -721,7 +721,9 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
     if config.do_train and accelerator.is_main_process:
         settings = config.model_settings(threshold[0], threshold[1], result.eval_results,
                                          global_step=result.global_step, examples_used=result.examples_used,
-                                         train_windows=result.train_windows)
+                                         train_windows=result.train_windows,
+                                         **({"negative_windows": result.negative_windows}
+                                            if config.for_collections else {}))
         if config.do_eval and preds is not None:
             settings = _with_calibration(settings, accelerator.unwrap_model(model), eval_data, preds, predict_path)
         save_final(accelerator.unwrap_model(model), tokenizer, output_dir, settings)
