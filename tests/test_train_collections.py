@@ -215,6 +215,27 @@ def test_collections_training_resumes_as_if_never_stopped(tmp_path, one_thread):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
+    from squadkit.checkpoint import read_settings
+
+    base = make_task_model(tmp_path / "base", hidden=32)
+    data = write_task_data(tmp_path / "train.json", 10, seed=1)
+    dev = write_task_data(tmp_path / "dev.json", 10, seed=2)
+    result = train(_cfg(tmp_path, base, data, "out", passage_negatives=1, shared_norm=True, do_eval=True,
+                        predict_file=str(dev), ask_k=3))
+    settings = read_settings(tmp_path / "out")
+    asked = json.loads((tmp_path / "out" / "ask_eval_results.json").read_text())
+    assert settings.ask_k == 3 and settings.ask_threshold == asked["threshold"]
+    assert "k=3" in settings.ask_threshold_from and "dev.json + train.json" in settings.ask_threshold_from
+    assert asked["total"] == 20 and asked["k"] == 3
+    assert settings.training["negative_windows"] == result.negative_windows > 0
+    assert "ask_threshold" in (tmp_path / "out" / "README.md").read_text()
+    # the plain recipe learns none: its folder keeps today's keys
+    train(_cfg(tmp_path, base, data, "plain", do_eval=True, predict_file=str(dev)))
+    assert read_settings(tmp_path / "plain").ask_threshold is None
+    assert not (tmp_path / "plain" / "ask_eval_results.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input: one line, nothing written
 # ----------------------------------------------------------------------------------------------
