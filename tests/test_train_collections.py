@@ -363,3 +363,20 @@ def test_two_processes_with_shared_norm_match_one_process(tmp_path):
     losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "log.jsonl").read_text().splitlines() if '"loss"' in x]
               for n in ("one", "two")]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_serve_ask_reads_the_folders_ask_threshold(collection, tiny_bert, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from squadkit.pipeline import QuestionAnswerer
+    from squadkit.serve import ServeSettings, create_app
+
+    model = _with_settings(tiny_bert, tmp_path / "new", ask_threshold=-1.5, ask_k=2)
+    qa = QuestionAnswerer(str(model), backend="torch", device="cpu")
+    with TestClient(create_app(qa, ServeSettings(access_log=False), index=collection)) as client:
+        body = client.post("/v1/ask", json={"question": "where was the first king born"}).json()
+        assert body["threshold"] == -1.5 and body["scoring"] == "normalized"  # folder: threshold and k
+        assert len({a["document"] for a in body["answers"]}) <= 2
+        r = client.post("/v1/ask", json={"question": "where was the first king born", "k": 51})
+        assert r.status_code == 422 and r.json()["error"].startswith("k")
