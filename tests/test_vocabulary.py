@@ -139,8 +139,7 @@ class FakeModel:
 
 FOLDER = ModelSettings(max_seq_length=256, doc_stride=100, max_query_length=32, max_answer_length=20,
                        null_score_diff_threshold=-1.5, version_2_with_negative=True, do_lower_case=True)
-FOLDER_ASK = ModelSettings(null_score_diff_threshold=-1.5)
-object.__setattr__(FOLDER_ASK, "ask_threshold", 2.5)  # an ask threshold (issue 19) beside the single-passage one
+FOLDER_ASK = ModelSettings(null_score_diff_threshold=-1.5, ask_threshold=2.5, ask_k=3)  # learned in ask mode
 
 CASES = [
     # mode, folder, explicit, setting, value, source ("argument", "folder", "default")
@@ -175,6 +174,8 @@ CASES = [
     ("squad", None, {}, "version_2_with_negative", True, "default"),
     ("ask", None, {}, "k", 5, "default"),
     ("ask", None, {"k": 3}, "k", 3, "argument"),
+    ("ask", FOLDER_ASK, {}, "k", 3, "folder"),
+    ("ask", FOLDER_ASK, {"k": 10}, "k", 10, "argument"),
     ("pipeline", None, {}, "top_k", 1, "default"),
     ("pipeline", None, {}, "batch_size", 8, "default"),
     ("squad", None, {"batch_size": 3}, "batch_size", 3, "argument"),
@@ -201,6 +202,7 @@ def test_a_short_model_gets_a_shorter_window_in_every_mode_and_a_long_one_is_ref
     ("pipeline", {"top_k": 0}, "top_k must be a positive integer"),
     ("squad", {"n_best_size": True}, "n_best_size must be a positive integer"),
     ("ask", {"k": -1}, "k must be a positive integer"),
+    ("ask", {"k": 51}, "k must be at most 50 passages"),
     ("pipeline", {"null_score_diff_threshold": float("nan")}, "finite number"),
     ("pipeline", {"min_confidence": 1.5}, "between 0 and 1"),
     ("pipeline", {"max_seq_length": 64, "doc_stride": 64}, r"doc_stride \(64\) must be smaller than max_seq_length"),

@@ -54,6 +54,12 @@ class ModelSettings:
     training: dict | None = None  # the training run: its config, command, step (informational)
     eval: dict | None = None  # the dev results the threshold came from (informational)
     calibration: dict | None = None  # the confidence calibrator (calibration.Calibrator.to_json()), validated on read
+    # ``ask`` over a collection (issue 19): the abstain threshold on passage-normalised scores, learned by
+    # ``train --do-eval`` reading ``ask_k`` passages per dev question; without it ``ask`` keeps its first rule
+    ask_threshold: float | None = None
+    ask_k: int | None = None
+    ask_threshold_from: str | None = None
+    ask_calibration: dict | None = None  # a calibrator fitted on ask's answers (same format as ``calibration``)
 
     def to_json(self) -> dict:
         body = {k: v for k, v in asdict(self).items() if v is not None}
@@ -67,7 +73,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_seq_length": (int,), "doc_stride": (int,), "max_query_length": (int,), "do_lower_case": (bool,),
     "max_answer_length": (int,), "null_score_diff_threshold": (int, float), "null_score_diff_threshold_from": (str,),
     "version_2_with_negative": (bool,), "base_model": (str,), "training": (dict,), "eval": (dict,),
-    "calibration": (dict,),
+    "calibration": (dict,), "ask_threshold": (int, float), "ask_k": (int,), "ask_threshold_from": (str,),
+    "ask_calibration": (dict,),
 }
 
 
@@ -105,11 +112,12 @@ def settings_from_json(data: Any, source: str) -> ModelSettings:
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             names = " or ".join(t.__name__ for t in types)
             raise SquadkitError(f"{source}: field '{key}' must be {names}, got {value!r}")
-        values[key] = float(value) if key == "null_score_diff_threshold" else value
-    if "calibration" in values:
-        from .calibration import Calibrator
+        values[key] = float(value) if key in ("null_score_diff_threshold", "ask_threshold") else value
+    for key in ("calibration", "ask_calibration"):
+        if key in values:
+            from .calibration import Calibrator
 
-        Calibrator.from_json(values["calibration"], source)  # refuse a malformed calibrator on read
+            Calibrator.from_json(values[key], source if key == "calibration" else f"{source}: {key}")  # refuse a malformed one
     return ModelSettings(**values)
 
 

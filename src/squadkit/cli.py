@@ -97,7 +97,7 @@ def setting_option(name: str, help: str | None = None, **kwargs) -> Any:
     return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
 
 
-_KIND_OF_CHECK = {"_positive_int": int, "_non_negative_int": int, "_finite_number": float, "_probability": float,
+_KIND_OF_CHECK = {"_positive_int": int, "_passages": int, "_non_negative_int": int, "_finite_number": float, "_probability": float,
                   "_flag": bool}
 
 

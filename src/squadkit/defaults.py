@@ -21,6 +21,7 @@ PIPELINE_MAX_ANSWER_LEN = 15  # tokens
 PIPELINE_TOP_K = 1
 
 ASK_PASSAGES = 5  # ask: passages retrieved and read per question
+MAX_PASSAGES = 50  # the most passages one question reads (a request's limit too)
 
 
 def pipeline_doc_stride(max_seq_len: int) -> int:

@@ -103,12 +103,14 @@ def predict_squad(
     chunk_size: int = 256,
     progress: Callable[[int], None] | None = None,
     calibrate: bool = True,
+    keep_windows: bool = False,
 ) -> SquadPredictions:
     """Predict answers for SQuAD examples (objects with ``id``, ``question`` and ``context``).
 
     ``model`` is anything ``squadkit.backends.load_model`` returns. ``progress(n)`` is called
     with the number of questions finished after each chunk. With a calibrator in the model's
-    settings (and ``calibrate``), every prediction carries its confidence.
+    settings (and ``calibrate``), every prediction carries its confidence. ``keep_windows``: also keep each
+    window's null logits and log normaliser (``SquadPredictions.windows``; ``ask`` normalises over passages).
     """
     from .calibration import calibrator_of, check_min_confidence
     from .decode import allowed_tokens
@@ -143,6 +145,8 @@ def predict_squad(
             null_score_diff_threshold=settings.null_score_diff_threshold,
             calibrator=calibrator, min_confidence=settings.min_confidence,
         ))
+        if keep_windows:
+            out.windows[example.id] = [(nb.null_start_logit, nb.null_end_logit, nb.log_norm) for nb in item.reduced]
     return out
 
 

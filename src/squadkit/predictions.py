@@ -27,6 +27,8 @@ class SquadPredictions:
     null_odds: dict[str, float] = field(default_factory=dict)
     confidence: dict[str, float] = field(default_factory=dict)  # with a calibrator: of each final prediction
     features: dict[str, list[float]] = field(default_factory=dict)  # calibration features of the top span
+    # with keep_windows: per question, each window's (CLS start logit, CLS end logit, log normaliser)
+    windows: dict[str, list[tuple[float, float, float | None]]] = field(default_factory=dict)
 
     def add(self, qid: str, prediction: SquadPrediction) -> None:
         self.predictions[qid] = prediction.text
@@ -69,12 +71,13 @@ def merge_predictions(parts: Iterable[SquadPredictions], order: Sequence[str]) -
         merged.null_odds.update(part.null_odds)
         merged.confidence.update(part.confidence)
         merged.features.update(part.features)
+        merged.windows.update(part.windows)
     out = SquadPredictions()
     for qid in order:
         if qid in merged.predictions:
             out.predictions[qid] = merged.predictions[qid]
             out.nbest[qid] = merged.nbest[qid]
-            for name in ("null_odds", "confidence", "features"):
+            for name in ("null_odds", "confidence", "features", "windows"):
                 if qid in getattr(merged, name):
                     getattr(out, name)[qid] = getattr(merged, name)[qid]
     return out

@@ -47,6 +47,12 @@ def _non_negative_int(value: Any, name: str) -> None:
     defaults.check_positive_int(value, name, minimum=0)
 
 
+def _passages(value: Any, name: str) -> None:
+    defaults.check_positive_int(value, name)
+    if value > defaults.MAX_PASSAGES:
+        raise SquadkitError(f"{name} must be at most {defaults.MAX_PASSAGES} passages, got {value!r}", param=name)
+
+
 def _finite_number(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SquadkitError(f"{name} must be a finite number, got {value!r}", param=name)
@@ -142,8 +148,9 @@ SETTINGS: tuple[Setting, ...] = (
             _flag, (), {"squad": ("version_2_with_negative",)}),
     Setting("top_k", "How many answers to return, best first.",
             {"pipeline": _const(defaults.PIPELINE_TOP_K), "ask": _const(1)}, "1", _positive_int, ("topk",)),
-    Setting("k", "How many passages to retrieve and read.", {"ask": _const(defaults.ASK_PASSAGES)},
-            str(defaults.ASK_PASSAGES), _positive_int),
+    Setting("k", f"How many passages to retrieve and read (1-{defaults.MAX_PASSAGES}).",
+            {"ask": _const(defaults.ASK_PASSAGES)}, f"the model folder's ask_k, else {defaults.ASK_PASSAGES}",
+            _passages, (), {"ask": ("ask_k",)}),
     Setting("n_best_size", "Candidate spans kept per question (run_squad's n-best).",
             {m: _const(defaults.N_BEST_SIZE) for m in ALL_SQUAD}, "20", _positive_int),
     Setting("do_lower_case", "run_squad's answer-text recovery lower-cases.",

@@ -30,6 +30,17 @@ Ranking and abstaining, and why:
   switching.
 * Answers carry offsets into the stored document text: ``document_text[start:end] == answer``,
   exactly, with the passage they were found in.
+* **Passage-normalised scores** (issue 19), for a model folder that holds ``ask_threshold``
+  (written by ``squadkit train --shared-norm`` / ``--passage-negatives`` with ``--do-eval``): a
+  span's score is its log-probability under one softmax over every window of every passage read
+  for the question, ``start + end logit - log Z`` with ``Z`` the sum over windows of each
+  window's start and end normalisers' product (spans live inside one window), which is what
+  ``--shared-norm`` trains; the no-answer score is the log of the summed probability of every
+  window's CLS pair, and the reader abstains when ``no-answer score - best span score >
+  ask_threshold``, a threshold learned reading ``ask_k`` passages per dev question (the
+  training objective's "no answer" is the mass of all CLS tokens of all passages). The threshold
+  follows argument > folder > default; a folder without ``ask_threshold`` answers with the
+  rule above (raw logits, minimum null, ``null_score_diff_threshold``) and says so once.
 * With a calibrator in the model folder (``squadkit calibrate``, issue 12), the result carries
   ``confidence``: of the best span (``calibration``'s ``answer`` part, on that span's features in
   its own passage, which is where it is that passage's best span), or of the abstention. The best
@@ -41,15 +52,28 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from ..defaults import ASK_PASSAGES as DEFAULT_PASSAGES
 from ..errors import SquadkitError
-from ..settings import check_options
+from ..settings import check_options, check_values
 from .documents import page_at
 from .index import Index
 from .search import Hit, Retriever, check_k, make_retriever
+
+_NOTED: set[str] = set()  # model folders already told they have no ask_threshold (once per process)
+
+
+class AskNote(UserWarning):
+    """Something about how ``ask`` answers worth saying once (e.g. a folder without ``ask_threshold``)."""
+
+
+def check_passages(k: Any, what: str = "k") -> int:
+    """``k`` passages per question: an integer from 1 to MAX_PASSAGES (the settings table's check)."""
+    check_values({"k": k}, {"k": what})
+    return k
 
 
 @dataclass
@@ -85,6 +109,8 @@ class AskResult:
     passages: list[Hit] = field(default_factory=list)
     passage_null_scores: list[float | None] = field(default_factory=list)  # per passage, in retrieval order
     confidence: float | None = None  # of the prediction (span or abstention), with a calibrator
+    scoring: str = "raw"  # "raw" (logit sums, min null) or "normalized" (log-probabilities over all passages)
+    features: list[float] | None = field(default=None, repr=False)  # calibration features of the best span
 
     @property
     def answer(self) -> str:
@@ -97,6 +123,8 @@ class AskResult:
                "answers": [asdict(a) for a in self.answers]}
         if self.confidence is not None:
             out["confidence"] = self.confidence
+        if self.scoring != "raw":
+            out["scoring"] = self.scoring
         if with_passages:
             out["passages"] = [h.to_dict() for h in self.passages]
         return out
@@ -119,10 +147,29 @@ def _calibrate(result: AskResult, calibrator, features: dict, question_index: in
     result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
 
 
-def _finite(value: Any, name: str = "null_score_diff_threshold") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SquadkitError(f"{name} must be a finite number, got {value!r}", param=name)
-    return float(value)
+def _calibrate_normalized(result: AskResult, calibrator, min_confidence: float | None) -> None:
+    """Confidence from the calibrator fitted in ask mode, on the best span's passage-normalised features."""
+    import numpy as np
+
+    from ..calibration import NO_SPAN
+
+    x = np.asarray(result.features if result.features is not None else NO_SPAN, dtype=np.float64).reshape(1, -1)
+    best = result.answers[0] if result.answers else None
+    if best is not None:
+        best.confidence = float(calibrator.answer_confidence(x)[0])
+        if not result.no_answer and min_confidence is not None and best.confidence < min_confidence:
+            result.no_answer = True
+    result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
+
+
+@dataclass
+class Reading:
+    """What the reader made of one question's passages: hits, n-best lists, windows (see ``rank_answers``)."""
+
+    hits: list[Hit]
+    nbests: list
+    windows: list
+    features: dict  # calibration features by "question:passage" id (single-passage calibrator)
 
 
 @dataclass
@@ -140,15 +187,34 @@ def reader_threshold(model: Any) -> float:
     return float(resolve(model, "ask")["null_score_diff_threshold"])
 
 
+def ask_threshold_of(model: Any) -> float | None:
+    """``ask_threshold`` saved beside the model (learned in ask mode by ``train``), else None."""
+    value = getattr(getattr(model, "settings", None), "ask_threshold", None)
+    return float(value) if value is not None else None
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _normalizer(windows: Sequence[Sequence[tuple]]) -> float:
+    """log Z over every window of every passage: sum over windows of exp(log start + end normalisers)."""
+    norms = [w[2] for ws in windows for w in ws if w[2] is not None and math.isfinite(w[2])]
+    return _logsumexp(norms) if norms else 0.0
+
+
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
-                 top_k: int = 1) -> AskResult:
+                 top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None) -> AskResult:
     """Rank the reader's spans of every retrieved passage and decide whether to abstain.
 
     ``nbests[j]`` is the n-best list (``NBestEntry``: text, start_logit, end_logit, start, end in
-    passage characters, "" for the null answer) of passage ``hits[j]``. See the module docstring.
+    passage characters, "" for the null answer) of passage ``hits[j]``. With ``windows`` (each
+    passage's windows' (CLS start, CLS end, log normaliser), ``predict_squad(keep_windows=True)``)
+    scores are normalised over all passages; without, raw. See the module docstring.
     """
     check_k(top_k, "top_k")
-    spans: list[tuple[float, int, int, int]] = []  # (score, passage index, start, end)
+    spans: list[tuple[float, int, int, int, int]] = []  # (score, passage index, start, end, tokens)
     nulls: list[float] = []
     passage_nulls: list[float | None] = [None] * len(hits)
     for j, (hit, nbest) in enumerate(zip(hits, nbests)):
@@ -157,12 +223,20 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
                 nulls.append(e.start_logit + e.end_logit)
                 passage_nulls[j] = e.start_logit + e.end_logit
             elif e.start is not None and e.end is not None and 0 <= e.start < e.end <= len(hit.text):
-                spans.append((e.start_logit + e.end_logit, j, e.start, e.end))
-    spans.sort(key=lambda s: -s[0])
+                spans.append((e.start_logit + e.end_logit, j, e.start, e.end, e.tokens or 1))
     null_score = min(nulls) if nulls else None
+    if windows is not None:  # log-probabilities under one softmax over all passages' windows
+        log_z = _normalizer(windows)
+        spans = [(score - log_z, *rest) for score, *rest in spans]
+        cls = [[w[0] + w[1] for w in ws] for ws in windows]
+        passage_nulls = [(_logsumexp(c) - log_z) if c else None for c in cls]
+        flat = [x for c in cls for x in c]
+        null_score = _logsumexp(flat) - log_z if flat else None
+    spans.sort(key=lambda s: -s[0])
     answers: list[Answer] = []
     seen: set[tuple[str, int, int]] = set()
-    for score, j, s, e in spans:
+    best_tokens = spans[0][4] if spans else None
+    for score, j, s, e, _ in spans:
         hit = hits[j]
         key = (hit.document, hit.start + s, hit.start + e)
         if key in seen:  # the same span read in two overlapping passages
@@ -172,13 +246,23 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
                               hit.text, hit.start, hit.end, hit.score, j + 1, page=page_at(hit.metadata, hit.start + s),
                               document_id=hit.document_id))
     scores = [a.score for a in answers] + ([null_score] if null_score is not None else [])
-    if scores:
+    if windows is not None:
+        for a in answers:
+            a.probability = math.exp(a.score)
+    elif scores:
         top = max(scores)
         total = sum(math.exp(x - top) for x in scores)
         for a in answers:
             a.probability = math.exp(a.score - top) / total
     no_answer = not answers or (null_score is not None and null_score - answers[0].score > threshold)
-    return AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls)
+    result = AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
+                       scoring="raw" if windows is None else "normalized")
+    if windows is not None and answers:
+        from ..calibration import answer_features
+
+        result.features = answer_features(answers[0].score, null_score if null_score is not None else -50.0, 0.0,
+                                          best_tokens)[0].tolist()
+    return result
 
 
 class DocumentQA:
@@ -195,7 +279,8 @@ class DocumentQA:
                  null_score_diff_threshold: float | None = None, max_seq_length: int | None = None,
                  doc_stride: int | None = None, max_query_length: int | None = None,
                  max_answer_length: int | None = None, n_best_size: int | None = None, batch_size: int | None = None,
-                 backend: str = "auto", device: str | None = None, **aliases: Any) -> None:
+                 backend: str = "auto", device: str | None = None, scoring: str | None = None,
+                 **aliases: Any) -> None:
         # every setting through the one resolver, in ask mode (explicit > model folder > default);
         # checked before the index opens or the model loads
         explicit = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_seq_length=max_seq_length,
@@ -203,6 +288,8 @@ class DocumentQA:
                         max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
                         **aliases)
         check_options(explicit, "ask")
+        if scoring not in (None, "raw", "normalized"):
+            raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")
@@ -223,8 +310,34 @@ class DocumentQA:
 
         self.decode, self.in_force, _ = decode_settings_for(self.model, mode="ask", **explicit)
         self.k = self.in_force["k"]
-        self.threshold = self.decode.null_score_diff_threshold
         self.batch_size = self.in_force["batch_size"]
+        self._choose_rule(scoring)
+
+    def _choose_rule(self, scoring: str | None) -> None:
+        """Passage-normalised scores with ``ask_threshold`` when the folder has one, else the first
+        rule (raw scores, ``null_score_diff_threshold``), said once. The threshold is the resolver's
+        (argument > the folder's ask_threshold, then its null_score_diff_threshold > 0); ``scoring``
+        forces a rule (``train`` learns the threshold with "normalized", where a single-passage
+        threshold would mean nothing: 0 unless told)."""
+        saved = ask_threshold_of(self.model)
+        self.normalized = saved is not None if scoring is None else scoring == "normalized"
+        self.ask_calibrator = None
+        self.threshold = self.decode.null_score_diff_threshold
+        if self.normalized:
+            if saved is None and self.in_force.sources["null_score_diff_threshold"] != "argument":
+                self.threshold = 0.0
+            data = getattr(self.model.settings, "ask_calibration", None)
+            if data is not None:
+                from ..calibration import Calibrator
+
+                self.ask_calibrator = Calibrator.from_json(data, "ask_calibration")
+            return
+        name = str(getattr(self.model, "name_or_path", "") or id(self.model))
+        if scoring is None and name not in _NOTED:
+            _NOTED.add(name)
+            warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
+                          f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
+                          f"single-passage threshold, as before", AskNote, stacklevel=3)
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
             min_confidence: float | None = None, null_score_diff_threshold: float | None = None) -> AskResult:
@@ -237,35 +350,56 @@ class DocumentQA:
         """``ask`` for many questions, their passages read in shared batches; ``null_score_diff_threshold``
         replaces the reader's threshold for this call."""
         from ..calibration import calibrator_of, check_min_confidence
+
+        k = check_passages(self.k if k is None else k)
+        check_k(top_k, "top_k")
+        calibrator = self.ask_calibrator if self.normalized else calibrator_of(self.model)
+        check_min_confidence(min_confidence, calibrated=calibrator is not None)
+        threshold = None if null_score_diff_threshold is None else check_options(
+            {"null_score_diff_threshold": null_score_diff_threshold}, "ask")["null_score_diff_threshold"]
+        results = []
+        for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
+            result = self.rank(q, read, top_k=top_k, threshold=threshold)
+            if calibrator is not None and self.normalized:
+                _calibrate_normalized(result, calibrator, min_confidence)
+            elif calibrator is not None:
+                _calibrate(result, calibrator, read.features, i, min_confidence)
+            results.append(result)
+        return results
+
+    def read(self, questions: Sequence[str], k: int) -> list["Reading"]:
+        """Retrieve ``k`` passages per question and read them (one shared ``predict_squad``)."""
         from ..predict import predict_squad
 
-        k = check_k(self.k if k is None else k)
-        check_k(top_k, "top_k")
-        threshold = self.threshold if null_score_diff_threshold is None else _finite(null_score_diff_threshold)
-        calibrator = calibrator_of(self.model)
-        check_min_confidence(min_confidence, calibrated=calibrator is not None)
         for q in questions:
             if not isinstance(q, str) or not q.strip():
                 raise SquadkitError("the question is empty")
         all_hits = [self.retriever.search(q, k) for q in questions]
         examples = [_Example(f"{i}:{j}", q, h.text) for i, (q, hits) in enumerate(zip(questions, all_hits))
                     for j, h in enumerate(hits)]
-        preds = predict_squad(self.model, examples, self.decode, batch_size=self.batch_size) if examples else None
-        results = []
-        for i, (q, hits) in enumerate(zip(questions, all_hits)):
-            nbests = [preds.nbest[f"{i}:{j}"] for j in range(len(hits))] if hits else []
-            result = rank_answers(q, hits, nbests, threshold, top_k)
-            if calibrator is not None:
-                _calibrate(result, calibrator, preds.features if preds is not None else {}, i, min_confidence)
-            results.append(result)
-        return results
+        preds = predict_squad(self.model, examples, self.decode, batch_size=self.batch_size,
+                              keep_windows=True) if examples else None
+        out = []
+        for i, hits in enumerate(all_hits):
+            ids = [f"{i}:{j}" for j in range(len(hits))]
+            out.append(Reading(list(hits), [preds.nbest[x] for x in ids] if hits else [],
+                               [preds.windows[x] for x in ids] if hits else [],
+                               preds.features if preds is not None else {}))
+        return out
+
+    def rank(self, question: str, read: "Reading", k: int | None = None, top_k: int = 1,
+             threshold: float | None = None) -> AskResult:
+        """Answers from the first ``k`` (default: all) passages of ``read``, by this reader's rule."""
+        n = len(read.hits) if k is None else k
+        return rank_answers(question, read.hits[:n], read.nbests[:n], self.threshold if threshold is None else threshold,
+                            top_k, read.windows[:n] if self.normalized else None)
 
     def close(self) -> None:
         if self.index is not None:
             self.index.close()
 
 
-def ask(index: str | os.PathLike, question: str, model: Any, k: int = DEFAULT_PASSAGES, top_k: int = 1,
+def ask(index: str | os.PathLike, question: str, model: Any, k: int | None = None, top_k: int = 1,
         retriever: str = "bm25", **options: Any) -> AskResult:
     """One question over an index: ``DocumentQA(index, model, ...).ask(question, k, top_k)``."""
     dqa = DocumentQA(index, model, retriever=retriever, k=k, **options)

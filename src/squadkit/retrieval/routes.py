@@ -16,14 +16,14 @@ from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..http_contract import ANSWERING_ERRORS, error_response, error_responses, json_int, json_number, text
-
+from ..defaults import ASK_PASSAGES as DEFAULT_PASSAGES
+from ..defaults import MAX_PASSAGES
 from ..errors import SquadkitError
-from .ask import DEFAULT_PASSAGES, AskResult, DocumentQA
+from ..http_contract import ANSWERING_ERRORS, error_response, error_responses, json_int, json_number, text
+from .ask import AskResult, DocumentQA
 from .index import Index
 from .search import has_words
 
-MAX_PASSAGES = 50
 
 
 def ask_request_model(max_question_chars: int, max_top_k: int, retrievers: tuple[str, ...],
@@ -38,7 +38,8 @@ def ask_request_model(max_question_chars: int, max_top_k: int, retrievers: tuple
 
     fields: dict = {
         "question": (text(max_length=max_question_chars), ...),
-        "k": (json_int(ge=1, le=MAX_PASSAGES), Field(DEFAULT_PASSAGES, description="Passages to retrieve and read.")),
+        "k": (Optional[json_int(ge=1, le=MAX_PASSAGES)], Field(None, description=(
+            f"Passages to retrieve and read [default: the model folder's ask_k, else {DEFAULT_PASSAGES}]."))),
         "top_k": (json_int(ge=1, le=max_top_k), Field(1, description="Answers to return, best first.")),
         "retriever": (Optional[Literal[retrievers]], Field(None, description="Default: bm25.")),  # type: ignore[valid-type]
         "null_score_diff_threshold": (Optional[json_number()], Field(None, description=(

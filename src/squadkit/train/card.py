@@ -44,6 +44,13 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
         f"`squadkit predict` answers \"\" when the null score minus the best span's score exceeds {threshold:.4f} "
         f"(run_squad's rule), with windows stepping by {config.doc_stride} tokens.",
     ]
+    if settings.ask_threshold is not None:
+        lines += ["", "## Asking a collection (`squadkit ask`)", "",
+                  f"Trained for collections (passage negatives: {config.passage_negatives} per question; shared "
+                  f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` scores spans as "
+                  f"log-probabilities under one softmax over every passage it reads and abstains when the no-answer "
+                  f"score beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold`, "
+                  f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."]
     lines += _calibration_lines(settings)
     if v2:
         lines += ["",

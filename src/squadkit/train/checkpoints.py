@@ -140,10 +140,18 @@ def save_final(model, tokenizer, output_dir: Path, settings: ModelSettings) -> N
     stage.rmdir()
 
 
-def check_resume_compatible(resume: Path, group_by_length: bool) -> None:
-    """A run resumed with another batch-grouping setting would see other batches than the run it
-    continues: refused (before anything is written), naming the setting to use."""
+def check_resume_compatible(resume: Path, group_by_length: bool, passage_negatives: int = 0,
+                            shared_norm: bool = False) -> None:
+    """A run resumed with another batch-grouping setting (or other negatives, or shared norm on or
+    off) would see other batches than the run it continues: refused (before anything is written),
+    naming the setting to use."""
     state = json.loads((resume / STATE_FILE).read_text(encoding="utf-8"))
+    for name, value, default in (("passage_negatives", passage_negatives, 0), ("shared_norm", shared_norm, False)):
+        saved_value = state.get(name, default)
+        if saved_value != value:
+            flag = "--" + name.replace("_", "-")
+            raise SquadkitError(f"{resume}: that run was started with {name}={saved_value!r} ({flag}); resume it with "
+                                f"the same setting, not {value!r}", param=name)
     saved = bool(state.get("group_by_length", False))  # squadkit 0.1 did not group
     if saved != group_by_length:
         how = ("with length-grouped batches (--group-by-length, group_by_length=True)" if saved else

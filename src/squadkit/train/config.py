@@ -18,6 +18,10 @@ from ..errors import SquadkitError
 from ..features import WindowSettings
 
 
+ASK_K = 5  # passages per question when ask's threshold is learned (ask's own default)
+MAX_ASK_K = 50  # the most passages ask reads (serve's limit)
+
+
 class TrainWarning(UserWarning):
     """Something about a training run worth knowing that does not stop it."""
 
@@ -90,7 +94,15 @@ class TrainConfig:
     pad_to_multiple_of: int | None = _f(
         None, "Round each batch's length up to a multiple of this: fewer distinct shapes, which a GPU runs much "
               "faster [default: 64 on a GPU, 1 (no rounding) on a CPU].")
-    seed: int = _f(42, "Random seed (data order, dropout, QA head).")
+    passage_negatives: int = _f(
+        0, "Pair each question with N other paragraphs of the training file (BM25's best wrong ones, never one "
+           "holding a gold answer's text) as unanswerable windows: a reader for `ask` over collections.")
+    shared_norm: bool = _f(
+        False, "Shared normalization: one start/end softmax over all windows of a question (its paragraph's and its "
+               "negatives'), so scores compare across passages; --per-gpu-train-batch-size then counts questions.")
+    ask_k: int = _f(ASK_K, "With --passage-negatives or --shared-norm and --do-eval: passages read per dev question "
+                           "when learning ask's abstain threshold (ask_threshold in squadkit.json), 1-50.")
+    seed: int = _f(42, "Random seed (data order, dropout, QA head, passage negatives).")
     bf16: bool = _f(False, "bfloat16 autocast (CPU, or GPUs that support it).")
     fp16: bool = _f(False, "float16 autocast with loss scaling (CUDA only).")
     no_cuda: bool = _f(False, "Train on the CPU even where a GPU is present.")
@@ -139,11 +151,19 @@ class TrainConfig:
                                 "checkpoint-best)", param="load_best_model_at_end")
         if self.eval_steps and not self.predict_file and not self.data_dir:
             raise SquadkitError("eval_steps needs a predict_file to evaluate on", param="eval_steps")
+        defaults.check_positive_int(self.passage_negatives, "passage_negatives", minimum=0)
+        if not isinstance(self.ask_k, int) or isinstance(self.ask_k, bool) or not 1 <= self.ask_k <= MAX_ASK_K:
+            raise SquadkitError(f"ask_k must be an integer from 1 to {MAX_ASK_K}, got {self.ask_k!r}", param="ask_k")
         if self.doc_stride >= self.max_seq_length:
             raise SquadkitError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length "
                                 f"({self.max_seq_length})", param="doc_stride")
         self.window_settings().validate()
         return self
+
+    @property
+    def for_collections(self) -> bool:
+        """Trained for reading several passages (issue 19's flags): ask's threshold is learned at --do-eval."""
+        return self.passage_negatives > 0 or self.shared_norm
 
     def window_settings(self) -> WindowSettings:
         return WindowSettings("squad", self.max_seq_length, self.doc_stride, self.max_query_length)
@@ -211,6 +231,7 @@ class TrainResult:
     examples_used: int = 0
     examples_skipped: dict = field(default_factory=dict)
     train_windows: int = 0
+    negative_windows: int = 0  # of train_windows, from passage negatives
     eval_results: dict | None = None
     null_score_diff_threshold: float | None = None
     best_metric: float | None = None

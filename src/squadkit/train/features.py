@@ -36,6 +36,10 @@ class TrainFeatures:
     start_positions: np.ndarray  # (n,) int64, 0 (CLS) for no answer in this window
     end_positions: np.ndarray
     stats: dict
+    # with --passage-negatives / --shared-norm: question g's windows are [group_offsets[g], group_offsets[g + 1])
+    # (its own paragraph's windows first, then its negatives'); None for the plain recipe
+    group_offsets: np.ndarray | None = None
+    negative: np.ndarray | None = None  # (n,) bool: the window comes from a negative paragraph
 
     def __len__(self) -> int:
         return len(self.start_positions)
@@ -68,6 +72,8 @@ class TrainFeatures:
                 end_positions=self.end_positions,
                 token_type_ids=self.token_type_ids if self.token_type_ids is not None else np.zeros(0, np.int8),
                 has_types=np.array(self.token_type_ids is not None), stats=np.array(json.dumps(self.stats)),
+                **({} if self.group_offsets is None else
+                   {"group_offsets": self.group_offsets, "negative": self.negative}),
             )
 
     @classmethod
@@ -77,6 +83,8 @@ class TrainFeatures:
                 input_ids=z["input_ids"], token_type_ids=z["token_type_ids"] if bool(z["has_types"]) else None,
                 offsets=z["offsets"], start_positions=z["start_positions"], end_positions=z["end_positions"],
                 stats=json.loads(str(z["stats"])),
+                group_offsets=z["group_offsets"] if "group_offsets" in z.files else None,
+                negative=z["negative"] if "negative" in z.files else None,
             )
 
 
@@ -89,23 +97,31 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def features_cache_path(folder: str | os.PathLike, data_file: str | os.PathLike, tokenizer, settings: WindowSettings,
-                        version_2_with_negative: bool) -> Path:
-    """``<folder>/squadkit-features-<hash>.npz``; the hash covers data bytes, tokenizer and settings."""
+                        version_2_with_negative: bool, extra: dict | None = None) -> Path:
+    """``<folder>/squadkit-features-<hash>.npz``; the hash covers data bytes, tokenizer and settings, and
+    ``extra`` (passage negatives: N, the draw rule, the seed) when given; the plain recipe's key is unchanged."""
     h = hashlib.sha256(f"squadkit-features-v{FEATURES_VERSION}".encode())
     with open(data_file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(json.dumps([asdict(settings), version_2_with_negative]).encode())
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True).encode())
     return Path(folder) / f"squadkit-features-{h.hexdigest()[:24]}.npz"
 
 
 def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings, version_2_with_negative: bool,
-                        source: str = "training data", chunk_size: int = 2000) -> TrainFeatures:
+                        source: str = "training data", chunk_size: int = 2000, passage_negatives: int = 0,
+                        seed: int = 42, grouped: bool = False) -> TrainFeatures:
     """Windows with start/end labels for the first answer of each question (as run_squad).
 
     Answers whose text is not at their offset, and (without version_2_with_negative) questions
     with no answer, are skipped and counted; an error when nothing usable is left.
+
+    ``passage_negatives`` N > 0 adds N negative paragraphs per question (train/negatives.py) as
+    unanswerable windows; with N > 0 or ``grouped`` (shared normalization) the windows are ordered
+    question by question and ``group_offsets`` says where each question's windows are.
     """
     kept, spans = [], []
     mismatched, unanswerable = [], 0
@@ -135,6 +151,11 @@ def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings,
         chunk = kept[lo:lo + chunk_size]
         pieces.extend(build_windows(tokenizer, [e.question for e in chunk], [e.context for e in chunk], settings,
                                     first_example_index=lo, answers=spans[lo:lo + chunk_size]))
+    groups = negative = None
+    extra_stats: dict = {}
+    if passage_negatives > 0 or grouped:
+        pieces, groups, negative, extra_stats = _grouped_windows(pieces, kept, tokenizer, settings, passage_negatives,
+                                                                 seed, source, chunk_size)
     lengths = np.fromiter((w.length for w in pieces), dtype=np.int64, count=len(pieces))
     offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -144,22 +165,61 @@ def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings,
         "examples": len(examples), "examples_used": len(kept), "windows": len(pieces),
         "windows_with_answer": int((starts > 0).sum()),
         "skipped": {"answer_not_in_context": len(mismatched), "unanswerable_without_v2": unanswerable},
-        "first_skipped_ids": mismatched[:5],
+        "first_skipped_ids": mismatched[:5], **extra_stats,
     }
     return TrainFeatures(
         input_ids=np.concatenate([w.input_ids for w in pieces]).astype(np.int32),
         token_type_ids=np.concatenate([w.token_type_ids for w in pieces]).astype(np.int8) if has_types else None,
         offsets=offsets, start_positions=starts,
         end_positions=np.fromiter((w.end_position for w in pieces), dtype=np.int64, count=len(pieces)),
-        stats=stats,
+        stats=stats, group_offsets=groups, negative=negative,
     )
+
+
+def _grouped_windows(pieces: list, kept: Sequence, tokenizer, settings: WindowSettings, n: int, seed: int,
+                     source: str, chunk_size: int):
+    """The windows question by question (own paragraph's, then each negative's), with group offsets."""
+    from .negatives import draw_negatives
+
+    own: list[list] = [[] for _ in kept]
+    for w in pieces:
+        own[w.example_index].append(w)
+    theirs: list[list] = [[] for _ in kept]
+    extra: dict = {}
+    if n > 0:
+        draw = draw_negatives(kept, n, seed, source)
+        pairs = [(q, p) for q, negs in enumerate(draw.negatives) for p in negs]
+        for lo in range(0, len(pairs), chunk_size):
+            chunk = pairs[lo:lo + chunk_size]
+            windows = build_windows(tokenizer, [kept[q].question for q, _ in chunk],
+                                    [draw.paragraphs[p] for _, p in chunk], settings, first_example_index=lo,
+                                    answers=[None] * len(chunk))
+            for w in windows:  # no answer in a negative: CLS target (build_windows' label for None)
+                theirs[chunk[w.example_index - lo][0]].append(w)
+        extra["passage_negatives"] = draw.stats
+    ordered, sizes, negative = [], [], []
+    for mine, other in zip(own, theirs):
+        ordered += mine + other
+        sizes.append(len(mine) + len(other))
+        negative += [False] * len(mine) + [True] * len(other)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    extra["negative_windows"] = int(sum(negative))
+    extra["groups"] = len(sizes)
+    return ordered, offsets, np.asarray(negative, dtype=bool), extra
 
 
 def load_features(config, accelerator, train_path: Path, tokenizer, result) -> TrainFeatures:
     """Tokenize the training data once (main process), cached on disk; the others read the cache."""
     settings = config.window_settings()
     folder = config.features_cache_dir or config.cache_dir or defaults.cache_dir("features")
-    path = features_cache_path(folder, train_path, tokenizer, settings, config.version_2_with_negative)
+    n, grouped = config.passage_negatives, config.shared_norm
+    extra = None
+    if n > 0 or grouped:
+        from .negatives import NEGATIVE_RULE
+
+        extra = {"passage_negatives": n, "grouped": True, **({"rule": NEGATIVE_RULE, "seed": config.seed} if n else {})}
+    path = features_cache_path(folder, train_path, tokenizer, settings, config.version_2_with_negative, extra)
     result.features_cache = path
     cached = path.is_file() and not config.overwrite_cache
     features = None
@@ -172,7 +232,8 @@ def load_features(config, accelerator, train_path: Path, tokenizer, result) -> T
         from ..data import load_squad
 
         features = make_train_features(load_squad(train_path).examples, tokenizer, settings,
-                                       config.version_2_with_negative, source=str(train_path))
+                                       config.version_2_with_negative, source=str(train_path),
+                                       passage_negatives=n, seed=config.seed, grouped=grouped)
     result.features_cached = cached
     if not cached and accelerator.is_main_process:
         try:
@@ -181,6 +242,7 @@ def load_features(config, accelerator, train_path: Path, tokenizer, result) -> T
             warn_main(accelerator, f"cannot write the feature cache {path}: {exc}")
     stats = features.stats
     result.examples_used, result.train_windows = stats["examples_used"], stats["windows"]
+    result.negative_windows = stats.get("negative_windows", 0)
     result.examples_skipped = {k: v for k, v in stats["skipped"].items() if v}
     if stats["skipped"]["answer_not_in_context"]:
         warn_main(accelerator, f"{train_path}: skipped {stats['skipped']['answer_not_in_context']} question(s) whose answer "

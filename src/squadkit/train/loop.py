@@ -57,6 +57,7 @@ from .config import TrainConfig, TrainingInterrupted, TrainResult, warn_main
 from .features import TrainFeatures, load_features
 
 MEGA_BATCHES = 50  # global batches per length-sorted group
+ASK_EVAL_FILE = "ask_eval_results.json"  # dev scores of ask at the learned ask_threshold
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +97,8 @@ class StepPlan:
     seed: int
     total_steps: int
     lengths: np.ndarray | None
+    # shared normalization: the unit is a question's group of windows, windows [g[i], g[i + 1]); None: a window
+    group_offsets: np.ndarray | None = None
     _epoch: int | None = field(default=None, init=False, repr=False)  # the epoch whose order is cached
     _order: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -113,6 +116,26 @@ class StepPlan:
             self._epoch, self._order = epoch, epoch_order(self.n, self.seed, epoch, self.global_batch, self.lengths)
         return self._order[k * self.global_batch : (k + 1) * self.global_batch]
 
+    def windows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The window indices of units ``ids`` (each group's windows together, in order)."""
+        g = self.group_offsets
+        if g is None:
+            return ids
+        return np.concatenate([np.arange(g[i], g[i + 1]) for i in ids])
+
+    def group_index(self, ids: np.ndarray) -> np.ndarray:
+        """For each window of ``windows_of(ids)``, which of the ``ids`` (0-based) it belongs to."""
+        g = self.group_offsets
+        return np.repeat(np.arange(len(ids)), g[ids + 1] - g[ids])
+
+    def window_count(self, ids: np.ndarray) -> int:
+        g = self.group_offsets
+        return len(ids) if g is None else int((g[ids + 1] - g[ids]).sum())
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return self.n if self.group_offsets is None else int(self.group_offsets[-1])
+
     def micro_batches(self, batch_ids: np.ndarray):
         """(micro-step, this process's window ids, weight) for each accumulation micro-step; an
         empty share (a short last batch) still runs one window at weight 0, as DDP needs every process."""
@@ -122,9 +145,17 @@ class StepPlan:
 
 
 def make_plan(config: TrainConfig, accelerator, features: TrainFeatures) -> StepPlan:
-    plan = StepPlan(len(features), config.per_gpu_train_batch_size, config.gradient_accumulation_steps,
-                    accelerator.num_processes, accelerator.process_index, config.seed, 0,
-                    features.lengths if config.group_by_length else None)
+    """Over windows; with ``shared_norm`` over questions (each its group of windows, never split
+    across processes or micro-batches), length-grouped by each group's longest window."""
+    groups = features.group_offsets if config.shared_norm else None
+    if config.shared_norm and groups is None:
+        raise SquadkitError("shared_norm needs features grouped by question (a feature cache without groups)")
+    n = len(features) if groups is None else len(groups) - 1
+    lengths = None
+    if config.group_by_length:
+        lengths = features.lengths if groups is None else np.maximum.reduceat(features.lengths, groups[:-1])
+    plan = StepPlan(n, config.per_gpu_train_batch_size, config.gradient_accumulation_steps,
+                    accelerator.num_processes, accelerator.process_index, config.seed, 0, lengths, groups)
     plan.total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * plan.steps_per_epoch)
     return plan
 
@@ -145,6 +176,45 @@ def qa_loss(start_logits, end_logits, start_positions, end_positions, attention_
     s = F.cross_entropy(start_logits.float().masked_fill(pad, -1e4), start_positions, reduction="none")
     e = F.cross_entropy(end_logits.float().masked_fill(pad, -1e4), end_positions, reduction="none")
     return (s + e) / 2
+
+
+def _segment_logsumexp(x, group, n_groups: int):
+    """logsumexp of ``x`` within each group (``group[i]`` is x[i]'s group); -inf entries take no part."""
+    import torch
+
+    top = torch.full((n_groups,), float("-inf"), device=x.device, dtype=x.dtype)
+    top = top.scatter_reduce(0, group, x.detach(), reduce="amax", include_self=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros(n_groups, device=x.device, dtype=x.dtype).index_add(0, group, torch.exp(x - top[group]))
+    return top + torch.log(total)
+
+
+def shared_norm_loss(start_logits, end_logits, start_positions, end_positions, attention_mask, group, n_groups: int):
+    """Per-question loss with one softmax over all of the question's windows (Clark & Gardner 2018).
+
+    For the start (the end alike), over question q's windows W_q and their real tokens:
+    ``-log sum_{w in T_q} exp(s_w[t_w]) + log sum_{w in W_q} sum_i exp(s_w[i])``, where t_w is the
+    window's label and T_q the windows in the numerator: **the windows that hold the answer**, when
+    any does (several windows of one paragraph may: their probabilities add, as C&G sum over every
+    occurrence); otherwise (an unanswerable question, or an answer no window holds whole) **every
+    window's CLS**, so "no answer" is the mass of all CLS tokens. The CLS of a window without the
+    answer (a negative, or another window of the gold paragraph) is in the denominator only for an
+    answerable question: it can never explain an answer away. With one window per question this is
+    ``qa_loss`` exactly. Returns (n_groups,) losses, (start + end) / 2 as ``qa_loss``."""
+    import torch
+
+    pad = attention_mask == 0
+    answered = start_positions > 0
+    has_answer = torch.zeros(n_groups, dtype=torch.long, device=group.device).scatter_reduce(
+        0, group, answered.long(), reduce="amax", include_self=True).bool()
+    include = answered | ~has_answer[group]
+    losses = []
+    for logits, targets in ((start_logits, start_positions), (end_logits, end_positions)):
+        x = logits.float().masked_fill(pad, -1e4)
+        per_window = torch.logsumexp(x, dim=1)
+        target = x.gather(1, targets[:, None])[:, 0].masked_fill(~include, float("-inf"))
+        losses.append(_segment_logsumexp(per_window, group, n_groups) - _segment_logsumexp(target, group, n_groups))
+    return (losses[0] + losses[1]) / 2
 
 
 def make_optimizer(model, config: TrainConfig, total_steps: int):
@@ -196,15 +266,20 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
             # ---- one optimizer step over global batch `step` ----
             batch_ids = plan.batch_ids(step)
             for m, mine, weight in plan.micro_batches(batch_ids):
-                arrays = features.batch(mine, pad_id, multiple, config.max_seq_length)
+                arrays = features.batch(plan.windows_of(mine), pad_id, multiple, config.max_seq_length)
                 t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
                 inputs = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in t}
                 sync = contextlib.nullcontext() if m == plan.accumulation - 1 else accelerator.no_sync(model)
                 with sync:
                     with accelerator.autocast():
                         out = model(**inputs)
-                    losses = qa_loss(out.start_logits, out.end_logits, t["start_positions"], t["end_positions"],
-                                     t["attention_mask"]) * weight
+                    if plan.group_offsets is None:
+                        losses = qa_loss(out.start_logits, out.end_logits, t["start_positions"], t["end_positions"],
+                                         t["attention_mask"]) * weight
+                    else:  # one loss per question (group), over all its windows
+                        group = torch.from_numpy(plan.group_index(mine)).to(device)
+                        losses = shared_norm_loss(out.start_logits, out.end_logits, t["start_positions"],
+                                                  t["end_positions"], t["attention_mask"], group, len(mine)) * weight
                     # mean over the *global* batch; DDP averages over processes, so scale by world
                     accelerator.backward(losses.sum() * (world / len(batch_ids)))
                 events.add_loss(losses.detach().sum(), weight * len(mine))
@@ -215,7 +290,7 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
             optimizer.zero_grad(set_to_none=True)
             step += 1
             # ---- log, evaluate, checkpoint ----
-            events.after_step(step, len(batch_ids), grad_norm, result)
+            events.after_step(step, plan.window_count(batch_ids), grad_norm, result)
             if config.interrupt_at_step is not None and step >= config.interrupt_at_step:
                 raise TrainingInterrupted(f"interrupted after step {step} (interrupt_at_step)")
     finally:
@@ -270,8 +345,15 @@ class Events:
                         "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
                         "group_by_length": self.config.group_by_length,
                         "pad_to_multiple_of": pad_to_multiple_of, "train": features.stats,
+                        "passage_negatives": self.config.passage_negatives, "shared_norm": self.config.shared_norm,
+                        "windows_per_epoch": p.windows_per_epoch,
+                        "negative_windows": features.stats.get("negative_windows", 0),
                         "resumed_from": str(resume) if resume else None},
-                       f"training {features.stats['examples_used']} questions ({len(features)} windows) for "
+                       f"training {features.stats['examples_used']} questions ({len(features)} windows"
+                       + (f", {features.stats.get('negative_windows', 0)} of them from "
+                          f"{self.config.passage_negatives} negative paragraph(s) per question"
+                          if self.config.passage_negatives else "")
+                       + (", one softmax per question (shared norm)" if self.config.shared_norm else "") + ") for "
                        f"{p.total_steps} steps ({p.steps_per_epoch}/epoch), global batch {p.global_batch} on "
                        f"{p.world} process(es), {self.accelerator.device}"
                        + (f"; resuming at step {self.first_step} from {resume}" if resume else ""))
@@ -365,7 +447,9 @@ class Events:
         p = self.plan
         state = {"global_step": step, "epoch": step / p.steps_per_epoch, "total_steps": p.total_steps,
                  "global_batch": p.global_batch, "processes": p.world, "best_metric": self.best,
-                 "best_step": self.best_step, "seed": self.config.seed, "group_by_length": self.config.group_by_length}
+                 "best_step": self.best_step, "seed": self.config.seed, "group_by_length": self.config.group_by_length,
+                 **({"passage_negatives": self.config.passage_negatives, "shared_norm": self.config.shared_norm}
+                    if self.config.for_collections else {})}
         settings = self.config.model_settings(*self.last_threshold, global_step=step)
         path = save_training_checkpoint(self.accelerator, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                         Path(self.config.output_dir), step, state, self.config.save_total_limit,
@@ -515,7 +599,7 @@ def train(config: TrainConfig) -> TrainResult:
             raise SquadkitError(f"{p}: data file not found", param=param)
     resume = resolve_resume(config, output_dir) if config.do_train else None
     if resume is not None:
-        check_resume_compatible(resume, config.group_by_length)
+        check_resume_compatible(resume, config.group_by_length, config.passage_negatives, config.shared_norm)
     check_output_dir(config, output_dir, resume)
     # model and tokenizer: from the checkpoint when resuming, else the base model (checked before heavy imports)
     source = resolve_model_source(str(resume) if resume is not None else config.model_name_or_path)
@@ -593,6 +677,26 @@ def _with_calibration(settings, net, eval_data, preds, predict_path):
     return dataclasses.replace(settings, calibration=calibration)
 
 
+def _with_ask_threshold(config, settings, output_dir: Path, predict_path, train_path, accelerator):
+    """Learn ask's threshold (train/ask_eval.py) on the saved model; written into squadkit.json and
+    ask_eval_results.json. Timed and logged: it reads ``ask_k`` passages per dev question."""
+    import dataclasses
+
+    from ..checkpoint import write_settings
+    from .ask_eval import fit_ask
+
+    start = time.perf_counter()
+    fit = fit_ask(output_dir, predict_path, train_path, config.ask_k, batch_size=config.per_gpu_eval_batch_size,
+                  device=str(accelerator.device))
+    settings = dataclasses.replace(settings, ask_threshold=fit.threshold, ask_k=fit.k, ask_threshold_from=fit.source,
+                                   ask_calibration=fit.calibration)
+    write_settings(output_dir, settings)
+    atomic_write_json(output_dir / ASK_EVAL_FILE, {**fit.results, "seconds": round(time.perf_counter() - start, 1)})
+    with open(output_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"event": "ask_threshold", **fit.results}) + "\n")
+    return settings
+
+
 def _run(config, accelerator, model, tokenizer, features, eval_data, resume, result, train_path, predict_path):
     """Train and/or evaluate, then write the model folder (main process)."""
     threshold = (float(config.null_score_diff_threshold), None)
@@ -616,10 +720,14 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
     if config.do_train and accelerator.is_main_process:
         settings = config.model_settings(threshold[0], threshold[1], result.eval_results,
                                          global_step=result.global_step, examples_used=result.examples_used,
-                                         train_windows=result.train_windows)
+                                         train_windows=result.train_windows,
+                                         **({"negative_windows": result.negative_windows}
+                                            if config.for_collections else {}))
         if config.do_eval and preds is not None:
             settings = _with_calibration(settings, accelerator.unwrap_model(model), eval_data, preds, predict_path)
         save_final(accelerator.unwrap_model(model), tokenizer, output_dir, settings)
+        if config.do_eval and config.for_collections:
+            settings = _with_ask_threshold(config, settings, output_dir, predict_path, train_path, accelerator)
         card = model_card(config, train_path, predict_path if config.do_eval else None, result.eval_results,
                           features.stats, result.global_step, settings)
         atomic_write_text(output_dir / README_FILE, card)

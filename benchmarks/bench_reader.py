@@ -1,0 +1,139 @@
+"""Readers for collections, measured (issue 19): the gold paragraph against ``ask`` at several k.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_reader.py \\
+        --models plain=/work/runs/plain,both=/work/runs/both [--ks 1,3,5,10] [--threads 1] [--json out.json]
+
+For each trained model folder, on the 626 questions of the shared dev slice:
+
+* **gold paragraph**: ``predict_squad`` on each question's own paragraph, with the folder's
+  single-passage threshold (EM, F1, HasAns F1, NoAns accuracy);
+* **ask**: bm25 over one index of every dev AND train paragraph (passages of at most 300 of the
+  reader's tokens, as in bench_retrieval.py), reading k = 1, 3, 5, 10 passages, by the folder's
+  rule (``ask_threshold`` with passage-normalised scores when the folder has one, else the first
+  rule: raw logits, min null, the single-passage threshold). The passages are read once, at the
+  largest k; each k ranks the first k of them (bm25 re-ranks its best 30, so its top k is a
+  prefix of its top 10);
+* for a folder without ``ask_threshold``, the same reader under the normalised rule with a
+  threshold fitted here at k=5 (as ``train`` would fit it), to tell the rule from the training;
+* the all-abstain line (every answer "").
+
+Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SQUADKIT_SHARED_DATA", REPO.parent / "shared" / "data")) / "squad_v2"
+DEV = SHARED / "dev-v2.0.first2articles.json"
+TRAIN = SHARED / "train-v2.0.first10articles.json"
+COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "ms/question"]
+
+
+def scores(dataset, preds: dict) -> dict:
+    from squadkit.metrics import evaluate
+
+    ev = evaluate(dataset, preds, report_missing=None)
+    return {"EM": ev["exact"], "F1": ev["f1"], "HasAns F1": ev.get("HasAns_f1", 0.0),
+            "NoAns acc": ev.get("NoAns_exact", 0.0)}
+
+
+def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, rows: list[dict]) -> None:
+    from squadkit.pipeline import QuestionAnswerer
+    from squadkit.predict import decode_settings_for, predict_squad
+    from squadkit.retrieval import DocumentQA, Index
+    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
+    from squadkit.metrics import evaluate
+
+    qa = QuestionAnswerer(folder, backend="torch", device="cpu")
+    questions = [e.question for e in dataset.examples]
+
+    def add(label: str, preds: dict, seconds: float | None) -> None:
+        row = {"model": name, "reader input": label, **scores(dataset, preds),
+               "ms/question": None if seconds is None else 1000 * seconds / len(questions)}
+        rows.append(row)
+        print(_line(row), flush=True)
+
+    decode, _, _ = decode_settings_for(qa.model)
+    t0 = time.perf_counter()
+    gold = predict_squad(qa.model, dataset.examples, decode, batch_size=8)
+    add(f"gold paragraph (threshold {decode.null_score_diff_threshold:.2f})", gold.predictions,
+        time.perf_counter() - t0)
+    index_path = workdir / f"ask-{name}.sqlite"
+    if not index_path.is_file():
+        build_ask_index(index_path, [DEV, TRAIN], folder)
+    with Index(index_path) as index:
+        dqa = DocumentQA(index, qa=qa, k=max(ks))
+        t0 = time.perf_counter()
+        readings = dqa.read(questions, max(ks))
+        seconds = time.perf_counter() - t0
+        rule = f"ask_threshold {dqa.threshold:.2f}" if dqa.normalized else f"raw rule, threshold {dqa.threshold:.2f}"
+        for k in ks:
+            results = [dqa.rank(q, r, k=k) for q, r in zip(questions, readings)]
+            add(f"ask, bm25, k={k} ({rule})", {e.id: r.answer for e, r in zip(dataset.examples, results)},
+                seconds * k / max(ks))
+        if not dqa.normalized:  # the same reader under the normalised rule, threshold fitted at k=5
+            norm = DocumentQA(index, qa=qa, k=max(ks), scoring="normalized")
+            fit_k = 5 if 5 in ks else ks[-1]
+            preds, odds, _ = ask_predictions(norm, readings, dataset, fit_k)
+            threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])
+            for k in ks:
+                preds, odds, _ = ask_predictions(norm, readings, dataset, k)
+                final = score_at(dataset, preds, odds, threshold)
+                row = {"model": name, "reader input": f"ask, bm25, k={k} (normalised rule, threshold {threshold:.2f} "
+                                                      f"fitted here at k={fit_k})",
+                       "EM": final["exact"], "F1": final["f1"], "HasAns F1": final.get("HasAns_f1", 0.0),
+                       "NoAns acc": final.get("NoAns_exact", 0.0), "ms/question": None}
+                rows.append(row)
+                print(_line(row), flush=True)
+
+
+def _line(row: dict) -> str:
+    cells = []
+    for c in COLUMNS:
+        v = row[c]
+        cells.append("" if v is None else f"{v:.2f}" if isinstance(v, float) and c != "ms/question" else
+                     f"{v:.0f}" if isinstance(v, float) else str(v))
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True, help="NAME=FOLDER,NAME=FOLDER,...")
+    ap.add_argument("--ks", default="1,3,5,10")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", default=None, help="Where the indexes go (kept; reused when present).")
+    ap.add_argument("--json", default=None, help="Also write the rows here.")
+    args = ap.parse_args()
+    if not DEV.is_file():
+        sys.exit(f"missing real data: {DEV}")
+    import torch
+
+    from squadkit.data import load_squad
+
+    torch.set_num_threads(args.threads)
+    dataset = load_squad(DEV)
+    ks = sorted(int(k) for k in args.ks.split(","))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-reader-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
+    for item in args.models.split(","):
+        name, folder = item.split("=", 1)
+        bench_model(name, folder, dataset, ks, workdir, rows)
+    abstain = scores(dataset, {e.id: "" for e in dataset.examples})
+    rows.append({"model": "-", "reader input": "all-abstain (every answer \"\")", **abstain, "ms/question": None})
+    print(_line(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

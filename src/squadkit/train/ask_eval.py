@@ -1,0 +1,112 @@
+"""Learn ``ask``'s abstain threshold for a trained model: dev questions asked of a collection.
+
+At the end of ``squadkit train --do-eval`` with ``--shared-norm`` or ``--passage-negatives``, every
+dev question is asked (``DocumentQA``, bm25, ``ask_k`` passages, passage-normalised scores) of an
+index holding every paragraph of the dev AND the train file (the train paragraphs are
+distractors, as in benchmarks/bench_retrieval.py), and the threshold on "no-answer score - best
+span score" with the best F1 is saved as ``ask_threshold`` (with ``ask_k``) in ``squadkit.json``;
+a calibrator is fitted on the same answers (``ask_calibration``). Like the single-passage
+threshold, it is tuned on the dev data: an optimistic figure for that data.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ASK_PASSAGE_TOKENS = 300  # passages of at most this many of the reader's tokens (the README's ask benchmark)
+ASK_OVERLAP = 32
+
+
+@dataclass
+class AskFit:
+    """What was learned, and the dev scores at the learned threshold."""
+
+    threshold: float
+    k: int
+    source: str
+    results: dict = field(default_factory=dict)
+    calibration: dict | None = None
+
+
+def build_ask_index(path: Path, files: list[Path], tokenizer: str) -> None:
+    """Every paragraph of ``files`` in one index at ``path`` (squadkit.retrieval)."""
+    from ..retrieval import IndexSettings, build_index
+
+    build_index(files, path, IndexSettings(tokenizer=tokenizer, max_tokens=ASK_PASSAGE_TOKENS, overlap=ASK_OVERLAP),
+                rebuild=True)
+
+
+def ask_predictions(dqa, readings, dataset, k: int) -> tuple[dict, dict, list]:
+    """Best span and null-minus-span score of every question from its first ``k`` passages (no abstaining)."""
+    preds, odds, results = {}, {}, []
+    for ex, read in zip(dataset.examples, readings):
+        r = dqa.rank(ex.question, read, k=k, threshold=math.inf)
+        preds[ex.id] = r.answers[0].answer if r.answers else ""
+        odds[ex.id] = (r.null_score - r.answers[0].score) if (r.answers and r.null_score is not None) else 1e9
+        results.append(r)
+    return preds, odds, results
+
+
+def score_at(dataset, preds: dict, odds: dict, threshold: float) -> dict:
+    """The official metric with "" wherever ``odds > threshold``."""
+    from ..metrics import evaluate
+
+    final = {q: ("" if odds[q] > threshold else p) for q, p in preds.items()}
+    return dict(evaluate(dataset, final, report_missing=None))
+
+
+def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, batch_size: int | None = None,
+            device: str | None = None, index_path: Path | None = None) -> AskFit:
+    """Ask every dev question of ``dev_path`` over its + ``train_path``'s paragraphs; the best-F1 threshold."""
+    from ..data import load_squad
+    from ..metrics import evaluate
+    from ..pipeline import QuestionAnswerer
+    from ..retrieval import DocumentQA, Index
+
+    dataset = load_squad(dev_path)
+    files = [Path(dev_path)] + ([Path(train_path)] if train_path is not None else [])
+    qa = QuestionAnswerer(str(model_dir), backend="torch", device=device)
+    with tempfile.TemporaryDirectory(prefix="squadkit-ask-") as tmp:
+        path = Path(index_path) if index_path is not None else Path(tmp) / "ask.sqlite"
+        if not path.is_file():
+            build_ask_index(path, files, str(model_dir))
+        with Index(path) as index:
+            dqa = DocumentQA(index, qa=qa, k=k, scoring="normalized", batch_size=batch_size)
+            readings = dqa.read([e.question for e in dataset.examples], k)
+    preds, odds, results = ask_predictions(dqa, readings, dataset, k)
+    best = evaluate(dataset, preds, na_probs=odds, report_missing=None)
+    threshold = float(best["best_f1_thresh"])
+    results_at = score_at(dataset, preds, odds, threshold)
+    names = " + ".join(f.name for f in files)
+    dev_name = dataset.path.name if dataset.path else "dev"
+    source = f"best_f1_thresh of ask (bm25, k={k}, passage-normalised scores) on {dev_name} over the paragraphs of {names}"
+    fit = AskFit(threshold, k, source, {"k": k, "threshold": threshold, **results_at})
+    fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
+    return fit
+
+
+def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev_path: Path) -> dict | None:
+    """A calibrator on ask's answers (calibration.py's features, passage-normalised); None, with a
+    warning, where the dev data cannot fit one."""
+    from ..calibration import NO_SPAN
+    from ..decode import NBestEntry
+    from ..errors import SquadkitError
+    from ..calibration.dev import fit_calibration
+    from ..predictions import SquadPredictions
+
+    sp = SquadPredictions()
+    for ex, r in zip(dataset.examples, results):
+        sp.predictions[ex.id] = "" if odds[ex.id] > threshold else preds[ex.id]
+        sp.nbest[ex.id] = [NBestEntry(preds[ex.id], 0.0, 0.0, window=0)] if preds[ex.id] else []
+        sp.features[ex.id] = list(r.features) if r.features is not None else list(NO_SPAN)
+    try:
+        calibration, _ = fit_calibration(dataset, sp, getattr(qa.model, "head_sha256", None),
+                                         f"ask on {Path(dev_path).name}")
+    except SquadkitError as exc:
+        warnings.warn(f"no ask calibrator saved: {exc}", stacklevel=2)
+        return None
+    return calibration

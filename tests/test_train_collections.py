@@ -1,0 +1,382 @@
+"""A reader for collections (issue 19): passage negatives, shared normalization, ask's threshold.
+
+Tiny random models (tests/test_train_learns.py's task, tests/tiny_models.py) and hand-made data;
+no shared data needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train_learns import make_task_model, one_thread, task_records, to_squad, write_task_data  # noqa: F401
+from typer.testing import CliRunner
+
+from squadkit.cli import app
+from squadkit.data import Answer, SquadExample, load_squad
+from squadkit.errors import SquadkitError
+from squadkit.train import TrainConfig, train
+from squadkit.train.negatives import draw_negatives
+
+
+def _example(qid: str, question: str, context: str, answer: str | None = None, title: str = "t") -> SquadExample:
+    answers = [Answer(answer, context.index(answer))] if answer else []
+    return SquadExample(qid, title, context, question, answers, [], not answers, 0, 0)
+
+
+def _cfg(tmp_path: Path, base: Path, data: Path, name: str, **kw) -> TrainConfig:
+    options = dict(version_2_with_negative=True, max_seq_length=64, doc_stride=32, per_gpu_train_batch_size=4,
+                   num_train_epochs=1, save_steps=0, quiet=True, logging_steps=1,
+                   features_cache_dir=str(tmp_path / "cache"))
+    options.update(kw)
+    return TrainConfig(model_name_or_path=str(base), output_dir=str(tmp_path / name), train_file=str(data), **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# passage negatives
+# ----------------------------------------------------------------------------------------------
+
+
+def test_negatives_are_deterministic_for_a_seed_and_never_the_gold_paragraph(tmp_path):
+    examples = load_squad(write_task_data(tmp_path / "train.json", 12, seed=3)).examples
+    first = draw_negatives(examples, 2, seed=7)
+    assert draw_negatives(examples, 2, seed=7).negatives == first.negatives  # the same for a seed
+    assert draw_negatives(examples, 2, seed=8).negatives != first.negatives  # the seed matters
+    for ex, negs in zip(examples, first.negatives):
+        assert len(negs) == 2 and len(set(negs)) == 2
+        assert all(first.paragraphs[p] != ex.context for p in negs)  # never the gold paragraph
+        for a in ex.answers:
+            assert all(a.text.lower() not in first.paragraphs[p].lower() for p in negs)
+    assert first.stats["negatives"] == 2 * len(examples)
+
+
+def test_a_paragraph_holding_the_answer_text_is_skipped_for_the_next_candidate():
+    gold = "kabo likes tea . lofi likes rice ."
+    repeat = "it is said that kabo likes tea very much ."  # BM25's best other paragraph, holds the answer text
+    plain = "kabo likes jazz . nebo likes snow ."
+    far = "mida likes gold ."
+    q = _example("q1", "what does kabo like ?", gold, "kabo likes tea")
+    others = [_example(f"o{i}", "what does mida like ?", c) for i, c in enumerate((repeat, plain, far))]
+    draw = draw_negatives([q, *others], 1, seed=0)
+    chosen = {draw.paragraphs[p] for p in draw.negatives[0]}
+    assert repeat not in chosen and gold not in chosen and len(chosen) == 1
+    assert draw.stats["candidates_dropped_for_answer_text"] >= 1
+
+
+def test_negatives_become_unanswerable_windows_grouped_with_their_question(tmp_path, one_thread):
+    from squadkit.features import WindowSettings
+    from squadkit.train import make_train_features
+    from transformers import AutoTokenizer
+
+    base = make_task_model(tmp_path / "base", hidden=32)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    examples = load_squad(write_task_data(tmp_path / "train.json", 6, seed=2)).examples
+    settings = WindowSettings("squad", 64, 32, 64)
+    plain = make_train_features(examples, tok, settings, True)
+    grouped = make_train_features(examples, tok, settings, True, passage_negatives=1, seed=1)
+    assert plain.group_offsets is None and plain.negative is None
+    assert len(grouped.group_offsets) == len(examples) + 1
+    assert grouped.stats["negative_windows"] == int(grouped.negative.sum()) > 0
+    assert len(grouped) == len(plain) + grouped.stats["negative_windows"]
+    # every negative window is labelled "no answer" (CLS), and sits after its question's own windows
+    assert (grouped.start_positions[grouped.negative] == 0).all() and (grouped.end_positions[grouped.negative] == 0).all()
+    for g in range(len(examples)):
+        flags = grouped.negative[grouped.group_offsets[g]:grouped.group_offsets[g + 1]]
+        assert not flags[0] and list(flags) == sorted(flags)
+    # own windows keep the plain labels, in the plain order
+    own = ~grouped.negative
+    assert (grouped.start_positions[own] == plain.start_positions).all()
+    # shared norm without negatives: the same windows, in the same order, one group per question
+    same = make_train_features(examples, tok, settings, True, grouped=True)
+    assert (same.input_ids == plain.input_ids).all() and (same.start_positions == plain.start_positions).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# the shared-normalization loss
+# ----------------------------------------------------------------------------------------------
+
+
+def test_shared_norm_loss_equals_a_hand_computed_value():
+    import torch
+
+    from squadkit.train.loop import shared_norm_loss
+
+    # question 0: two windows, the answer in window 1 (start 2, end 3); question 1: one window, no answer
+    start = torch.tensor([[0.5, 1.0, 0.0, -1.0], [0.2, 0.0, 2.0, 0.1], [1.5, 0.3, -0.5, 9.0]])
+    end = torch.tensor([[0.1, 0.0, 0.4, 0.3], [0.0, 0.5, 0.2, 1.2], [1.0, 0.2, 0.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])  # the last token of window 2 is padding
+    sp, ep = torch.tensor([0, 2, 0]), torch.tensor([0, 3, 0])
+    group = torch.tensor([0, 0, 1])
+    got = shared_norm_loss(start, end, sp, ep, mask, group, 2)
+
+    def lse(xs):
+        return math.log(sum(math.exp(x) for x in xs))
+
+    s0 = lse([0.5, 1.0, 0.0, -1.0, 0.2, 0.0, 2.0, 0.1]) - 2.0  # the numerator: the answer window's start only
+    e0 = lse([0.1, 0.0, 0.4, 0.3, 0.0, 0.5, 0.2, 1.2]) - 1.2
+    s1 = lse([1.5, 0.3, -0.5]) - 1.5  # unanswerable: CLS; padding takes no part
+    e1 = lse([1.0, 0.2, 0.0]) - 1.0
+    assert got.tolist() == pytest.approx([(s0 + e0) / 2, (s1 + e1) / 2], abs=1e-6)
+    # an unanswerable question with two windows: both CLS in the numerator
+    both = shared_norm_loss(start[:2], end[:2], torch.tensor([0, 0]), torch.tensor([0, 0]), mask[:2],
+                            torch.tensor([0, 0]), 1)
+    s = lse([0.5, 1.0, 0.0, -1.0, 0.2, 0.0, 2.0, 0.1]) - lse([0.5, 0.2])
+    e = lse([0.1, 0.0, 0.4, 0.3, 0.0, 0.5, 0.2, 1.2]) - lse([0.1, 0.0])
+    assert both.item() == pytest.approx((s + e) / 2, abs=1e-6)
+
+
+def test_shared_norm_loss_with_one_window_per_question_is_todays_loss():
+    import torch
+
+    from squadkit.train.loop import qa_loss, shared_norm_loss
+
+    g = torch.Generator().manual_seed(0)
+    start, end = torch.randn(6, 9, generator=g) * 3, torch.randn(6, 9, generator=g) * 3
+    mask = torch.ones(6, 9, dtype=torch.long)
+    mask[2, 6:] = 0
+    mask[4, 3:] = 0
+    sp, ep = torch.tensor([0, 3, 5, 0, 1, 2]), torch.tensor([0, 4, 5, 0, 2, 2])
+    today = qa_loss(start, end, sp, ep, mask)
+    shared = shared_norm_loss(start, end, sp, ep, mask, torch.arange(6), 6)
+    assert torch.allclose(today, shared, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# training: the plain recipe unchanged; groups with the plan, resume, and the cost logged
+# ----------------------------------------------------------------------------------------------
+
+
+def test_plain_recipe_is_unchanged_and_shared_norm_with_one_window_matches_it(tmp_path, one_thread):
+    from squadkit.train.features import features_cache_path
+
+    base = make_task_model(tmp_path / "base", seed=3, hidden=32)
+    data = write_task_data(tmp_path / "train.json", 8, seed=5)  # every context fits one 64-token window
+    plain = train(_cfg(tmp_path, base, data, "plain", max_steps=3))
+    shared = train(_cfg(tmp_path, base, data, "shared", max_steps=3, shared_norm=True))
+    # the plain cache: the key as before (no extra), only the arrays it always had
+    from transformers import AutoTokenizer
+
+    key = features_cache_path(tmp_path / "cache", data, AutoTokenizer.from_pretrained(str(base)),
+                              TrainConfig(model_name_or_path="", output_dir="", max_seq_length=64,
+                                          doc_stride=32).window_settings(), True)
+    assert plain.features_cache == key and shared.features_cache != key
+    with np.load(key) as z:
+        assert sorted(z.files) == ["end_positions", "has_types", "input_ids", "offsets", "start_positions", "stats",
+                                   "token_type_ids"]
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+              for n in ("plain", "shared")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)  # one window per question: the same batches, same loss
+    start = json.loads((tmp_path / "shared" / "log.jsonl").read_text().splitlines()[0])
+    assert start["shared_norm"] is True and start["windows_per_epoch"] == plain.train_windows
+
+
+def test_groups_are_never_split_across_processes_or_micro_batches():
+    from squadkit.train.loop import StepPlan
+
+    sizes = np.array([1, 3, 2, 1, 4, 2, 1, 1, 2, 3, 1])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    seen = []
+    for rank in range(2):
+        plan = StepPlan(len(sizes), 2, 2, 2, rank, 0, 0, sizes.astype(np.int64), offsets)
+        for step in range(plan.steps_per_epoch):
+            for _, mine, weight in plan.micro_batches(plan.batch_ids(step)):
+                rows = plan.windows_of(mine)
+                groups = plan.group_index(mine)
+                assert len(rows) == len(groups) == sizes[mine].sum()
+                for j, g in enumerate(mine):  # each group whole and contiguous
+                    assert list(rows[groups == j]) == list(range(offsets[g], offsets[g + 1]))
+                if weight:
+                    seen += list(mine)
+    assert sorted(seen) == list(range(len(sizes)))  # every question once per epoch
+
+
+def test_collections_training_resumes_as_if_never_stopped(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from squadkit.train import TrainingInterrupted
+
+    base = make_task_model(tmp_path / "base", seed=3, hidden=32)
+    data = write_task_data(tmp_path / "train.json", 7, seed=5)
+    kw = dict(passage_negatives=1, shared_norm=True, save_steps=2, max_steps=4)
+    full = train(_cfg(tmp_path, base, data, "full", **kw))
+    with pytest.raises(TrainingInterrupted):
+        train(_cfg(tmp_path, base, data, "killed", interrupt_at_step=3, **kw))
+    with pytest.raises(SquadkitError, match="shared_norm"):  # resumed with the other setting: refused
+        train(_cfg(tmp_path, base, data, "killed", resume_from_checkpoint="auto", passage_negatives=1, save_steps=2,
+                   max_steps=4))
+    resumed = train(_cfg(tmp_path, base, data, "killed", resume_from_checkpoint="auto", **kw))
+    assert resumed.global_step == full.global_step == 4
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
+    from squadkit.checkpoint import read_settings
+
+    base = make_task_model(tmp_path / "base", hidden=32)
+    data = write_task_data(tmp_path / "train.json", 10, seed=1)
+    dev = write_task_data(tmp_path / "dev.json", 10, seed=2)
+    result = train(_cfg(tmp_path, base, data, "out", passage_negatives=1, shared_norm=True, do_eval=True,
+                        predict_file=str(dev), ask_k=3))
+    settings = read_settings(tmp_path / "out")
+    asked = json.loads((tmp_path / "out" / "ask_eval_results.json").read_text())
+    assert settings.ask_k == 3 and settings.ask_threshold == asked["threshold"]
+    assert "k=3" in settings.ask_threshold_from and "dev.json + train.json" in settings.ask_threshold_from
+    assert asked["total"] == 20 and asked["k"] == 3
+    assert settings.training["negative_windows"] == result.negative_windows > 0
+    assert "ask_threshold" in (tmp_path / "out" / "README.md").read_text()
+    # the plain recipe learns none: its folder keeps today's keys
+    train(_cfg(tmp_path, base, data, "plain", do_eval=True, predict_file=str(dev)))
+    assert read_settings(tmp_path / "plain").ask_threshold is None
+    assert not (tmp_path / "plain" / "ask_eval_results.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, nothing written
+# ----------------------------------------------------------------------------------------------
+
+
+def test_too_small_a_file_and_k_out_of_range_are_refused_before_anything_is_written(tmp_path, one_thread):
+    base = make_task_model(tmp_path / "base", hidden=32)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(to_squad(task_records(2, seed=1))))  # 2 paragraphs
+    with pytest.raises(SquadkitError, match=r"passage-negatives 2 needs at least 3 distinct paragraphs.*has 2"):
+        train(_cfg(tmp_path, base, small, "out", passage_negatives=2))
+    assert not (tmp_path / "out").exists()
+    runner = CliRunner()
+    common = ["train", "--model-name-or-path", str(base), "--do-train", "--version-2-with-negative", "--train-file",
+              str(small), "--max-seq-length", "64", "--doc-stride", "32", "--output-dir", str(tmp_path / "cli")]
+    for extra, message in ((["--passage-negatives", "5"], "needs at least 6 distinct paragraphs"),
+                           (["--ask-k", "0"], "ask-k must be an integer from 1 to 50"),
+                           (["--ask-k", "51"], "ask-k must be an integer from 1 to 50"),
+                           (["--passage-negatives", "-1"], "passage-negatives must be an integer >= 0")):
+        res = runner.invoke(app, common + extra)
+        assert res.exit_code == 2, res.output
+        assert message in res.output and len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "cli").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# ask: the folder's threshold, the old rule for old folders
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def collection(tmp_path, tiny_bert):
+    from squadkit.retrieval import IndexSettings, build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("the queen was born in paris . the king was born in rome .\n\nthe river is north of "
+                                "the city .", encoding="utf-8")
+    (docs / "b.txt").write_text("the first war was in the south . the new capital was built in london .",
+                                encoding="utf-8")
+    idx = tmp_path / "idx.sqlite"
+    build_index([docs], idx, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
+    return idx
+
+
+def _with_settings(tiny_bert: Path, folder: Path, **values) -> Path:
+    shutil.copytree(tiny_bert, folder)
+    path = folder / "squadkit.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"format": "squadkit-model-settings", "schema_version": 1}
+    data.update(values)
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def test_a_folder_without_ask_threshold_answers_as_before_and_says_so_once(collection, tiny_bert, tmp_path):
+    from squadkit.retrieval import DocumentQA
+    import importlib
+
+    from squadkit.retrieval.ask import AskNote, rank_answers, reader_threshold
+
+    model = _with_settings(tiny_bert, tmp_path / "old", null_score_diff_threshold=0.25)
+    importlib.import_module("squadkit.retrieval.ask")._NOTED.discard(str(model))
+    with pytest.warns(AskNote, match="has no ask_threshold"):
+        dqa = DocumentQA(collection, model=str(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second reader of the same folder says nothing
+        again = DocumentQA(collection, model=str(model))
+    assert dqa.threshold == again.threshold == reader_threshold(dqa.model) == 0.25 and not dqa.normalized
+    q = "where was the queen born"
+    result = dqa.ask(q, k=3, top_k=3)
+    read = dqa.read([q], 3)[0]
+    today = rank_answers(q, read.hits, read.nbests, 0.25, 3)  # the first rule: raw logit sums, min null
+    assert result.scoring == "raw" and "scoring" not in result.to_dict()
+    assert result.to_dict() == today.to_dict()
+    assert result.null_score == min(e.start_logit + e.end_logit for nb in read.nbests for e in nb if e.text == "")
+
+
+def test_ask_threshold_precedence_and_normalised_scores(collection, tiny_bert, tmp_path):
+    from squadkit.retrieval import DocumentQA
+
+    model = _with_settings(tiny_bert, tmp_path / "new", null_score_diff_threshold=0.25, ask_threshold=-1.5, ask_k=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no note for a folder with ask_threshold
+        folder = DocumentQA(collection, model=str(model))
+    assert folder.normalized and folder.threshold == -1.5 and folder.k == 2  # folder
+    assert DocumentQA(collection, model=str(model), threshold=3.0, k=4).threshold == 3.0  # argument beats folder
+    result = folder.ask("where was the first king born", top_k=5)
+    assert result.scoring == "normalized" and len(result.passages) == 2
+    # log-probabilities under one softmax over every window read: spans and the null share it
+    assert all(a.score <= 0 and a.probability == pytest.approx(math.exp(a.score)) for a in result.answers)
+    best = result.answers[0].score
+    assert result.no_answer == (result.null_score - best > -1.5)
+    # CLI: the folder's rule; -k out of range is one line, exit 2
+    res = CliRunner().invoke(app, ["ask", str(collection), "where was the queen born", "-m", str(model)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["threshold"] == -1.5 and out["scoring"] == "normalized"
+    res = CliRunner().invoke(app, ["ask", str(collection), "where was the queen born", "-m", str(model), "-k", "51"])
+    assert res.exit_code == 2 and "k must be at most 50" in res.output
+
+
+@pytest.mark.slow
+def test_two_processes_with_shared_norm_match_one_process(tmp_path):
+    """DDP: each process gets whole questions (groups); two processes with B questions each train the
+    same model as one with 2B (the loss is the mean over the global batch's questions)."""
+    from safetensors.torch import load_file
+    from test_train_distributed import TOLERANCE, _torchrun
+
+    base = make_task_model(tmp_path / "base", seed=1, hidden=32, dropout=0.0)
+    data = write_task_data(tmp_path / "train.json", 7, seed=4)  # 14 questions: 4 steps of 4, the last one short
+    common = ["--model_name_or_path", str(base), "--do_train", "--version_2_with_negative", "--train_file", str(data),
+              "--max_seq_length", "64", "--doc_stride", "32", "--learning_rate", "1e-3", "--num_train_epochs", "1",
+              "--save_steps", "0", "--logging_steps", "1", "--features_cache_dir", str(tmp_path / "cache"), "--quiet",
+              "--passage_negatives", "1", "--shared_norm"]
+    two = _torchrun(["train", *common, "--output_dir", str(tmp_path / "two"), "--per_gpu_train_batch_size", "2"],
+                    tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = CliRunner().invoke(app, ["train", *common, "--output_dir", str(tmp_path / "one"),
+                                   "--per_gpu_train_batch_size", "4"])
+    assert one.exit_code == 0, one.output
+    start = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2 and start["total_steps"] == 4 and start["negative_windows"] > 0
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a if k != "qa_outputs.bias") <= TOLERANCE
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / n / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+              for n in ("one", "two")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_serve_ask_reads_the_folders_ask_threshold(collection, tiny_bert, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from squadkit.pipeline import QuestionAnswerer
+    from squadkit.serve import ServeSettings, create_app
+
+    model = _with_settings(tiny_bert, tmp_path / "new", ask_threshold=-1.5, ask_k=2)
+    qa = QuestionAnswerer(str(model), backend="torch", device="cpu")
+    with TestClient(create_app(qa, ServeSettings(access_log=False), index=collection)) as client:
+        body = client.post("/v1/ask", json={"question": "where was the first king born"}).json()
+        assert body["threshold"] == -1.5 and body["scoring"] == "normalized"  # folder: threshold and k
+        assert len({a["document"] for a in body["answers"]}) <= 2
+        r = client.post("/v1/ask", json={"question": "where was the first king born", "k": 51})
+        assert r.status_code == 422 and r.json()["error"].startswith("k")
