@@ -171,6 +171,7 @@ CASES = [
     ("pipeline", None, {}, "handle_impossible_answer", False, "default"),
     ("pipeline", FOLDER, {}, "handle_impossible_answer", True, "folder"),
     ("squad", FOLDER, {}, "do_lower_case", True, "folder"),
+    ("ask", FOLDER, {}, "do_lower_case", True, "folder"),
     ("squad", None, {}, "version_2_with_negative", True, "default"),
     ("ask", None, {}, "k", 5, "default"),
     ("ask", None, {"k": 3}, "k", 3, "argument"),
