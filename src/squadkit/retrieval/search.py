@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import SquadkitError
-from .index import FTS_TOKENIZE, Index
+from . import engine
+from .index import Index
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 RRF_K = 60
@@ -113,6 +113,26 @@ def _match_expression(words: list[str]) -> str:
     return " OR ".join(dict.fromkeys(f'"{w}"' for w in words))
 
 
+_ANALYZERS: tuple | None = None
+_ANALYZERS_LOCK = threading.Lock()
+
+
+def _analyzers() -> tuple:
+    """The engine's analyzer, stemmed and not (built once; tantivy's analyzers are thread-safe)."""
+    global _ANALYZERS
+    with _ANALYZERS_LOCK:
+        if _ANALYZERS is None:
+            _ANALYZERS = (engine.analyzer(stem=True), engine.analyzer(stem=False))
+        return _ANALYZERS
+
+
+def query_terms(words: list[str]) -> list[str]:
+    """The engine's terms for ``query_words``: each word through the index's analyzer (a word such as
+    "e-mail" or "c_3" gives two), in order, once each."""
+    stem = _analyzers()[0]
+    return list(dict.fromkeys(t for w in words for t in stem.analyze(w)))
+
+
 def _within(first: Sequence[int], second: Sequence[int], window: int) -> bool:
     """Does a position in ``second`` follow one in ``first`` by 1..``window`` tokens?"""
     return any(0 < b - a <= window for a in first for b in second)
@@ -133,8 +153,7 @@ PROXIMITY_WINDOW = 3  # a question's neighbouring words count as together at mos
 PROXIMITY_WEIGHT = 0.4  # the bonus for all pairs together, relative to the query's best BM25 score
 SENTENCE_WEIGHT = 0.6  # the bonus for a sentence holding every question word, on the same scale
 EXACT_WEIGHT = 0.5  # the weight of BM25 over the question's words as written (unstemmed), on the same scale
-EXACT_TOKENIZE = "unicode61 remove_diacritics 2"  # FTS_TOKENIZE without the stemmer: token for token the same
-BM25_K1, BM25_B = 1.2, 0.75  # FTS5's constants
+BM25_K1, BM25_B = 1.2, 0.75  # the engine's constants (Tantivy's, as FTS5's were)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
 
 
@@ -175,18 +194,11 @@ class BM25Retriever:
     def __init__(self, index: Index, proximity: bool = True) -> None:
         self.index = index
         self.proximity = proximity
-        self._scratch: sqlite3.Connection | None = None
-        self._scratch_lock = threading.Lock()
-        self._terms_table = False
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
         words = query_words(query)
         depth = max(k, PROXIMITY_DEPTH) if self.proximity else k  # re-ranking needs its candidates
-        with self.index.lock:
-            rows = self.index.conn.execute(
-                "SELECT rowid, bm25(passages_fts) AS s FROM passages_fts WHERE passages_fts MATCH ? ORDER BY s LIMIT ?",
-                (_match_expression(words), depth)).fetchall()
-        scored = [(int(r[0]), -float(r[1])) for r in rows]  # FTS5's bm25() is negated: lower is better
+        scored = self.index.bm25(query_terms(words), depth)
         if self.proximity and scored:
             scored = self._rerank(words, scored)
         return scored[:k]
@@ -233,47 +245,32 @@ class BM25Retriever:
         return sorted(head, key=lambda item: -item[1]) + tail
 
     def _tokenize(self, query: str, texts: list[str]) -> _Tokens:
-        """The query (row 0) and ``texts`` (rows 1..) tokenized by FTS5 itself in a scratch in-memory
-        database: once by the index's tokenizer (stemmed) and once without the stemmer (exact forms)."""
-        with self._scratch_lock:
-            if self._scratch is None:
-                self._scratch = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                for table, tokenize in (("stemmed", FTS_TOKENIZE), ("exact", EXACT_TOKENIZE)):
-                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table} USING fts5(text, tokenize='{tokenize}')")
-                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table}_terms USING fts5vocab({table}, instance)")
-            db = self._scratch
-            db.execute("BEGIN")  # rolled back below: the scratch tables are empty again for the next query
-            try:
-                rows = list(enumerate([query, *texts]))
-                found = {}
-                for table in ("stemmed", "exact"):
-                    db.executemany(f"INSERT INTO {table}(rowid, text) VALUES (?, ?)", rows)
-                    asked = [t for (t,) in db.execute(f"SELECT DISTINCT term FROM {table}_terms WHERE doc = 0")]
-                    marks = ",".join("?" * len(asked))
-                    found[table] = db.execute(f"SELECT term, doc, offset FROM {table}_terms WHERE term IN ({marks})",
-                                              asked).fetchall()
-                lengths = dict(db.execute("SELECT doc, count(*) FROM exact_terms WHERE doc > 0 GROUP BY doc"))
-            finally:
-                db.execute("ROLLBACK")
-        tokens = _Tokens(lengths=lengths)
-        for table, into in (("stemmed", tokens.stemmed), ("exact", tokens.exact)):
-            for term, doc, offset in found[table]:
-                into.setdefault(doc, {}).setdefault(term, []).append(offset)
-        stem_at = {offset: term for term, offsets in tokens.stemmed.get(0, {}).items() for offset in offsets}
-        tokens.stem_of = {word: stem_at.get(offsets[0], word) for word, offsets in tokens.exact.get(0, {}).items()}
+        """The query (row 0) and ``texts`` (rows 1..) tokenized by the engine's own analyzer: once as
+        the index has them (stemmed) and once without the stemmer (exact forms), token for token; only
+        the positions of the query's terms are kept."""
+        stem, exact = _analyzers()
+        tokens = _Tokens()
+        asked_stems: set[str] = set()
+        asked_words: set[str] = set()
+        for row, text in enumerate([query, *texts]):
+            stems, words = stem.analyze(text), exact.analyze(text)
+            if row == 0:
+                asked_stems, asked_words = set(stems), set(words)
+                if len(stems) == len(words):
+                    tokens.stem_of = dict(zip(words, stems))
+                else:  # not expected (the stemmer maps a token to one token); exact forms then stand alone
+                    tokens.stem_of = {w: w for w in words}
+            else:
+                tokens.lengths[row] = len(words)
+            for into, seq, asked in ((tokens.stemmed, stems, asked_stems), (tokens.exact, words, asked_words)):
+                for pos, term in enumerate(seq):
+                    if term in asked:
+                        into.setdefault(row, {}).setdefault(term, []).append(pos)
         return tokens
 
     def _idf(self, terms: set[str]) -> dict[str, float]:
-        """BM25's IDF of each (already tokenized) term in the whole index, from FTS5's own counts."""
-        with self.index.lock:
-            conn = self.index.conn
-            if not self._terms_table:  # once per retriever (the connection's temp schema: the file is never written)
-                conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.passages_terms USING fts5vocab(main, passages_fts, row)")
-                self._terms_table = True
-            # the largest id stands in for the count (no scan); it exceeds it only by removed passages
-            n = conn.execute("SELECT max(rowid) FROM passages").fetchone()[0] or 0
-            marks = ",".join("?" * len(terms))
-            df = dict(conn.execute(f"SELECT term, doc FROM temp.passages_terms WHERE term IN ({marks})", list(terms)))
+        """BM25's IDF of each (already analyzed) term in the whole index, from the engine's own counts."""
+        n, df = self.index.doc_freqs(terms)
         return {t: math.log(1 + (n - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
 
     def search(self, query: str, k: int) -> list[Hit]:
