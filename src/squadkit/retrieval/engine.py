@@ -105,11 +105,11 @@ def open_engine(folder: Path, create: bool = False):
 def file_sums(folder: Path) -> dict[str, list[int]]:
     """Size and CRC-32 of each of the engine's files (not tantivy's lock and bookkeeping files, whose
     names start with a dot): recorded after each commit, checked on open."""
-    sums = {}
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and not f.name.startswith("."):
-            sums[f.name] = [f.stat().st_size, _crc(f)]
-    return sums
+    return file_sums_of(f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith("."))
+
+
+def file_sums_of(files: Iterable[Path]) -> dict[str, list[int]]:
+    return {f.name: [f.stat().st_size, _crc(f)] for f in files}
 
 
 def _crc(path: Path) -> int:

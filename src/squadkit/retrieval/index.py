@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import SquadkitError, first_line
-from . import engine
+from . import ann, engine
 from .documents import (
     Document,
     SkipFile,
@@ -622,7 +622,7 @@ class IndexWriter:
             else:
                 engine.guarded(self.engine_dir, tw.rollback)
         after = self._meta()
-        engine.remove_stale(self.path, {after["bm25_dir"], after.get("ann_file", "")})
+        engine.remove_stale(self.path, {after["bm25_dir"], ann.ann_name(after.get("ann_file"))})
 
     def _meta(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM meta"))
@@ -633,8 +633,6 @@ class IndexWriter:
     def _write_ann(self) -> str:
         """The approximate nearest-neighbour index of all embeddings (``ann``), as a new file; '' when
         the collection is small enough for exact search."""
-        from . import ann
-
         return ann.write_for(self.conn, self.path, self.generation)
 
     def _abort(self) -> None:

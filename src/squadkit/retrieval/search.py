@@ -43,7 +43,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import SquadkitError
-from . import engine
+from . import ann, engine
 from .index import Index
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -329,7 +329,8 @@ def default_embedder_path() -> str:
 
 
 class DenseRetriever:
-    """Exact inner-product search over the index's stored embeddings."""
+    """Inner-product search over the index's stored embeddings: exact (numpy) for a collection below
+    ``ann.EXACT_BELOW`` passages, else the approximate nearest-neighbour graph the index holds."""
 
     name = "dense"
 
@@ -341,27 +342,36 @@ class DenseRetriever:
         self.embedder = embedder or SentenceEmbedder(recorded)
         if embedder is not None and embedder.name != recorded:
             raise SquadkitError(f"{index.path}: embedded by {recorded}, not {embedder.name}")
-        self.ids, self.matrix = index.embeddings()
+        self.graph = None
+        if index.meta.get("ann_file") and ann.available():
+            self.graph = ann.AnnSearch(index.path, index.meta["ann_file"], index.verify)
+            self.ids, self.matrix = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        else:
+            self.ids, self.matrix = index.embeddings()
         self.row = {int(pid): i for i, pid in enumerate(self.ids)}
 
-    def similarities(self, query: str) -> np.ndarray:
-        """Cosine similarity of the query to every stored passage (in ``self.ids`` order)."""
+    def query_vector(self, query: str) -> np.ndarray:
         if not query.strip():
             raise SquadkitError("the query is empty")
-        if len(self.ids) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.matrix @ self.embedder.embed([query])[0]
+        return self.embedder.embed([query])[0]
+
+    def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` passages nearest to ``vector``: (passage id, cosine), best first."""
+        if self.graph is not None:
+            ids, sims = self.graph.nearest(vector, k)
+        else:
+            ids, sims = ann.exact_nearest(self.matrix, self.ids, vector, k)
+        return [(int(i), float(s)) for i, s in zip(ids, sims)]
+
+    def cosines(self, vector: np.ndarray, pids: Sequence[int]) -> dict[int, float]:
+        """The exact cosine of ``vector`` to each of these passages (from the stored embeddings)."""
+        if self.graph is None:
+            return {pid: float(self.matrix[self.row[pid]] @ vector) for pid in pids if pid in self.row}
+        ids, matrix = self.index.embeddings(list(pids))
+        return {int(i): float(s) for i, s in zip(ids, matrix @ vector)} if len(ids) else {}
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
-        return self.top(self.similarities(query), k)
-
-    def top(self, sims: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if len(sims) == 0:
-            return []
-        n = min(k, len(sims))
-        top = np.argpartition(-sims, n - 1)[:n]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(int(self.ids[i]), float(sims[i])) for i in top]
+        return self.nearest(self.query_vector(query), k)
 
     def search(self, query: str, k: int) -> list[Hit]:
         return _hits(self.index, self.scored_ids(query, check_k(k)))
@@ -396,8 +406,8 @@ class HybridRetriever:
             lexical = self.bm25.scored_ids(query, depth)
         except SquadkitError:  # no searchable words: the dense side may still find something
             lexical = []
-        sims = self.dense.similarities(query)
-        semantic = self.dense.top(sims, depth)
+        vector = self.dense.query_vector(query)
+        semantic = self.dense.nearest(vector, depth)
         fused: dict[int, float] = {}
         if self.fusion == "rrf":
             for ranked in (lexical, semantic):
@@ -407,10 +417,11 @@ class HybridRetriever:
             top = max((s for _, s in lexical), default=1.0) or 1.0
             lex = {pid: s / top for pid, s in lexical}
             lex_floor = min(lex.values(), default=0.0)
-            row = self.dense.row
-            for pid in lex.keys() | {pid for pid, _ in semantic}:
-                cosine = float(sims[row[pid]]) if pid in row else 0.0  # exact for every candidate
-                fused[pid] = self.alpha * lex.get(pid, lex_floor) + (1 - self.alpha) * cosine
+            cosine = dict(semantic)
+            missing = [pid for pid in lex if pid not in cosine]
+            cosine.update(self.dense.cosines(vector, missing))  # exact for every candidate
+            for pid in lex.keys() | cosine.keys():
+                fused[pid] = self.alpha * lex.get(pid, lex_floor) + (1 - self.alpha) * cosine.get(pid, 0.0)
         return sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
 
     def search(self, query: str, k: int) -> list[Hit]:
