@@ -201,7 +201,12 @@ class DocumentQA:
                 raise SquadkitError("DocumentQA needs a model (a folder or hub id) or a loaded qa")
             from ..pipeline import QuestionAnswerer
 
-            qa = QuestionAnswerer(model, backend=backend, device=device)
+            try:
+                qa = QuestionAnswerer(model, backend=backend, device=device)
+            except BaseException:
+                if self.index is not None and self.index is not index:  # the one opened here: let it go
+                    self.index.close()
+                raise
         self.qa = qa
         self.model = qa.model
         self.threshold = reader_threshold(self.model) if threshold is None else float(threshold)

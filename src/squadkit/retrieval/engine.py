@@ -98,6 +98,9 @@ def open_engine(folder: Path, create: bool = False):
         if not (folder / "meta.json").is_file():
             raise damaged(folder, "its keyword index is missing")
         index = guarded(folder, lambda: tv.Index.open(str(folder)))
+    # no reload thread: our Index follows commits itself (generation), and a background reload could
+    # read files while a writer or a test has them half-written
+    guarded(folder, lambda: index.config_reader("Manual", 0))
     index.register_tokenizer(ANALYZER, analyzer())
     return index
 

@@ -261,7 +261,9 @@ class Index:
                 raise unreadable(self.path, exc) from None
 
     def close(self) -> None:
+        """Close SQLite and let go of the engine (its files are memory-mapped until then)."""
         self.conn.close()
+        self.engine = self.searcher = None
 
     def __enter__(self) -> "Index":
         return self
@@ -729,10 +731,12 @@ def build_index(
 class IndexProgress:
     """``index`` progress off a terminal as ``train``'s: files done of all, passages, passages/s, ETA."""
 
+    every_s = 5.0  # seconds between lines
+
     def __init__(self, files: int) -> None:
         from ..progress import ProgressLines
 
-        self.lines = ProgressLines("index: files", files)
+        self.lines = ProgressLines("index: files", files, every_s=self.every_s)
         self.passages = 0
         self.lines._line = self._line  # the same cadence, with passages in the line
 
