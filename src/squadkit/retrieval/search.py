@@ -1,14 +1,15 @@
-"""Retrievers: BM25 (SQLite FTS5), dense (sentence embeddings) and their hybrid, behind one Protocol.
+"""Retrievers: BM25 (Tantivy), dense (sentence embeddings) and their hybrid, behind one Protocol.
 
 Anything with ``search(query, k) -> list[Hit]`` can stand in for the embedded index (for example a
 client of OpenSearch or Elasticsearch holding the same passages); ``DocumentQA`` only needs that.
 
 Why these choices:
 
-* **BM25 by FTS5**: in the standard library, one file, sub-millisecond queries on tens of
-  thousands of passages (benchmarks/bench_retrieval.py). The question is turned into an OR of its
-  quoted words without English stop words (quoting keeps FTS5 operators such as AND, NOT or NEAR
-  in a question from being parsed as syntax); FTS5's porter stemmer matches "built" and "build".
+* **BM25 by Tantivy** (``engine``): top-k pruning (block-max WAND), so a query costs about the same
+  at 10k and 1M passages (benchmarks/bench_retrieval.py ``--parts scale``; SQLite FTS5, the former
+  engine, scored every passage holding a query word). The question's words without English stop
+  words (``query_words``) each go through the engine's own analyzer (``query_terms``) into an OR of
+  term queries: no query syntax is parsed, so AND, NOT or quotes in a question are just words.
 * **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages. SQuAD questions paraphrase
   one sentence of their paragraph, so the paragraph holds the question's words close together while
   the look-alike paragraphs of the same article hold them apart. Three bonuses, relative to the
@@ -17,16 +18,13 @@ Why these choices:
   IDF (``PROXIMITY_WEIGHT``); the passage's sentence holding the largest share of the question's
   IDF adds that share (``SENTENCE_WEIGHT``); and BM25 over the question's words as written, not
   stemmed, relative to the best candidate's (``EXACT_WEIGHT``: the stemmer also joins words that
-  differ, "restored" and "restoration"). Positions come from FTS5 itself (the candidates' sentences
-  tokenized by the index's tokenizer, and by the same without the stemmer, in a scratch in-memory
-  database), so stemming and case folding match the index exactly, and the cost does not grow
-  with the collection. Weights chosen on half of the shared train slice's questions (recall@1
-  0.747 plain BM25, 0.776 with proximity and sentences, 0.783 with exact forms too), checked on the
-  other half (0.740, 0.769, 0.772), then measured on the dev slice (0.775, 0.818, 0.824), about
-  8 ms a query; see benchmarks/bench_retrieval.py.
-* **Dense** is exhaustive inner product over normalised embeddings held in memory (numpy, one
-  matrix product per query): exact, no approximate-index library to install, fine up to a few
-  hundred thousand passages on a CPU.
+  differ, "restored" and "restoration"). Positions come from the engine's analyzer itself (the
+  candidates' sentences analyzed with and without its stemmer, token for token), IDF from the
+  engine's document frequencies, so stemming and case folding match the index exactly, and the
+  cost does not grow with the collection. Weights chosen with FTS5 on half of the shared train
+  slice's questions and kept for Tantivy (README, "Ask your documents", for the measurements).
+* **Dense** is exact inner product over normalised embeddings (numpy) below ``ann.EXACT_BELOW``
+  passages and an HNSW graph (``ann``, usearch) above, where exact search reads every vector.
 * **Hybrid** adds the two scores, BM25 scaled by the query's best BM25 score, half and half
   (see ``HybridRetriever``): measured better at recall@1 than reciprocal rank fusion.
 """
@@ -92,7 +90,8 @@ def check_k(k: Any, what: str = "k") -> int:
 
 
 def fts_query(query: str) -> str:
-    """The FTS5 MATCH expression for a natural-language query (see the module docstring).
+    """An SQLite FTS5 MATCH expression for a natural-language query (the quoted words, OR'ed): the
+    former engine's, kept for comparisons (benchmarks) and callers with their own FTS5 tables.
 
     A query of stop words only is searched with those words (BM25's IDF still ranks the passages);
     a query without any word is a SquadkitError.
@@ -185,9 +184,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 class BM25Retriever:
-    """BM25 over the index's FTS5 table (k1 = 1.2, b = 0.75, FTS5's constants), the best
-    ``PROXIMITY_DEPTH`` passages re-ranked by word proximity (module docstring); ``proximity=False``:
-    plain BM25."""
+    """BM25 by the index's engine (Tantivy; k1 = 1.2, b = 0.75), the best ``PROXIMITY_DEPTH``
+    passages re-ranked by word proximity (module docstring); ``proximity=False``: plain BM25."""
 
     name = "bm25"
 
