@@ -301,7 +301,8 @@ def synthetic_vectors(n: int, sentence_vectors: np.ndarray, seed: int = 0) -> np
     return out
 
 
-def bench_ann(scales: list[int], dataset, embedder, queries: int = 200, threads: int = 1) -> None:
+def bench_ann(scales: list[int], dataset, embedder, queries: int = 200, threads: int = 1,
+              efs: tuple[int, ...] = (128, 256, 512)) -> None:
     """Dense search at scale: the HNSW graph (squadkit.retrieval.ann, usearch) against exact numpy,
     on synthetic passage vectors (``synthetic_vectors``) and real question embeddings."""
     from squadkit.retrieval import ann
@@ -324,23 +325,26 @@ def bench_ann(scales: list[int], dataset, embedder, queries: int = 200, threads:
         for lo in range(0, n, 100_000):
             graph.add(ids[lo : lo + 100_000].astype(np.uint64), x[lo : lo + 100_000], threads=threads)
         build = time.perf_counter() - t0
-        found, times = [], []
-        graph.search(qv[0], 10, threads=1)
-        for v in qv:
-            t = time.perf_counter()
-            found.append(graph.search(v, 10, threads=1).keys.tolist())
-            times.append(time.perf_counter() - t)
-        a50, a99 = np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
-        row = [f"{n:,}", f"{e50:.2f}", f"{e99:.2f}", f"{build:.1f}", f"{n / build:,.0f}",
-               f"{(rss_mib() - rss0):,.0f}", f"{a50:.3f}", f"{a99:.3f}", f"{ann.recall_at(found, exact_found, 10):.4f}"]
-        rows.append(row)
-        print("  " + " | ".join(row), flush=True)
+        for ef in efs:
+            graph.expansion_search = ef
+            found, times = [], []
+            graph.search(qv[0], 10, threads=1)
+            for v in qv:
+                t = time.perf_counter()
+                found.append(graph.search(v, 10, threads=1).keys.tolist())
+                times.append(time.perf_counter() - t)
+            a50, a99 = np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
+            row = [f"{n:,}", f"{e50:.2f}", f"{e99:.2f}", f"{build:.1f}", f"{n / build:,.0f}",
+                   f"{(rss_mib() - rss0):,.0f}", str(ef), f"{a50:.3f}", f"{a99:.3f}",
+                   f"{ann.recall_at(found, exact_found, 10):.4f}"]
+            rows.append(row)
+            print("  " + " | ".join(row), flush=True)
         del graph, x
     table(f"Dense search: HNSW (usearch f16, M={ann.CONNECTIVITY}, ef_construction={ann.EXPANSION_ADD}, "
-          f"ef_search={ann.EXPANSION_SEARCH}, {threads} build thread(s)) vs exact numpy; synthetic passage vectors, "
-          f"{len(qv)} real question embeddings",
+          f"{threads} build thread(s); squadkit searches with ef={ann.EXPANSION_SEARCH}) vs exact numpy; "
+          f"synthetic passage vectors, {len(qv)} real question embeddings",
           ["vectors", "exact p50 ms", "exact p99 ms", "graph build s", "vectors/s", "graph MiB (RSS growth)",
-           "graph p50 ms", "graph p99 ms", "recall@10 vs exact"], rows)
+           "ef_search", "graph p50 ms", "graph p99 ms", "recall@10 vs exact"], rows)
 
 
 def main() -> None:
