@@ -285,7 +285,17 @@ def test_the_graph_finds_what_exact_search_finds_and_is_crash_consistent(tmp_pat
             found.append([pid for pid, _ in graph.nearest(vector, 10)])
             exact.append(ann.exact_nearest(matrix, ids, vector, 10)[0].tolist())
         assert ann.recall_at(found, exact, 10) >= 0.98
+    # an update: the graph is copied and changed (a new file, named in the same commit), not rebuilt
+    monkeypatch.setattr(ann, "_built", lambda *a, **k: pytest.fail("the graph was built again"))
+    extra = [Document("new", "zz1 zz2 zz3 zz4", title="")]
+    index_documents(extra, idx, embedder=embedder)
+    with Index(idx) as index:
         path = ann.file_path(idx, index.meta["ann_file"])
+        assert [p.name for p in path.parent.glob("dense-*")] == [path.name]  # the previous file went
+        graph = DenseRetriever(index, embedder)
+        new_pid = index.rows("SELECT p.id FROM passages p JOIN documents d ON d.id = p.doc_id "
+                             "WHERE d.name = 'new'")[0][0]
+        assert graph.nearest(embedder.embed(["zz1 zz2 zz3 zz4"])[0], 1)[0][0] == new_pid
     # a damaged graph file: one line naming it, with the fix
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SquadkitError, match="--rebuild") as err, Index(idx) as index:

@@ -411,6 +411,8 @@ class IndexWriter:
         self.embedder = embedder
         self.progress = progress
         self._embed_queue: list[tuple[int, str]] = []
+        self.embedded_pids: list[int] = []  # this run's, for updating the graph rather than building it again
+        self.removed_pids: list[int] = []
         self.tw: Any = None
         try:
             self.conn.execute("BEGIN IMMEDIATE")  # one writer; readers keep the last committed index
@@ -552,6 +554,7 @@ class IndexWriter:
         if not self._embed_queue:
             return
         ids = [i for i, _ in self._embed_queue]
+        self.embedded_pids.extend(ids)
         vectors = self.embedder.embed([t for _, t in self._embed_queue]).astype(np.float16)
         self.conn.executemany("INSERT OR REPLACE INTO embeddings(passage_id, vector) VALUES (?, ?)",
                               [(i, v.tobytes()) for i, v in zip(ids, vectors)])
@@ -564,6 +567,9 @@ class IndexWriter:
         for doc_id in doc_ids:
             engine.guarded(self.engine_dir, lambda: engine.delete_doc(self.tw, doc_id))
             self._log(doc_id)
+            self.removed_pids.extend(r[0] for r in self.conn.execute(
+                "SELECT passage_id FROM embeddings WHERE passage_id IN (SELECT id FROM passages WHERE doc_id = ?)",
+                (doc_id,)))
             self.conn.execute("DELETE FROM embeddings WHERE passage_id IN (SELECT id FROM passages WHERE doc_id = ?)",
                               (doc_id,))
             self.conn.execute("DELETE FROM passages WHERE doc_id = ?", (doc_id,))
@@ -635,7 +641,9 @@ class IndexWriter:
     def _write_ann(self) -> str:
         """The approximate nearest-neighbour index of all embeddings (``ann``), as a new file; '' when
         the collection is small enough for exact search."""
-        return ann.write_for(self.conn, self.path, self.generation)
+        previous = self._meta().get("ann_file") or None
+        return ann.write_for(self.conn, self.path, self.generation, previous=previous,
+                             added=self.embedded_pids, removed=self.removed_pids)
 
     def _abort(self) -> None:
         if self.tw is not None:
