@@ -314,3 +314,20 @@ def test_index_prints_progress_off_a_terminal(tmp_path, monkeypatch):
     lines = [line for line in stream.getvalue().splitlines() if line.startswith("index: ")]
     assert lines and all("files" in line and "passages/s" in line and "ETA" in line for line in lines), lines
     assert "5/5 files" in lines[-1] and "5 passages" in lines[-1]
+
+
+def test_an_open_index_follows_updates_and_rebuilds_by_another_writer(tmp_path):
+    from squadkit.retrieval import BM25Retriever
+
+    folder = _write_docs(tmp_path / "docs", 3, "document {i} about paris .\n")
+    idx = tmp_path / "idx.sqlite"
+    build_index([folder], idx)
+    with Index(idx) as index:  # as serve holds it
+        retriever = BM25Retriever(index)
+        assert retriever.search("mountain", 5) == []
+        (folder / "new.txt").write_text("the mountain is high .\n")
+        build_index([folder], idx)
+        assert retriever.search("mountain", 5)[0].document.endswith("new.txt")
+        (folder / "new.txt").write_text("the valley is low .\n")
+        build_index([folder], idx, rebuild=True)  # a new engine folder; the old one is removed
+        assert retriever.search("mountain", 5) == [] and retriever.search("valley", 5)
