@@ -767,7 +767,9 @@ class IndexProgress:
         self.lines.close()
 
 
-def _index_files(files, roots, paths, output, settings, embedder, rebuild, dense, progress, lines,
+def _index_files(files: list[tuple[Path, Path]], roots: list[str], paths: Sequence[str | os.PathLike],
+                 output: str | os.PathLike, settings: IndexSettings | dict | None, embedder: Any, rebuild: bool,
+                 dense: bool | None, progress: Callable[[str], None] | None, lines: "IndexProgress | None",
                  report: IndexReport) -> None:
     """``build_index``'s transaction: each file added, updated, kept or removed (see build_index)."""
     with IndexWriter(output, settings, embedder=embedder, rebuild=rebuild, dense=dense,
@@ -823,18 +825,22 @@ def _index_files(files, roots, paths, output, settings, embedder, rebuild, dense
             writer.add_documents(docs, report, file_id)
             if progress is not None:
                 progress(name)
-        # files indexed before under these roots that are gone now
-        for fid, fpath in conn.execute("SELECT id, path FROM files").fetchall():
-            if fpath not in seen and any(fpath == r or fpath.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-                writer.remove_documents("file_id = ?", (fid,))
-                conn.execute("DELETE FROM files WHERE id = ?", (fid,))
-                report.files_removed += 1
+        _remove_vanished(writer, seen, roots, report)
         if indexable == 0:
             what = "; ".join(f"{f}: {r}" for f, r in report.skipped[:3]) or "no files found"
             raise SquadkitError(f"nothing to index under {', '.join(map(str, paths))} ({what})")
         writer.count_totals(report)
         if report.passages == 0:
             raise SquadkitError(f"nothing to index under {', '.join(map(str, paths))}: every document is empty")
+
+
+def _remove_vanished(writer: IndexWriter, seen: set[str], roots: list[str], report: IndexReport) -> None:
+    """The files indexed before under these roots that are gone now: their documents go."""
+    for fid, fpath in writer.conn.execute("SELECT id, path FROM files").fetchall():
+        if fpath not in seen and any(fpath == r or fpath.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+            writer.remove_documents("file_id = ?", (fid,))
+            writer.conn.execute("DELETE FROM files WHERE id = ?", (fid,))
+            report.files_removed += 1
 
 
 def _display_name(path: Path) -> str:
