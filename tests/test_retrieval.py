@@ -237,10 +237,11 @@ def test_incremental_reindex_updates_only_what_changed(tmp_path):
     assert all("red team" not in h.text for h in search(idx, "red team game", k=10))
     assert all("thames" not in h.text for h in search(idx, "thames oxford", k=10))
     assert search(idx, "mountain", k=1)[0].document.endswith("new.txt")
-    # the full-text table holds exactly the live passages (deleted rows really went)
+    # the keyword engine holds exactly the live passages (deleted ones really went)
     with Index(idx) as index:
         live = index.counts()["passages"]
-        assert index.conn.execute("SELECT count(*) FROM passages_fts WHERE passages_fts MATCH '\"team\"'").fetchone()[0] == 1
+        assert len(index.bm25(["team"], 10)) == 1
+        assert index.searcher.num_docs == live
     assert live == third.passages
 
 
@@ -509,11 +510,22 @@ def test_dense_and_hybrid_retrieval(tmp_path, tiny_bert):
     # a passage's own text is its nearest neighbour
     kings = search(idx, "Zoë", k=1)[0]
     assert search(idx, kings.text, k=1, retriever="dense")[0].passage_id == kings.passage_id
-    # incremental: new passages are embedded too; an update without the embedder is refused
+    # incremental: new passages are embedded too
     (folder / "more.txt").write_text("the mountain is big .\n")
     assert build_index([folder], idx, embedder=embedder).embedded == report.passages + 1
-    with pytest.raises(SquadkitError, match="holds embeddings"):
-        build_index([folder], idx)
+    # a plain re-run keeps the index's own embedder (issue 18: it was refused), and embeds what is new
+    (folder / "again.txt").write_text("the valley is small .\n")
+    kept = build_index([folder], idx)
+    assert kept.files_added == 1 and kept.embedded == kept.passages == report.passages + 2
+    with Index(idx) as index:
+        assert index.meta["embedder"] == embedder.name
+    # the CLI too: a plain `index` after `--dense`, and --no-dense drops the embeddings
+    result = runner.invoke(app, ["index", str(folder), "-o", str(idx)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["embedded"] == kept.passages
+    assert build_index([folder], idx, dense=False).embedded == 0
+    with Index(idx) as index:
+        assert "embedder" not in index.meta
 
 
 # ---------------------------------------------------------------------------------------------

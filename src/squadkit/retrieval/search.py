@@ -1,14 +1,15 @@
-"""Retrievers: BM25 (SQLite FTS5), dense (sentence embeddings) and their hybrid, behind one Protocol.
+"""Retrievers: BM25 (Tantivy), dense (sentence embeddings) and their hybrid, behind one Protocol.
 
 Anything with ``search(query, k) -> list[Hit]`` can stand in for the embedded index (for example a
 client of OpenSearch or Elasticsearch holding the same passages); ``DocumentQA`` only needs that.
 
 Why these choices:
 
-* **BM25 by FTS5**: in the standard library, one file, sub-millisecond queries on tens of
-  thousands of passages (benchmarks/bench_retrieval.py). The question is turned into an OR of its
-  quoted words without English stop words (quoting keeps FTS5 operators such as AND, NOT or NEAR
-  in a question from being parsed as syntax); FTS5's porter stemmer matches "built" and "build".
+* **BM25 by Tantivy** (``engine``): top-k pruning (block-max WAND), so a query costs about the same
+  at 10k and 1M passages (benchmarks/bench_retrieval.py ``--parts scale``; SQLite FTS5, the former
+  engine, scored every passage holding a query word). The question's words without English stop
+  words (``query_words``) each go through the engine's own analyzer (``query_terms``) into an OR of
+  term queries: no query syntax is parsed, so AND, NOT or quotes in a question are just words.
 * **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages. SQuAD questions paraphrase
   one sentence of their paragraph, so the paragraph holds the question's words close together while
   the look-alike paragraphs of the same article hold them apart. Three bonuses, relative to the
@@ -17,16 +18,13 @@ Why these choices:
   IDF (``PROXIMITY_WEIGHT``); the passage's sentence holding the largest share of the question's
   IDF adds that share (``SENTENCE_WEIGHT``); and BM25 over the question's words as written, not
   stemmed, relative to the best candidate's (``EXACT_WEIGHT``: the stemmer also joins words that
-  differ, "restored" and "restoration"). Positions come from FTS5 itself (the candidates' sentences
-  tokenized by the index's tokenizer, and by the same without the stemmer, in a scratch in-memory
-  database), so stemming and case folding match the index exactly, and the cost does not grow
-  with the collection. Weights chosen on half of the shared train slice's questions (recall@1
-  0.747 plain BM25, 0.776 with proximity and sentences, 0.783 with exact forms too), checked on the
-  other half (0.740, 0.769, 0.772), then measured on the dev slice (0.775, 0.818, 0.824), about
-  8 ms a query; see benchmarks/bench_retrieval.py.
-* **Dense** is exhaustive inner product over normalised embeddings held in memory (numpy, one
-  matrix product per query): exact, no approximate-index library to install, fine up to a few
-  hundred thousand passages on a CPU.
+  differ, "restored" and "restoration"). Positions come from the engine's analyzer itself (the
+  candidates' sentences analyzed with and without its stemmer, token for token), IDF from the
+  engine's document frequencies, so stemming and case folding match the index exactly, and the
+  cost does not grow with the collection. Weights chosen with FTS5 on half of the shared train
+  slice's questions and kept for Tantivy (README, "Ask your documents", for the measurements).
+* **Dense** is exact inner product over normalised embeddings (numpy) below ``ann.EXACT_BELOW``
+  passages and an HNSW graph (``ann``, usearch) above, where exact search reads every vector.
 * **Hybrid** adds the two scores, BM25 scaled by the query's best BM25 score, half and half
   (see ``HybridRetriever``): measured better at recall@1 than reciprocal rank fusion.
 """
@@ -35,7 +33,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +41,9 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import SquadkitError
+from . import ann, engine
 from .documents import page_at
-from .index import FTS_TOKENIZE, Index
+from .index import Index
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 RRF_K = 60
@@ -95,7 +93,8 @@ def check_k(k: Any, what: str = "k") -> int:
 
 
 def fts_query(query: str) -> str:
-    """The FTS5 MATCH expression for a natural-language query (see the module docstring).
+    """An SQLite FTS5 MATCH expression for a natural-language query (the quoted words, OR'ed): the
+    former engine's, kept for comparisons (benchmarks) and callers with their own FTS5 tables.
 
     A query of stop words only is searched with those words (BM25's IDF still ranks the passages);
     a query without any word is a SquadkitError.
@@ -121,6 +120,26 @@ def _match_expression(words: list[str]) -> str:
     return " OR ".join(dict.fromkeys(f'"{w}"' for w in words))
 
 
+_ANALYZERS: tuple | None = None
+_ANALYZERS_LOCK = threading.Lock()
+
+
+def _analyzers() -> tuple:
+    """The engine's analyzer, stemmed and not (built once; tantivy's analyzers are thread-safe)."""
+    global _ANALYZERS
+    with _ANALYZERS_LOCK:
+        if _ANALYZERS is None:
+            _ANALYZERS = (engine.analyzer(stem=True), engine.analyzer(stem=False))
+        return _ANALYZERS
+
+
+def query_terms(words: list[str]) -> list[str]:
+    """The engine's terms for ``query_words``: each word through the index's analyzer (a word such as
+    "e-mail" or "c_3" gives two), in order, once each."""
+    stem = _analyzers()[0]
+    return list(dict.fromkeys(t for w in words for t in stem.analyze(w)))
+
+
 def _within(first: Sequence[int], second: Sequence[int], window: int) -> bool:
     """Does a position in ``second`` follow one in ``first`` by 1..``window`` tokens?"""
     return any(0 < b - a <= window for a in first for b in second)
@@ -142,8 +161,7 @@ PROXIMITY_WINDOW = 3  # a question's neighbouring words count as together at mos
 PROXIMITY_WEIGHT = 0.4  # the bonus for all pairs together, relative to the query's best BM25 score
 SENTENCE_WEIGHT = 0.6  # the bonus for a sentence holding every question word, on the same scale
 EXACT_WEIGHT = 0.5  # the weight of BM25 over the question's words as written (unstemmed), on the same scale
-EXACT_TOKENIZE = "unicode61 remove_diacritics 2"  # FTS_TOKENIZE without the stemmer: token for token the same
-BM25_K1, BM25_B = 1.2, 0.75  # FTS5's constants
+BM25_K1, BM25_B = 1.2, 0.75  # the engine's constants (Tantivy's, as FTS5's were)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
 
 
@@ -175,27 +193,19 @@ def split_sentences(text: str) -> list[str]:
 
 
 class BM25Retriever:
-    """BM25 over the index's FTS5 table (k1 = 1.2, b = 0.75, FTS5's constants), the best
-    ``PROXIMITY_DEPTH`` passages re-ranked by word proximity (module docstring); ``proximity=False``:
-    plain BM25."""
+    """BM25 by the index's engine (Tantivy; k1 = 1.2, b = 0.75), the best ``PROXIMITY_DEPTH``
+    passages re-ranked by word proximity (module docstring); ``proximity=False``: plain BM25."""
 
     name = "bm25"
 
     def __init__(self, index: Index, proximity: bool = True) -> None:
         self.index = index
         self.proximity = proximity
-        self._scratch: sqlite3.Connection | None = None
-        self._scratch_lock = threading.Lock()
-        self._terms_table = False
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
         words = query_words(query)
         depth = max(k, PROXIMITY_DEPTH) if self.proximity else k  # re-ranking needs its candidates
-        with self.index.lock:
-            rows = self.index.conn.execute(
-                "SELECT rowid, bm25(passages_fts) AS s FROM passages_fts WHERE passages_fts MATCH ? ORDER BY s LIMIT ?",
-                (_match_expression(words), depth)).fetchall()
-        scored = [(int(r[0]), -float(r[1])) for r in rows]  # FTS5's bm25() is negated: lower is better
+        scored = self.index.bm25(query_terms(words), depth)
         if self.proximity and scored:
             scored = self._rerank(words, scored)
         return scored[:k]
@@ -242,47 +252,32 @@ class BM25Retriever:
         return sorted(head, key=lambda item: -item[1]) + tail
 
     def _tokenize(self, query: str, texts: list[str]) -> _Tokens:
-        """The query (row 0) and ``texts`` (rows 1..) tokenized by FTS5 itself in a scratch in-memory
-        database: once by the index's tokenizer (stemmed) and once without the stemmer (exact forms)."""
-        with self._scratch_lock:
-            if self._scratch is None:
-                self._scratch = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                for table, tokenize in (("stemmed", FTS_TOKENIZE), ("exact", EXACT_TOKENIZE)):
-                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table} USING fts5(text, tokenize='{tokenize}')")
-                    self._scratch.execute(f"CREATE VIRTUAL TABLE {table}_terms USING fts5vocab({table}, instance)")
-            db = self._scratch
-            db.execute("BEGIN")  # rolled back below: the scratch tables are empty again for the next query
-            try:
-                rows = list(enumerate([query, *texts]))
-                found = {}
-                for table in ("stemmed", "exact"):
-                    db.executemany(f"INSERT INTO {table}(rowid, text) VALUES (?, ?)", rows)
-                    asked = [t for (t,) in db.execute(f"SELECT DISTINCT term FROM {table}_terms WHERE doc = 0")]
-                    marks = ",".join("?" * len(asked))
-                    found[table] = db.execute(f"SELECT term, doc, offset FROM {table}_terms WHERE term IN ({marks})",
-                                              asked).fetchall()
-                lengths = dict(db.execute("SELECT doc, count(*) FROM exact_terms WHERE doc > 0 GROUP BY doc"))
-            finally:
-                db.execute("ROLLBACK")
-        tokens = _Tokens(lengths=lengths)
-        for table, into in (("stemmed", tokens.stemmed), ("exact", tokens.exact)):
-            for term, doc, offset in found[table]:
-                into.setdefault(doc, {}).setdefault(term, []).append(offset)
-        stem_at = {offset: term for term, offsets in tokens.stemmed.get(0, {}).items() for offset in offsets}
-        tokens.stem_of = {word: stem_at.get(offsets[0], word) for word, offsets in tokens.exact.get(0, {}).items()}
+        """The query (row 0) and ``texts`` (rows 1..) tokenized by the engine's own analyzer: once as
+        the index has them (stemmed) and once without the stemmer (exact forms), token for token; only
+        the positions of the query's terms are kept."""
+        stem, exact = _analyzers()
+        tokens = _Tokens()
+        asked_stems: set[str] = set()
+        asked_words: set[str] = set()
+        for row, text in enumerate([query, *texts]):
+            stems, words = stem.analyze(text), exact.analyze(text)
+            if row == 0:
+                asked_stems, asked_words = set(stems), set(words)
+                if len(stems) == len(words):
+                    tokens.stem_of = dict(zip(words, stems))
+                else:  # not expected (the stemmer maps a token to one token); exact forms then stand alone
+                    tokens.stem_of = {w: w for w in words}
+            else:
+                tokens.lengths[row] = len(words)
+            for into, seq, asked in ((tokens.stemmed, stems, asked_stems), (tokens.exact, words, asked_words)):
+                for pos, term in enumerate(seq):
+                    if term in asked:
+                        into.setdefault(row, {}).setdefault(term, []).append(pos)
         return tokens
 
     def _idf(self, terms: set[str]) -> dict[str, float]:
-        """BM25's IDF of each (already tokenized) term in the whole index, from FTS5's own counts."""
-        with self.index.lock:
-            conn = self.index.conn
-            if not self._terms_table:  # once per retriever (the connection's temp schema: the file is never written)
-                conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.passages_terms USING fts5vocab(main, passages_fts, row)")
-                self._terms_table = True
-            # the largest id stands in for the count (no scan); it exceeds it only by removed passages
-            n = conn.execute("SELECT max(rowid) FROM passages").fetchone()[0] or 0
-            marks = ",".join("?" * len(terms))
-            df = dict(conn.execute(f"SELECT term, doc FROM temp.passages_terms WHERE term IN ({marks})", list(terms)))
+        """BM25's IDF of each (already analyzed) term in the whole index, from the engine's own counts."""
+        n, df = self.index.doc_freqs(terms)
         return {t: math.log(1 + (n - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
 
     def search(self, query: str, k: int) -> list[Hit]:
@@ -341,7 +336,8 @@ def default_embedder_path() -> str:
 
 
 class DenseRetriever:
-    """Exact inner-product search over the index's stored embeddings."""
+    """Inner-product search over the index's stored embeddings: exact (numpy) for a collection below
+    ``ann.EXACT_BELOW`` passages, else the approximate nearest-neighbour graph the index holds."""
 
     name = "dense"
 
@@ -353,27 +349,36 @@ class DenseRetriever:
         self.embedder = embedder or SentenceEmbedder(recorded)
         if embedder is not None and embedder.name != recorded:
             raise SquadkitError(f"{index.path}: embedded by {recorded}, not {embedder.name}")
-        self.ids, self.matrix = index.embeddings()
+        self.graph = None
+        if index.meta.get("ann_file") and ann.available():
+            self.graph = ann.AnnSearch(index.path, index.meta["ann_file"], index.verify)
+            self.ids, self.matrix = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        else:
+            self.ids, self.matrix = index.embeddings()
         self.row = {int(pid): i for i, pid in enumerate(self.ids)}
 
-    def similarities(self, query: str) -> np.ndarray:
-        """Cosine similarity of the query to every stored passage (in ``self.ids`` order)."""
+    def query_vector(self, query: str) -> np.ndarray:
         if not query.strip():
             raise SquadkitError("the query is empty")
-        if len(self.ids) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.matrix @ self.embedder.embed([query])[0]
+        return self.embedder.embed([query])[0]
+
+    def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` passages nearest to ``vector``: (passage id, cosine), best first."""
+        if self.graph is not None:
+            ids, sims = self.graph.nearest(vector, k)
+        else:
+            ids, sims = ann.exact_nearest(self.matrix, self.ids, vector, k)
+        return [(int(i), float(s)) for i, s in zip(ids, sims)]
+
+    def cosines(self, vector: np.ndarray, pids: Sequence[int]) -> dict[int, float]:
+        """The exact cosine of ``vector`` to each of these passages (from the stored embeddings)."""
+        if self.graph is None:
+            return {pid: float(self.matrix[self.row[pid]] @ vector) for pid in pids if pid in self.row}
+        ids, matrix = self.index.embeddings(list(pids))
+        return {int(i): float(s) for i, s in zip(ids, matrix @ vector)} if len(ids) else {}
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
-        return self.top(self.similarities(query), k)
-
-    def top(self, sims: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if len(sims) == 0:
-            return []
-        n = min(k, len(sims))
-        top = np.argpartition(-sims, n - 1)[:n]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(int(self.ids[i]), float(sims[i])) for i in top]
+        return self.nearest(self.query_vector(query), k)
 
     def search(self, query: str, k: int) -> list[Hit]:
         return _hits(self.index, self.scored_ids(query, check_k(k)))
@@ -408,8 +413,8 @@ class HybridRetriever:
             lexical = self.bm25.scored_ids(query, depth)
         except SquadkitError:  # no searchable words: the dense side may still find something
             lexical = []
-        sims = self.dense.similarities(query)
-        semantic = self.dense.top(sims, depth)
+        vector = self.dense.query_vector(query)
+        semantic = self.dense.nearest(vector, depth)
         fused: dict[int, float] = {}
         if self.fusion == "rrf":
             for ranked in (lexical, semantic):
@@ -419,10 +424,11 @@ class HybridRetriever:
             top = max((s for _, s in lexical), default=1.0) or 1.0
             lex = {pid: s / top for pid, s in lexical}
             lex_floor = min(lex.values(), default=0.0)
-            row = self.dense.row
-            for pid in lex.keys() | {pid for pid, _ in semantic}:
-                cosine = float(sims[row[pid]]) if pid in row else 0.0  # exact for every candidate
-                fused[pid] = self.alpha * lex.get(pid, lex_floor) + (1 - self.alpha) * cosine
+            cosine = dict(semantic)
+            missing = [pid for pid in lex if pid not in cosine]
+            cosine.update(self.dense.cosines(vector, missing))  # exact for every candidate
+            for pid in lex.keys() | cosine.keys():
+                fused[pid] = self.alpha * lex.get(pid, lex_floor) + (1 - self.alpha) * cosine.get(pid, 0.0)
         return sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
 
     def search(self, query: str, k: int) -> list[Hit]:
