@@ -91,6 +91,30 @@ def test_an_exported_folder_answers_without_importing_torch(tiny_bert, tmp_path)
     assert [round(a["score"], 5) for a in result["answers"]] == [round(a["score"], 5) for a in expected]
 
 
+def test_passage_offsets_for_the_index_are_the_same(tokenizer_folder):
+    from squadkit.retrieval.documents import tokenizer_offsets_fn
+
+    ours = tokenizer_offsets_fn(FastTokenizer(tokenizer_folder))
+    theirs = tokenizer_offsets_fn(load_tokenizer(str(tokenizer_folder)))
+    for text in CONTEXTS + ["\r\n".join(CONTEXTS) * 30]:
+        assert np.array_equal(ours(text), theirs(text))
+
+
+def test_indexing_with_a_tokenizer_folder_imports_no_transformers(tiny_bert, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("kabo likes green tea .\n\nthe tea is green .", encoding="utf-8")
+    code = (
+        "import sys\n"
+        "from squadkit.retrieval import build_index\n"
+        f"report = build_index([{str(tmp_path / 'docs')!r}], {str(tmp_path / 'i.sqlite')!r}, "
+        f"{{'tokenizer': {str(tiny_bert)!r}, 'max_tokens': 8, 'overlap': 2}})\n"
+        "print(report.passages, 'transformers' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    passages, transformers_loaded, torch_loaded = out.stdout.split()[-3:]
+    assert int(passages) >= 2 and transformers_loaded == "False" and torch_loaded == "False"
+
+
 def test_a_malformed_tokenizer_json_is_one_line(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="tokenizer.json: cannot read the tokenizer"):

@@ -7,7 +7,11 @@ load time. ``FastTokenizer`` gives the few calls squadkit's windows and decoding
 that same object, so answers are the same (tests/test_fast_tokenizer.py compares them):
 
 * ``tokenizer(texts, [pairs], add_special_tokens=..., return_offsets_mapping=..., return_token_type_ids=...)``
-* ``pad_token_id``, ``model_max_length``, ``convert_ids_to_tokens``, ``convert_tokens_to_string``.
+* ``pad_token_id``, ``model_max_length``, ``convert_ids_to_tokens``, ``convert_tokens_to_string``,
+  ``backend_tokenizer``.
+
+``squadkit index --tokenizer FOLDER`` reads a local folder's tokenizer this way too: passage
+lengths need token offsets only, and importing transformers took most of a small run's time.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ class FastTokenizer:
         if return_offsets_mapping:
             out["offset_mapping"] = [e.offsets for e in encodings]
         return Encoded({k: v[0] for k, v in out.items()} if single else out, encodings)
+
+    @property
+    def backend_tokenizer(self):
+        """The ``tokenizers.Tokenizer`` itself, as transformers names it."""
+        return self._tokenizer
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tokenizer.id_to_token(int(i)) for i in ids]
