@@ -222,3 +222,37 @@ def test_every_setting_is_documented_in_the_readme_table():
     table = readme[readme.index("| setting | flag |"):]
     for setting in SETTINGS:
         assert f"`{setting.name}`" in table and f"`{setting.flag}" in table, setting.name
+
+
+def test_every_consumer_takes_its_settings_from_the_one_resolver(tiny_bert, tmp_path):
+    """pipeline/answer/serve, predict/calibrate and ask report exactly what resolve() gives in their mode."""
+    import json as _json
+    import shutil
+
+    from squadkit import pipeline
+    from squadkit.predict import decode_settings_for
+    from squadkit.retrieval import DocumentQA, build_index
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "squadkit.json").write_text(_json.dumps({
+        "format": "squadkit-model-settings", "schema_version": 1, "max_seq_length": 96, "doc_stride": 40,
+        "max_answer_length": 7, "null_score_diff_threshold": -2.0, "version_2_with_negative": True}))
+    qa = pipeline("question-answering", model=str(folder))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("kabo likes green tea .", encoding="utf-8")
+    build_index([tmp_path / "docs"], tmp_path / "i.sqlite")
+    dqa = DocumentQA(tmp_path / "i.sqlite", qa=qa, max_answer_len=4)
+    try:
+        consumers = {
+            "pipeline": (qa.settings_in_force(top_k=2), resolve(qa.model, "pipeline", {"top_k": 2})),
+            "squad": (decode_settings_for(qa.model, n_best_size=5)[1], resolve(qa.model, "squad", {"n_best_size": 5})),
+            "ask": (dqa.in_force, resolve(qa.model, "ask", {"max_answer_len": 4})),
+        }
+    finally:
+        dqa.close()
+    for mode, (reported, resolved) in consumers.items():
+        assert reported.as_dict() == resolved.as_dict(), mode
+    assert consumers["pipeline"][0]["max_seq_length"] == 96 and consumers["pipeline"][0]["doc_stride"] == 48
+    assert consumers["squad"][0]["doc_stride"] == 40 and consumers["squad"][0]["max_answer_length"] == 7
+    assert consumers["ask"][0]["max_answer_length"] == 4 and dqa.threshold == -2.0
