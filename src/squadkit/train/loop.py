@@ -582,25 +582,10 @@ def train(config: TrainConfig) -> TrainResult:
     without a QA architecture, windows longer than the model's positions or data without usable
     examples is a SquadkitError, and the output folder is left as it was.
     """
-    from ..checkpoint import (check_qa_architecture, check_window_fits, config_window_limit, hub_error, load_config,
-                              load_tokenizer, resolve_model_source)
+    from ..checkpoint import hub_error, resolve_model_source
     from ..data import load_squad
 
-    config.validate()
-    output_dir = Path(config.output_dir)
-    train_path, predict_path = config.resolved_path("train_file"), config.resolved_path("predict_file")
-    if config.do_train and train_path is None:
-        raise SquadkitError("do_train needs a train_file", param="train_file")
-    if config.do_eval and predict_path is None:
-        raise SquadkitError("do_eval needs a predict_file", param="predict_file")
-    for p, param in ((train_path if config.do_train else None, "train_file"),
-                     (predict_path if (config.do_eval or config.eval_steps) else None, "predict_file")):
-        if p is not None and not p.is_file():
-            raise SquadkitError(f"{p}: data file not found", param=param)
-    resume = resolve_resume(config, output_dir) if config.do_train else None
-    if resume is not None:
-        check_resume_compatible(resume, config.group_by_length, config.passage_negatives, config.shared_norm)
-    check_output_dir(config, output_dir, resume)
+    output_dir, train_path, predict_path, resume = _check_inputs(config)
     # model and tokenizer: from the checkpoint when resuming, else the base model (checked before heavy imports)
     source = resolve_model_source(str(resume) if resume is not None else config.model_name_or_path)
 
@@ -610,22 +595,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     accelerator = make_accelerator(config)
     hub = {"cache_dir": config.cache_dir} if config.cache_dir else {}
-    config_source = resolve_model_source(config.config_name, what="config") \
-        if (config.config_name and resume is None) else source
-    model_config = load_config(config_source, **hub)
-    check_qa_architecture(model_config, config_source.name)
-    if config.model_type and config.model_type.lower() != model_config.model_type:
-        warn_main(accelerator, f"--model_type {config.model_type} differs from the model's config "
-                               f"('{model_config.model_type}'); the config decides")
-    tok_source = resolve_model_source(config.tokenizer_name, what="tokenizer") \
-        if (config.tokenizer_name and resume is None) else source
-    tokenizer = load_tokenizer(tok_source, **hub, **({"do_lower_case": True} if config.do_lower_case else {}))
-    check_window_fits(config.max_seq_length, config_window_limit(model_config, tokenizer),
-                      f"model {config.model_name_or_path}", param="max_seq_length")
-    if config.do_lower_case and not _lowercases(tokenizer):
-        warn_main(accelerator, f"--do_lower_case has no effect on {type(tokenizer).__name__}: this tokenizer keeps case "
-                               f"(as with run_squad's RoBERTa); it only changes how answer texts are projected back")
-
+    model_config, tokenizer = _config_and_tokenizer(config, accelerator, source, resume, hub)
     eval_data = load_squad(predict_path) if (config.do_eval or config.eval_steps) else None
     result = TrainResult(output_dir=output_dir, resumed_from=resume, is_main_process=accelerator.is_main_process)
     set_seed(config.seed)
@@ -656,6 +626,50 @@ def train(config: TrainConfig) -> TrainResult:
         raise
     result.checkpoints = list_checkpoints(output_dir)
     return result
+
+
+def _check_inputs(config: TrainConfig) -> tuple[Path, Path | None, Path | None, Path | None]:
+    """(output folder, train file, dev file, checkpoint to resume) once every input checked out
+    without writing anything: flags, data files, the resumable checkpoint, the output folder."""
+    config.validate()
+    output_dir = Path(config.output_dir)
+    train_path, predict_path = config.resolved_path("train_file"), config.resolved_path("predict_file")
+    if config.do_train and train_path is None:
+        raise SquadkitError("do_train needs a train_file", param="train_file")
+    if config.do_eval and predict_path is None:
+        raise SquadkitError("do_eval needs a predict_file", param="predict_file")
+    for p, param in ((train_path if config.do_train else None, "train_file"),
+                     (predict_path if (config.do_eval or config.eval_steps) else None, "predict_file")):
+        if p is not None and not p.is_file():
+            raise SquadkitError(f"{p}: data file not found", param=param)
+    resume = resolve_resume(config, output_dir) if config.do_train else None
+    if resume is not None:
+        check_resume_compatible(resume, config.group_by_length, config.passage_negatives, config.shared_norm)
+    check_output_dir(config, output_dir, resume)
+    return output_dir, train_path, predict_path, resume
+
+
+def _config_and_tokenizer(config: TrainConfig, accelerator, source, resume, hub: dict):
+    """The model's config (a QA architecture) and tokenizer, and windows that fit the model."""
+    from ..checkpoint import (check_qa_architecture, check_window_fits, config_window_limit, load_config,
+                              load_tokenizer, resolve_model_source)
+
+    config_source = resolve_model_source(config.config_name, what="config") \
+        if (config.config_name and resume is None) else source
+    model_config = load_config(config_source, **hub)
+    check_qa_architecture(model_config, config_source.name)
+    if config.model_type and config.model_type.lower() != model_config.model_type:
+        warn_main(accelerator, f"--model_type {config.model_type} differs from the model's config "
+                               f"('{model_config.model_type}'); the config decides")
+    tok_source = resolve_model_source(config.tokenizer_name, what="tokenizer") \
+        if (config.tokenizer_name and resume is None) else source
+    tokenizer = load_tokenizer(tok_source, **hub, **({"do_lower_case": True} if config.do_lower_case else {}))
+    check_window_fits(config.max_seq_length, config_window_limit(model_config, tokenizer),
+                      f"model {config.model_name_or_path}", param="max_seq_length")
+    if config.do_lower_case and not _lowercases(tokenizer):
+        warn_main(accelerator, f"--do_lower_case has no effect on {type(tokenizer).__name__}: this tokenizer keeps case "
+                               f"(as with run_squad's RoBERTa); it only changes how answer texts are projected back")
+    return model_config, tokenizer
 
 
 def _with_calibration(settings, net, eval_data, preds, predict_path):
