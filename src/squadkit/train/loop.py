@@ -582,7 +582,7 @@ def train(config: TrainConfig) -> TrainResult:
     without a QA architecture, windows longer than the model's positions or data without usable
     examples is a SquadkitError, and the output folder is left as it was.
     """
-    from ..checkpoint import hub_error, resolve_model_source
+    from ..checkpoint import hub_error, quiet_transformers, resolve_model_source
     from ..data import load_squad
 
     output_dir, train_path, predict_path, resume = _check_inputs(config)
@@ -601,9 +601,11 @@ def train(config: TrainConfig) -> TrainResult:
     set_seed(config.seed)
     try:
         # float32 master weights whatever the checkpoint is stored in (transformers 5 loads a half-precision
-        # checkpoint as half by default); --bf16/--fp16 are autocast, as in run_squad
-        model = AutoModelForQuestionAnswering.from_pretrained(source.name, config=model_config, dtype=torch.float32,
-                                                              **source.hub_kwargs(), **hub)
+        # checkpoint as half by default); --bf16/--fp16 are autocast, as in run_squad. Quietly: transformers
+        # 5's weight-loading bar would come before any one-line error that follows.
+        with quiet_transformers():
+            model = AutoModelForQuestionAnswering.from_pretrained(source.name, config=model_config,
+                                                                  dtype=torch.float32, **source.hub_kwargs(), **hub)
     except (OSError, ValueError) as exc:
         raise hub_error(source.name, exc) from None
     features = load_features(config, accelerator, train_path, tokenizer, result) if config.do_train else None
