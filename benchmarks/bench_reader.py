@@ -49,8 +49,8 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     from squadkit.pipeline import QuestionAnswerer
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
-    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
     from squadkit.metrics import evaluate
+    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
 
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="Where the indexes go (kept; reused when present).")
     ap.add_argument("--json", default=None, help="Also write the rows here.")
+    ap.add_argument("--limit", type=int, default=None, help="Only the first N dev questions (a smoke run).")
     args = ap.parse_args()
     if not DEV.is_file():
         sys.exit(f"missing real data: {DEV}")
@@ -120,6 +121,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dataset = load_squad(DEV)
+    if args.limit:
+        dataset.examples = dataset.examples[: args.limit]
     ks = sorted(int(k) for k in args.ks.split(","))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-reader-"))
     workdir.mkdir(parents=True, exist_ok=True)
