@@ -15,6 +15,8 @@ For each trained model folder, on the 626 questions of the shared dev slice:
   prefix of its top 10);
 * for a folder without ``ask_threshold``, the same reader under the normalised rule with a
   threshold fitted here at k=5 (as ``train`` would fit it), to tell the rule from the training;
+* "never abstaining" rows: the best span whatever the no-answer score (gold paragraph and each k):
+  HasAns F1 there is the span choice alone, across passages;
 * the all-abstain line (every answer "").
 
 Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints a Markdown table.
@@ -49,8 +51,8 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     from squadkit.pipeline import QuestionAnswerer
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
-    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
     from squadkit.metrics import evaluate
+    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
 
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
@@ -66,6 +68,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     gold = predict_squad(qa.model, dataset.examples, decode, batch_size=8)
     add(f"gold paragraph (threshold {decode.null_score_diff_threshold:.2f})", gold.predictions,
         time.perf_counter() - t0)
+    add("gold paragraph, never abstaining (span quality)", gold.top_spans(), None)
     index_path = workdir / f"ask-{name}.sqlite"
     if not index_path.is_file():
         build_ask_index(index_path, [DEV, TRAIN], folder)
@@ -79,6 +82,10 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
             results = [dqa.rank(q, r, k=k) for q, r in zip(questions, readings)]
             add(f"ask, bm25, k={k} ({rule})", {e.id: r.answer for e, r in zip(dataset.examples, results)},
                 seconds * k / max(ks))
+        for k in ks:  # the spans alone: does reading more passages pick worse spans?
+            results = [dqa.rank(q, r, k=k, threshold=float("inf")) for q, r in zip(questions, readings)]
+            add(f"ask, bm25, k={k}, never abstaining (span quality)",
+                {e.id: r.answer for e, r in zip(dataset.examples, results)}, None)
         if not dqa.normalized:  # the same reader under the normalised rule, threshold fitted at k=5
             norm = DocumentQA(index, qa=qa, k=max(ks), scoring="normalized")
             fit_k = 5 if 5 in ks else ks[-1]
@@ -111,6 +118,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="Where the indexes go (kept; reused when present).")
     ap.add_argument("--json", default=None, help="Also write the rows here.")
+    ap.add_argument("--limit", type=int, default=None, help="Only the first N dev questions (a smoke run).")
     args = ap.parse_args()
     if not DEV.is_file():
         sys.exit(f"missing real data: {DEV}")
@@ -120,6 +128,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dataset = load_squad(DEV)
+    if args.limit:
+        dataset.examples = dataset.examples[: args.limit]
     ks = sorted(int(k) for k in args.ks.split(","))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-reader-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -400,7 +400,9 @@ class Events:
         self.train_time += self.window_time
         self.train_samples += self.window_samples
         overall = self.overall_rate()
-        eta = (self.plan.total_steps - step) * self.plan.global_batch / overall if overall else None
+        per_step = self.plan.global_batch if self.plan.group_offsets is None else \
+            self.plan.windows_per_epoch / self.plan.steps_per_epoch  # shared norm: windows, not questions
+        eta = (self.plan.total_steps - step) * per_step / overall if overall else None
         record = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4), "loss": loss,
                   "learning_rate": self.scheduler.get_last_lr()[0],
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
