@@ -5,7 +5,6 @@ moved over by a plain re-run, the nearest-neighbour graph against exact search, 
 from __future__ import annotations
 
 import io
-import json
 import os
 import sqlite3
 import subprocess

@@ -29,7 +29,7 @@ from . import engine
 EXACT_BELOW = 5_000  # passages; below, exact numpy search needs no build and is about as fast (measured)
 CONNECTIVITY = 16  # HNSW's M: neighbours per node
 EXPANSION_ADD = 128  # efConstruction
-EXPANSION_SEARCH = 128  # efSearch: recall@10 against exact >= 0.98 on the benchmark's vectors
+EXPANSION_SEARCH = 512  # efSearch: recall@10 against exact 0.983 at 1M, 0.996 at 100k on the benchmark (p99 8 ms, 5 ms)
 BATCH = 4096  # vectors read from SQLite and added at once
 
 
