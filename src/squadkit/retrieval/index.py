@@ -818,57 +818,15 @@ def _index_files(files: list[tuple[Path, Path]], roots: list[str], paths: Sequen
     """``build_index``'s transaction: each file added, updated, kept or removed (see build_index)."""
     with IndexWriter(output, settings, embedder=embedder, rebuild=rebuild, dense=dense,
                      progress=lines.passages_added if lines is not None else None) as writer:
-        conn = writer.conn
         seen: set[str] = set()
         indexable = 0
-        for path, root in files:
-            key = str(path)
-            seen.add(key)
+        for path, _root in files:
+            seen.add(str(path))
             name = _display_name(path)
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                report.skipped.append((name, f"unreadable: {exc.strerror or exc}"))
-                continue
-            row = conn.execute("SELECT id, size, mtime_ns, sha256 FROM files WHERE path = ?", (key,)).fetchone()
-            if row is not None and not writer.resplit and row[1] == stat.st_size and row[2] == stat.st_mtime_ns:
-                report.files_unchanged += 1
+            if _index_file(writer, path, name, report):
                 indexable += 1
                 if progress is not None:
                     progress(name)
-                continue
-            try:
-                digest = file_fingerprint(path)
-            except OSError as exc:
-                report.skipped.append((name, f"unreadable: {exc.strerror or exc}"))
-                continue
-            if row is not None and not writer.resplit and row[3] == digest:
-                conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (stat.st_size, stat.st_mtime_ns, row[0]))
-                report.files_unchanged += 1
-                indexable += 1
-                continue
-            try:
-                docs = list(read_documents(path, name))
-            except SkipFile as exc:
-                report.skipped.append((name, str(exc)))
-                if row is not None:  # it was indexable before: its old documents go
-                    writer.remove_documents("file_id = ?", (row[0],))
-                    conn.execute("DELETE FROM files WHERE id = ?", (row[0],))
-                continue
-            if row is not None:
-                writer.remove_documents("file_id = ?", (row[0],))
-                conn.execute("UPDATE files SET size = ?, mtime_ns = ?, sha256 = ?, name = ? WHERE id = ?",
-                             (stat.st_size, stat.st_mtime_ns, digest, name, row[0]))
-                file_id = row[0]
-                report.files_updated += 1
-            else:
-                file_id = conn.execute("INSERT INTO files(path, name, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?)",
-                                       (key, name, stat.st_size, stat.st_mtime_ns, digest)).lastrowid
-                report.files_added += 1
-            indexable += 1
-            writer.add_documents(docs, report, file_id)
-            if progress is not None:
-                progress(name)
         _remove_vanished(writer, seen, roots, report)
         if indexable == 0:
             what = "; ".join(f"{f}: {r}" for f, r in report.skipped[:3]) or "no files found"
@@ -876,6 +834,51 @@ def _index_files(files: list[tuple[Path, Path]], roots: list[str], paths: Sequen
         writer.count_totals(report)
         if report.passages == 0:
             raise SquadkitError(f"nothing to index under {', '.join(map(str, paths))}: every document is empty")
+
+
+def _index_file(writer: IndexWriter, path: Path, name: str, report: IndexReport) -> bool:
+    """One file into the run's transaction: kept when unchanged (same size and mtime, else the same
+    bytes), re-read when changed, added when new, skipped (and its old documents removed) when it
+    cannot be read; True when the file is indexable."""
+    conn, key = writer.conn, str(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        report.skipped.append((name, f"unreadable: {exc.strerror or exc}"))
+        return False
+    row = conn.execute("SELECT id, size, mtime_ns, sha256 FROM files WHERE path = ?", (key,)).fetchone()
+    if row is not None and not writer.resplit and row[1] == stat.st_size and row[2] == stat.st_mtime_ns:
+        report.files_unchanged += 1
+        return True
+    try:
+        digest = file_fingerprint(path)
+    except OSError as exc:
+        report.skipped.append((name, f"unreadable: {exc.strerror or exc}"))
+        return False
+    if row is not None and not writer.resplit and row[3] == digest:
+        conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (stat.st_size, stat.st_mtime_ns, row[0]))
+        report.files_unchanged += 1
+        return True
+    try:
+        docs = list(read_documents(path, name))
+    except SkipFile as exc:
+        report.skipped.append((name, str(exc)))
+        if row is not None:  # it was indexable before: its old documents go
+            writer.remove_documents("file_id = ?", (row[0],))
+            conn.execute("DELETE FROM files WHERE id = ?", (row[0],))
+        return False
+    if row is not None:
+        writer.remove_documents("file_id = ?", (row[0],))
+        conn.execute("UPDATE files SET size = ?, mtime_ns = ?, sha256 = ?, name = ? WHERE id = ?",
+                     (stat.st_size, stat.st_mtime_ns, digest, name, row[0]))
+        file_id = row[0]
+        report.files_updated += 1
+    else:
+        file_id = conn.execute("INSERT INTO files(path, name, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?)",
+                               (key, name, stat.st_size, stat.st_mtime_ns, digest)).lastrowid
+        report.files_added += 1
+    writer.add_documents(docs, report, file_id)
+    return True
 
 
 def _remove_vanished(writer: IndexWriter, seen: set[str], roots: list[str], report: IndexReport) -> None:
