@@ -63,6 +63,19 @@ def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def docs_index(tmp_path_factory, tiny_bert) -> Path:
+    """A small document index (test_retrieval's collection, the tiny BERT's tokenizer) for the servers."""
+    from test_retrieval import write_collection
+
+    from squadkit.retrieval import IndexSettings, build_index
+
+    root = tmp_path_factory.mktemp("docs-index")
+    path = root / "idx.sqlite"
+    build_index([write_collection(root / "docs")], path, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
+    return path
+
+
 # No test contacts a hub: the Hugging Face libraries are told so before any of them is imported.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")

@@ -433,14 +433,6 @@ def test_abstains_when_the_lowest_null_beats_the_best_span_by_the_threshold():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def docs_index(tmp_path_factory, tiny_bert):
-    folder = write_collection(tmp_path_factory.mktemp("ask") / "docs")
-    idx = folder.parent / "idx.sqlite"
-    build_index([folder], idx, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
-    return idx
-
-
 def test_ask_answers_point_into_the_documents(docs_index, tiny_bert):
     from squadkit.predict import SquadDecodeSettings, predict_squad
     from squadkit.retrieval.ask import _Example

@@ -348,18 +348,6 @@ def test_full_queue_is_503_with_retry_after(qa):
         assert post(url, "/v1/answer", body).status_code == 200  # room again
 
 
-@pytest.fixture(scope="module")
-def docs_index(tmp_path_factory, tiny_bert):
-    from test_retrieval import write_collection
-
-    from squadkit.retrieval import IndexSettings, build_index
-
-    root = tmp_path_factory.mktemp("serve-docs")
-    path = root / "idx.sqlite"
-    build_index([write_collection(root / "docs")], path, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
-    return path
-
-
 def test_ask_goes_through_the_same_admission_as_answer(qa, docs_index):
     """/v1/ask shares the answer routes' queue (503 + Retry-After when full), timeout (504) and worker."""
     gated = GatedQA(qa)

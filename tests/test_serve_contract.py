@@ -40,18 +40,6 @@ def calibrated_model(tmp_path_factory, tiny_bert):
     return folder
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory, tiny_bert):
-    from test_retrieval import write_collection
-
-    from squadkit.retrieval import IndexSettings, build_index
-
-    root = tmp_path_factory.mktemp("contract-index")
-    path = root / "idx.sqlite"
-    build_index([write_collection(root / "docs")], path, IndexSettings(tokenizer=str(tiny_bert), max_tokens=24, overlap=4))
-    return path
-
-
 def run_schemathesis(url: str) -> tuple[int, list[str]]:
     """All checks, all phases, a bounded number of examples; (requests sent, failures described)."""
     config = schemathesis.Config.from_dict({
@@ -81,10 +69,10 @@ def run_schemathesis(url: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("calibrated, with_index", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["plain", "plain+index", "calibrated", "calibrated+index"])
-def test_every_route_keeps_its_openapi_contract(tiny_bert, calibrated_model, index, calibrated, with_index, capsys):
+def test_every_route_keeps_its_openapi_contract(tiny_bert, calibrated_model, docs_index, calibrated, with_index, capsys):
     model = calibrated_model if calibrated else tiny_bert
     app = app_for(str(model), ServeSettings(**SETTINGS),
-                  index=index if with_index else None)
+                  index=docs_index if with_index else None)
     with serve_in_thread(app) as url:
         raw = schemathesis.openapi.from_url(url + "/openapi.json").raw_schema
         sent, failures = run_schemathesis(url)
