@@ -75,13 +75,6 @@ def _options(options: dict, where: str) -> tuple[dict, dict]:
     return canonical_options(options, "pipeline", where)
 
 
-def check_options(**options) -> dict:
-    """Validate the pipeline's options (a one-line ValueError naming the keyword), before any model loads."""
-    values, typed = _options(options, "")
-    check_values(values, typed)
-    return values
-
-
 class QuestionAnswerer:
     """Answers questions about contexts with an extractive QA model.
 

@@ -13,13 +13,12 @@ Under ``torchrun`` / ``accelerate launch`` each process predicts a shard of the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from . import defaults
 from .decode import squad_prediction, squad_text_recoverer, squad_window_nbest
-from .errors import SquadkitError
 from .features import WindowSettings
 from .io import atomic_write_json
 from .predictions import (

@@ -56,7 +56,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..defaults import ASK_PASSAGES as DEFAULT_PASSAGES
 from ..errors import SquadkitError
 from ..settings import check_options, check_values
 from .documents import page_at
