@@ -284,6 +284,18 @@ def friendly_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def leave_process_group() -> None:
+    """Under torchrun / accelerate launch: every process meets, then closes the process group before
+    the interpreter exits (a gloo group left open can abort a process while Python shuts down)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def note(text: str) -> None:
     """A note for the user on stderr (stdout stays JSON)."""
     typer.echo(f"note: {text}", err=True)
@@ -501,6 +513,7 @@ def predict(
     summary = run_predict(model=model, data=data, output_dir=output_dir, backend=backend, device=device,
                           ignore_saved_threshold=ignore_saved_threshold, strict=strict, show_progress=True, note=note,
                           **settings)
+    leave_process_group()
     if summary is not None:
         print_json(summary)
 
@@ -657,6 +670,7 @@ def train_cmd(**flags) -> None:
         for text in notes:
             warnings.warn(text, TrainWarning)
         result = train(config)
+    leave_process_group()
     if result.is_main_process:
         print_json({
             "output_dir": str(result.output_dir), "global_step": result.global_step, "train_loss": result.train_loss,
