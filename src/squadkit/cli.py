@@ -21,7 +21,6 @@ from . import defaults as D
 from .defaults import DEFAULT_MODEL
 from .errors import SquadkitError, first_line
 from .settings import ALIASES, BY_NAME
-from .settings import _flag as _flag_check
 
 MODEL_HELP = "Hub id, checkpoint folder or exported ONNX folder (default: the model card's checkpoint)."
 
@@ -87,7 +86,7 @@ def setting_option(name: str, help: str | None = None, **kwargs) -> Any:
     and its default as the settings table says them; None = not given (the resolver decides)."""
     setting = BY_NAME[name]
     flag = setting.flag
-    if setting.check is _flag_check:
+    if setting.kind is bool:
         decls = (f"{flag}/--no-{flag[2:]}",)
     elif name == "k":
         decls = (flag, "-k")
@@ -95,10 +94,6 @@ def setting_option(name: str, help: str | None = None, **kwargs) -> Any:
         decls = (flag,)
     text = f"{help or setting.meaning} [default: {setting.default_text}]"
     return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
-
-
-_KIND_OF_CHECK = {"_positive_int": int, "_passages": int, "_non_negative_int": int, "_finite_number": float, "_probability": float,
-                  "_flag": bool}
 
 
 def with_settings(*names: str) -> Callable:
@@ -110,7 +105,7 @@ def with_settings(*names: str) -> Callable:
         signature = inspect.signature(func)
         own = [p for p in signature.parameters.values() if p.name != "settings"]
         added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=setting_option(name),
-                                   annotation=Optional[_KIND_OF_CHECK[BY_NAME[name].check.__name__]])
+                                   annotation=Optional[BY_NAME[name].kind])
                  for name in names]
 
         @functools.wraps(func)

@@ -82,8 +82,6 @@ def decode_settings_for(model, dataset=None, ignore_saved_threshold: bool = Fals
     if notes:
         out.sources["version_2_with_negative"] = "data (SQuAD v1.1)"
     values = {k: v for k, v in out.values.items() if k in _DECODE_FIELDS}
-    if mode == "ask":
-        values["version_2_with_negative"] = True
     return SquadDecodeSettings(**values).validate(), out, notes
 
 

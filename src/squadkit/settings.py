@@ -68,6 +68,10 @@ def _flag(value: Any, name: str) -> None:
         raise SquadkitError(f"{name} must be true or false, got {value!r}", param=name)
 
 
+_KIND_OF_CHECK = {_positive_int: int, _non_negative_int: int, _passages: int, _finite_number: float,
+                  _probability: float, _flag: bool}
+
+
 # ----------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +116,11 @@ class Setting:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def kind(self) -> type:
+        """The value's type, as its check accepts it (int, float or bool): the CLI's option type."""
+        return _KIND_OF_CHECK[self.check]
+
 
 ALL_SQUAD = ("squad", "ask")
 _SAVED_WINDOW = {m: ("max_seq_length",) for m in MODES}
@@ -143,8 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("handle_impossible_answer", "Allow the empty answer (abstain).",
             {"pipeline": _const(False)}, "on for a folder trained with --version-2-with-negative, else off",
             _flag, (), {"pipeline": ("version_2_with_negative",)}),
-    Setting("version_2_with_negative", "SQuAD v2 decoding: the empty answer is allowed.",
-            {"squad": _const(True)}, "the model folder's, else on (off for SQuAD v1.1 data, with a note)",
+    Setting("version_2_with_negative", "SQuAD v2 decoding: the empty answer is allowed (ask: always).",
+            {m: _const(True) for m in ALL_SQUAD}, "the model folder's, else on (off for SQuAD v1.1 data, with a note)",
             _flag, (), {"squad": ("version_2_with_negative",)}),
     Setting("top_k", "How many answers to return, best first.",
             {"pipeline": _const(defaults.PIPELINE_TOP_K), "ask": _const(1)}, "1", _positive_int, ("topk",)),

@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from ..errors import SquadkitError
-from ..settings import check_options, check_values
+from ..settings import check_options
 from .documents import page_at
 from .index import Index
 from .search import Hit, Retriever, check_k, make_retriever
@@ -67,12 +67,6 @@ _NOTED: set[str] = set()  # model folders already told they have no ask_threshol
 
 class AskNote(UserWarning):
     """Something about how ``ask`` answers worth saying once (e.g. a folder without ``ask_threshold``)."""
-
-
-def check_passages(k: Any, what: str = "k") -> int:
-    """``k`` passages per question: an integer from 1 to MAX_PASSAGES (the settings table's check)."""
-    check_values({"k": k}, {"k": what})
-    return k
 
 
 @dataclass
@@ -355,12 +349,11 @@ class DocumentQA:
         replaces the reader's threshold for this call."""
         from ..calibration import calibrator_of, check_min_confidence
 
-        k = check_passages(self.k if k is None else k)
-        check_k(top_k, "top_k")
+        given = check_options({"k": k, "top_k": top_k, "min_confidence": min_confidence,
+                               "null_score_diff_threshold": null_score_diff_threshold}, "ask")
+        k, threshold = given.get("k", self.k), given.get("null_score_diff_threshold")
         calibrator = self.ask_calibrator if self.normalized else calibrator_of(self.model)
         check_min_confidence(min_confidence, calibrated=calibrator is not None)
-        threshold = None if null_score_diff_threshold is None else check_options(
-            {"null_score_diff_threshold": null_score_diff_threshold}, "ask")["null_score_diff_threshold"]
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
             result = self.rank(q, read, top_k=top_k, threshold=threshold)
