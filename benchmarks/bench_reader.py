@@ -13,11 +13,13 @@ For each trained model folder, on the 626 questions of the shared dev slice:
   rule: raw logits, min null, the single-passage threshold). The passages are read once, at the
   largest k; each k ranks the first k of them (bm25 re-ranks its best 30, so its top k is a
   prefix of its top 10);
-* for a folder without ``ask_threshold``, the same reader under the normalised rule with a
-  threshold fitted here at k=5 (as ``train`` would fit it), to tell the rule from the training;
+* the same reader under the other rule (raw or normalised) with a threshold fitted here at k=5
+  (as ``train`` fits one), to tell the rule from the training;
 * "never abstaining" rows: the best span whatever the no-answer score (gold paragraph and each k):
   HasAns F1 there is the span choice alone, across passages;
-* the all-abstain line (every answer "").
+* the all-abstain line (every answer "");
+* "answerable AUC": how well the no-answer score (null minus best span) ranks the answerable
+  questions above the unanswerable ones, whatever the threshold (0.5 = chance).
 
 Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints a Markdown table.
 """
@@ -36,7 +38,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SQUADKIT_SHARED_DATA", REPO.parent / "shared" / "data")) / "squad_v2"
 DEV = SHARED / "dev-v2.0.first2articles.json"
 TRAIN = SHARED / "train-v2.0.first10articles.json"
-COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "ms/question"]
+COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "answerable AUC", "ms/question"]
+
+
+def answerable_auc(dataset, odds: dict) -> float:
+    """How well the no-answer score ranks answerable questions above unanswerable ones (ROC AUC;
+    0.5 = chance): whatever the threshold, a reader near 0.5 can only gain by abstaining always."""
+    import numpy as np
+
+    has = np.array([bool(e.answers) for e in dataset.examples])
+    score = -np.array([odds.get(e.id, np.inf) for e in dataset.examples], dtype=float)
+    ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable") + 1.0
+    for value in np.unique(score):  # average ranks over ties
+        tied = score == value
+        ranks[tied] = ranks[tied].mean()
+    n_pos, n_neg = int(has.sum()), int((~has).sum())
+    return float((ranks[has].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
 
 
 def scores(dataset, preds: dict) -> dict:
@@ -57,8 +74,9 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
 
-    def add(label: str, preds: dict, seconds: float | None) -> None:
+    def add(label: str, preds: dict, seconds: float | None, odds: dict | None = None) -> None:
         row = {"model": name, "reader input": label, **scores(dataset, preds),
+               "answerable AUC": None if odds is None else answerable_auc(dataset, odds),
                "ms/question": None if seconds is None else 1000 * seconds / len(questions)}
         rows.append(row)
         print(_line(row), flush=True)
@@ -67,7 +85,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     t0 = time.perf_counter()
     gold = predict_squad(qa.model, dataset.examples, decode, batch_size=8)
     add(f"gold paragraph (threshold {decode.null_score_diff_threshold:.2f})", gold.predictions,
-        time.perf_counter() - t0)
+        time.perf_counter() - t0, gold.null_odds)
     add("gold paragraph, never abstaining (span quality)", gold.top_spans(), None)
     index_path = workdir / f"ask-{name}.sqlite"
     if not index_path.is_file():
@@ -77,29 +95,32 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         t0 = time.perf_counter()
         readings = dqa.read(questions, max(ks))
         seconds = time.perf_counter() - t0
-        rule = f"ask_threshold {dqa.threshold:.2f}" if dqa.normalized else f"raw rule, threshold {dqa.threshold:.2f}"
+        rule = f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}"
         for k in ks:
             results = [dqa.rank(q, r, k=k) for q, r in zip(questions, readings)]
+            _, odds, _ = ask_predictions(dqa, readings, dataset, k)
             add(f"ask, bm25, k={k} ({rule})", {e.id: r.answer for e, r in zip(dataset.examples, results)},
-                seconds * k / max(ks))
+                seconds * k / max(ks), odds)
         for k in ks:  # the spans alone: does reading more passages pick worse spans?
             results = [dqa.rank(q, r, k=k, threshold=float("inf")) for q, r in zip(questions, readings)]
             add(f"ask, bm25, k={k}, never abstaining (span quality)",
                 {e.id: r.answer for e, r in zip(dataset.examples, results)}, None)
-        if not dqa.normalized:  # the same reader under the normalised rule, threshold fitted at k=5
-            norm = DocumentQA(index, qa=qa, k=max(ks), scoring="normalized")
-            fit_k = 5 if 5 in ks else ks[-1]
-            preds, odds, _ = ask_predictions(norm, readings, dataset, fit_k)
-            threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])
-            for k in ks:
-                preds, odds, _ = ask_predictions(norm, readings, dataset, k)
-                final = score_at(dataset, preds, odds, threshold)
-                row = {"model": name, "reader input": f"ask, bm25, k={k} (normalised rule, threshold {threshold:.2f} "
-                                                      f"fitted here at k={fit_k})",
-                       "EM": final["exact"], "F1": final["f1"], "HasAns F1": final.get("HasAns_f1", 0.0),
-                       "NoAns acc": final.get("NoAns_exact", 0.0), "ms/question": None}
-                rows.append(row)
-                print(_line(row), flush=True)
+        # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
+        other = "normalized" if dqa.scoring == "raw" else "raw"
+        other_dqa = DocumentQA(index, qa=qa, k=max(ks), scoring=other)
+        fit_k = 5 if 5 in ks else ks[-1]
+        preds, odds, _ = ask_predictions(other_dqa, readings, dataset, fit_k)
+        threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])
+        for k in ks:
+            preds, odds, _ = ask_predictions(other_dqa, readings, dataset, k)
+            final = score_at(dataset, preds, odds, threshold)
+            row = {"model": name, "reader input": f"ask, bm25, k={k} ({other} rule, threshold {threshold:.2f} "
+                                                  f"fitted here at k={fit_k})",
+                   "EM": final["exact"], "F1": final["f1"], "HasAns F1": final.get("HasAns_f1", 0.0),
+                   "NoAns acc": final.get("NoAns_exact", 0.0), "answerable AUC": answerable_auc(dataset, odds),
+                   "ms/question": None}
+            rows.append(row)
+            print(_line(row), flush=True)
 
 
 def _line(row: dict) -> str:
@@ -139,7 +160,8 @@ def main() -> None:
         name, folder = item.split("=", 1)
         bench_model(name, folder, dataset, ks, workdir, rows)
     abstain = scores(dataset, {e.id: "" for e in dataset.examples})
-    rows.append({"model": "-", "reader input": "all-abstain (every answer \"\")", **abstain, "ms/question": None})
+    rows.append({"model": "-", "reader input": "all-abstain (every answer \"\")", **abstain, "answerable AUC": None,
+                 "ms/question": None})
     print(_line(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -83,6 +83,8 @@ def test_negatives_become_unanswerable_windows_grouped_with_their_question(tmp_p
     assert len(grouped.group_offsets) == len(examples) + 1
     assert grouped.stats["negative_windows"] == int(grouped.negative.sum()) > 0
     assert len(grouped) == len(plain) + grouped.stats["negative_windows"]
+    # one window per negative paragraph, however long the paragraph
+    assert grouped.stats["negative_windows"] == grouped.stats["passage_negatives"]["negatives"] == len(examples)
     # every negative window is labelled "no answer" (CLS), and sits after its question's own windows
     assert (grouped.start_positions[grouped.negative] == 0).all() and (grouped.end_positions[grouped.negative] == 0).all()
     for g in range(len(examples)):
@@ -94,6 +96,27 @@ def test_negatives_become_unanswerable_windows_grouped_with_their_question(tmp_p
     # shared norm without negatives: the same windows, in the same order, one group per question
     same = make_train_features(examples, tok, settings, True, grouped=True)
     assert (same.input_ids == plain.input_ids).all() and (same.start_positions == plain.start_positions).all()
+
+
+def test_a_long_negative_gives_the_one_window_closest_to_the_question(tmp_path):
+    from transformers import AutoTokenizer
+
+    from squadkit.features import WindowSettings, build_windows
+    from squadkit.train.features import _closest_windows
+
+    tok = AutoTokenizer.from_pretrained(str(make_task_model(tmp_path / "base", hidden=32)))
+    filler = " ".join(["lobo likes red . mida likes blue ."] * 5)
+    question = "what does kabo like ?"
+    context = f"{filler} kabo likes jazz . {filler}"
+    windows = build_windows(tok, [question], [context], WindowSettings("squad", 48, 16, 16), answers=[None])
+    assert len(windows) > 2  # the paragraph spans several windows
+    (chosen,) = _closest_windows(windows)
+    text = tok.decode(chosen.input_ids[chosen.context_mask])
+    assert "kabo likes jazz" in text and chosen.start_position == chosen.end_position == 0
+    # ties go to the earlier window: a question sharing nothing picks the first
+    (first,) = _closest_windows(build_windows(tok, ["nebo ?"], [filler], WindowSettings("squad", 48, 16, 16),
+                                              answers=[None]))
+    assert first.offsets[first.context_mask][0, 0] == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +251,12 @@ def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
     assert settings.ask_k == 3 and settings.ask_threshold == asked["threshold"]
     assert "k=3" in settings.ask_threshold_from and "dev.json + train.json" in settings.ask_threshold_from
     assert asked["total"] == 20 and asked["k"] == 3
+    # both rules were fitted on the same readings; the folder keeps the one with the better F1 (normalised on a tie)
+    by_rule = asked["best_f1_by_scoring"]
+    assert set(by_rule) == {"raw", "normalized"} and settings.ask_scoring == asked["scoring"]
+    assert by_rule[settings.ask_scoring] == max(by_rule.values()) == pytest.approx(asked["f1"])
+    assert settings.ask_scoring == "normalized" or by_rule["raw"] > by_rule["normalized"]
+    assert asked["threshold_by_scoring"][settings.ask_scoring] == settings.ask_threshold
     assert settings.training["negative_windows"] == result.negative_windows > 0
     assert "ask_threshold" in (tmp_path / "out" / "README.md").read_text()
     # the plain recipe learns none: its folder keeps today's keys
@@ -335,6 +364,37 @@ def test_ask_threshold_precedence_and_normalised_scores(collection, tiny_bert, t
     assert out["threshold"] == -1.5 and out["scoring"] == "normalized"
     res = CliRunner().invoke(app, ["ask", str(collection), "where was the queen born", "-m", str(model), "-k", "51"])
     assert res.exit_code == 2 and "k must be at most 50" in res.output
+
+
+def test_a_folder_fitted_under_the_raw_rule_ranks_raw_with_its_ask_threshold(collection, tiny_bert, tmp_path):
+    from squadkit.retrieval import DocumentQA
+    from squadkit.retrieval.ask import rank_answers
+
+    model = _with_settings(tiny_bert, tmp_path / "raw", null_score_diff_threshold=0.25, ask_threshold=-0.75,
+                           ask_k=3, ask_scoring="raw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fitted folder: no note
+        dqa = DocumentQA(collection, model=str(model))
+    assert dqa.scoring == "raw" and dqa.threshold == -0.75 and dqa.k == 3
+    q = "where was the queen born"
+    result, read = dqa.ask(q, top_k=3), dqa.read([q], 3)[0]
+    assert result.scoring == "raw" and result.threshold == -0.75
+    assert result.to_dict() == rank_answers(q, read.hits, read.nbests, -0.75, 3).to_dict()  # min null, raw logits
+    # the other rule, forced: the folder's ask_threshold was not learned for it, so 0 (normalised) ...
+    forced = DocumentQA(collection, model=str(model), scoring="normalized")
+    assert forced.scoring == "normalized" and forced.threshold == 0.0
+    # ... and a folder fitted under the normalised rule, read under the raw one, falls back to its single-passage threshold
+    other = _with_settings(tiny_bert, tmp_path / "norm", null_score_diff_threshold=0.25, ask_threshold=-1.5,
+                           ask_scoring="normalized")
+    assert DocumentQA(collection, model=str(other), scoring="raw").threshold == 0.25
+    assert DocumentQA(collection, model=str(other), scoring="raw", threshold=2.0).threshold == 2.0  # argument first
+
+
+def test_a_bad_ask_scoring_in_the_folder_is_one_line(collection, tiny_bert, tmp_path):
+    model = _with_settings(tiny_bert, tmp_path / "bad", ask_threshold=-1.5, ask_scoring="softmax")
+    res = CliRunner().invoke(app, ["ask", str(collection), "where was the queen born", "-m", str(model)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "squadkit.json" in res.output and "'ask_scoring' must be one of raw, normalized" in res.output
 
 
 @pytest.mark.slow

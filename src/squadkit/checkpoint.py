@@ -60,6 +60,7 @@ class ModelSettings:
     ask_k: int | None = None
     ask_threshold_from: str | None = None
     ask_calibration: dict | None = None  # a calibrator fitted on ask's answers (same format as ``calibration``)
+    ask_scoring: str | None = None  # the rule ask_threshold was learned under: "raw" or "normalized" (None: normalized)
 
     def to_json(self) -> dict:
         body = {k: v for k, v in asdict(self).items() if v is not None}
@@ -74,8 +75,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_answer_length": (int,), "null_score_diff_threshold": (int, float), "null_score_diff_threshold_from": (str,),
     "version_2_with_negative": (bool,), "base_model": (str,), "training": (dict,), "eval": (dict,),
     "calibration": (dict,), "ask_threshold": (int, float), "ask_k": (int,), "ask_threshold_from": (str,),
-    "ask_calibration": (dict,),
+    "ask_calibration": (dict,), "ask_scoring": (str,),
 }
+ASK_SCORINGS = ("raw", "normalized")  # the values of ``ask_scoring`` (retrieval/ask.py's two rules)
 
 
 def _from_first_layout(data: dict) -> dict:
@@ -113,6 +115,9 @@ def settings_from_json(data: Any, source: str) -> ModelSettings:
             names = " or ".join(t.__name__ for t in types)
             raise SquadkitError(f"{source}: field '{key}' must be {names}, got {value!r}")
         values[key] = float(value) if key in ("null_score_diff_threshold", "ask_threshold") else value
+    if values.get("ask_scoring", "raw") not in ASK_SCORINGS:
+        raise SquadkitError(f"{source}: field 'ask_scoring' must be one of {', '.join(ASK_SCORINGS)}, "
+                            f"got {values['ask_scoring']!r}")
     for key in ("calibration", "ask_calibration"):
         if key in values:
             from .calibration import Calibrator

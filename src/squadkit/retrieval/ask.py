@@ -41,6 +41,13 @@ Ranking and abstaining, and why:
   training objective's "no answer" is the mass of all CLS tokens of all passages). The threshold
   follows argument > folder > default; a folder without ``ask_threshold`` answers with the
   rule above (raw logits, minimum null, ``null_score_diff_threshold``) and says so once.
+* **Which rule a trained folder uses** is learned with its threshold: ``train`` fits a threshold
+  under each rule on the same dev readings and keeps the rule with the better F1 as
+  ``ask_scoring`` (the span ranking is the same under both; only the no-answer score differs:
+  the minimum of the passages' nulls, or the log of their summed mass). Measured on the shared
+  dev slice (README), a reader trained with passage negatives alone keeps its F1 across k = 1-10
+  under the raw rule, while the summed mass grows with every passage read and makes the
+  normalised rule abstain more the more it reads. ``DocumentQA(scoring=...)`` overrides it.
 * With a calibrator in the model folder (``squadkit calibrate``, issue 12), the result carries
   ``confidence``: of the best span (``calibration``'s ``answer`` part, on that span's features in
   its own passage, which is where it is that passage's best span), or of the abstention. The best
@@ -56,6 +63,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from ..checkpoint import ASK_SCORINGS
 from ..errors import SquadkitError
 from ..settings import check_options
 from .documents import page_at
@@ -140,8 +148,8 @@ def _calibrate(result: AskResult, calibrator, features: dict, question_index: in
     result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
 
 
-def _calibrate_normalized(result: AskResult, calibrator, min_confidence: float | None) -> None:
-    """Confidence from the calibrator fitted in ask mode, on the best span's passage-normalised features."""
+def _calibrate_ask(result: AskResult, calibrator, min_confidence: float | None) -> None:
+    """Confidence from the calibrator fitted in ask mode, on the best span's features under the rule."""
     import numpy as np
 
     from ..calibration import NO_SPAN
@@ -198,15 +206,22 @@ def _normalizer(windows: Sequence[Sequence[tuple]]) -> float:
 
 
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
-                 top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None) -> AskResult:
+                 top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
+                 scoring: str | None = None) -> AskResult:
     """Rank the reader's spans of every retrieved passage and decide whether to abstain.
 
     ``nbests[j]`` is the n-best list (``NBestEntry``: text, start_logit, end_logit, start, end in
-    passage characters, "" for the null answer) of passage ``hits[j]``. With ``windows`` (each
-    passage's windows' (CLS start, CLS end, log normaliser), ``predict_squad(keep_windows=True)``)
-    scores are normalised over all passages; without, raw. See the module docstring.
+    passage characters, "" for the null answer) of passage ``hits[j]``. ``windows`` holds each
+    passage's windows' (CLS start, CLS end, log normaliser) (``predict_squad(keep_windows=True)``).
+    ``scoring`` is the rule (``ASK_SCORINGS``): "normalized" (needs ``windows``; the default when
+    they are given) or "raw" (the default without); with ``windows`` either rule also gives the
+    calibration features of the best span. See the module docstring.
     """
     check_k(top_k, "top_k")
+    scoring = scoring or ("raw" if windows is None else "normalized")
+    if scoring not in ASK_SCORINGS or (scoring == "normalized" and windows is None):
+        raise SquadkitError(f"scoring must be one of {', '.join(ASK_SCORINGS)} (normalized needs the passages' "
+                            f"windows), got {scoring!r}", param="scoring")
     spans: list[tuple[float, int, int, int, int]] = []  # (score, passage index, start, end, tokens)
     nulls: list[float] = []
     passage_nulls: list[float | None] = [None] * len(hits)
@@ -218,8 +233,8 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
             elif e.start is not None and e.end is not None and 0 <= e.start < e.end <= len(hit.text):
                 spans.append((e.start_logit + e.end_logit, j, e.start, e.end, e.tokens or 1))
     null_score = min(nulls) if nulls else None
-    if windows is not None:  # log-probabilities under one softmax over all passages' windows
-        log_z = _normalizer(windows)
+    log_z = _normalizer(windows) if windows is not None else 0.0
+    if scoring == "normalized":  # log-probabilities under one softmax over all passages' windows
         spans = [(score - log_z, *rest) for score, *rest in spans]
         cls = [[w[0] + w[1] for w in ws] for ws in windows]
         passage_nulls = [(_logsumexp(c) - log_z) if c else None for c in cls]
@@ -239,7 +254,7 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
                               hit.text, hit.start, hit.end, hit.score, j + 1, page=page_at(hit.metadata, hit.start + s),
                               document_id=hit.document_id))
     scores = [a.score for a in answers] + ([null_score] if null_score is not None else [])
-    if windows is not None:
+    if scoring == "normalized":
         for a in answers:
             a.probability = math.exp(a.score)
     elif scores:
@@ -249,11 +264,12 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
             a.probability = math.exp(a.score - top) / total
     no_answer = not answers or (null_score is not None and null_score - answers[0].score > threshold)
     result = AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
-                       scoring="raw" if windows is None else "normalized")
-    if windows is not None and answers:
+                       scoring=scoring)
+    if windows is not None and answers:  # the margin the rule decides on, the log-probability, the length
         from ..calibration import answer_features
 
-        result.features = answer_features(answers[0].score, null_score if null_score is not None else -50.0, 0.0,
+        shift = 0.0 if scoring == "normalized" else log_z
+        result.features = answer_features(answers[0].score, null_score if null_score is not None else -50.0, shift,
                                           best_tokens)[0].tolist()
     return result
 
@@ -281,7 +297,7 @@ class DocumentQA:
                         max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
                         **aliases)
         check_options(explicit, "ask")
-        if scoring not in (None, "raw", "normalized"):
+        if scoring is not None and scoring not in ASK_SCORINGS:
             raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
         if isinstance(retriever, str):
             if index is None:
@@ -312,26 +328,31 @@ class DocumentQA:
         self._choose_rule(scoring)
 
     def _choose_rule(self, scoring: str | None) -> None:
-        """Passage-normalised scores with ``ask_threshold`` when the folder has one, else the first
-        rule (raw scores, ``null_score_diff_threshold``), said once. The threshold is the resolver's
-        (argument > the folder's ask_threshold, then its null_score_diff_threshold > 0); ``scoring``
-        forces a rule (``train`` learns the threshold with "normalized", where a single-passage
-        threshold would mean nothing: 0 unless told)."""
+        """The rule is ``scoring`` (argument) > the folder's ``ask_scoring`` > "normalized" for a folder
+        with ``ask_threshold`` (learned before ``ask_scoring`` existed) > the first rule ("raw", said
+        once). The threshold is the resolver's (argument > the folder's ask_threshold, then its
+        null_score_diff_threshold > 0), except that a folder's ask_threshold only stands for the
+        rule it was learned under: for the other one, the single-passage threshold (raw) or 0
+        (normalized). So is the ask-mode calibrator (``ask_calibration``); a folder without an ask
+        fit keeps its single-passage calibrator under the raw rule."""
+        settings = getattr(self.model, "settings", None)
         saved = ask_threshold_of(self.model)
-        self.normalized = saved is not None if scoring is None else scoring == "normalized"
+        fitted = getattr(settings, "ask_scoring", None) or ("normalized" if saved is not None else None)
+        self.scoring = scoring or fitted or "raw"
+        self.normalized = self.scoring == "normalized"
+        self.ask_fitted = fitted == self.scoring  # the folder's ask_threshold and ask_calibration apply
         self.ask_calibrator = None
         self.threshold = self.decode.null_score_diff_threshold
-        if self.normalized:
-            if saved is None and self.in_force.sources["null_score_diff_threshold"] != "argument":
-                self.threshold = 0.0
-            data = getattr(self.model.settings, "ask_calibration", None)
-            if data is not None:
-                from ..calibration import Calibrator
+        if self.in_force.sources["null_score_diff_threshold"] != "argument" and not self.ask_fitted:
+            single = getattr(settings, "null_score_diff_threshold", None)
+            self.threshold = float(single) if self.scoring == "raw" and single is not None else 0.0
+        data = getattr(settings, "ask_calibration", None)
+        if self.ask_fitted and data is not None:
+            from ..calibration import Calibrator
 
-                self.ask_calibrator = Calibrator.from_json(data, "ask_calibration")
-            return
+            self.ask_calibrator = Calibrator.from_json(data, "ask_calibration")
         name = str(getattr(self.model, "name_or_path", "") or id(self.model))
-        if scoring is None and name not in _NOTED:
+        if fitted is None and scoring is None and name not in _NOTED:
             _NOTED.add(name)
             warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
                           f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
@@ -352,13 +373,14 @@ class DocumentQA:
         given = check_options({"k": k, "top_k": top_k, "min_confidence": min_confidence,
                                "null_score_diff_threshold": null_score_diff_threshold}, "ask")
         k, threshold = given.get("k", self.k), given.get("null_score_diff_threshold")
-        calibrator = self.ask_calibrator if self.normalized else calibrator_of(self.model)
+        single = self.scoring == "raw" and not self.ask_fitted  # the first rule keeps the single-passage calibrator
+        calibrator = calibrator_of(self.model) if single else self.ask_calibrator
         check_min_confidence(min_confidence, calibrated=calibrator is not None)
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
             result = self.rank(q, read, top_k=top_k, threshold=threshold)
-            if calibrator is not None and self.normalized:
-                _calibrate_normalized(result, calibrator, min_confidence)
+            if calibrator is not None and not single:
+                _calibrate_ask(result, calibrator, min_confidence)
             elif calibrator is not None:
                 _calibrate(result, calibrator, read.features, i, min_confidence)
             results.append(result)
@@ -389,7 +411,7 @@ class DocumentQA:
         """Answers from the first ``k`` (default: all) passages of ``read``, by this reader's rule."""
         n = len(read.hits) if k is None else k
         return rank_answers(question, read.hits[:n], read.nbests[:n], self.threshold if threshold is None else threshold,
-                            top_k, read.windows[:n] if self.normalized else None)
+                            top_k, read.windows[:n], self.scoring)
 
     def close(self) -> None:
         if self.index is not None:

@@ -1,12 +1,14 @@
 """Learn ``ask``'s abstain threshold for a trained model: dev questions asked of a collection.
 
 At the end of ``squadkit train --do-eval`` with ``--shared-norm`` or ``--passage-negatives``, every
-dev question is asked (``DocumentQA``, bm25, ``ask_k`` passages, passage-normalised scores) of an
-index holding every paragraph of the dev AND the train file (the train paragraphs are
-distractors, as in benchmarks/bench_retrieval.py), and the threshold on "no-answer score - best
-span score" with the best F1 is saved as ``ask_threshold`` (with ``ask_k``) in ``squadkit.json``;
-a calibrator is fitted on the same answers (``ask_calibration``). Like the single-passage
-threshold, it is tuned on the dev data: an optimistic figure for that data.
+dev question is asked (``DocumentQA``, bm25, ``ask_k`` passages) of an index holding every
+paragraph of the dev AND the train file (the train paragraphs are distractors, as in
+benchmarks/bench_retrieval.py). The passages are read once; under each of ask's two rules (raw
+and passage-normalised no-answer scores, retrieval/ask.py) the threshold on "no-answer score -
+best span score" with the best F1 is found, and the rule with the better F1 (normalised on a
+tie) is saved as ``ask_scoring`` with its ``ask_threshold`` (and ``ask_k``) in ``squadkit.json``;
+a calibrator is fitted on that rule's answers (``ask_calibration``). Like the single-passage
+threshold, both are tuned on the dev data: an optimistic figure for that data.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class AskFit:
     source: str
     results: dict = field(default_factory=dict)
     calibration: dict | None = None
+    scoring: str = "normalized"
 
 
 def build_ask_index(path: Path, files: list[Path], tokenizer: str) -> None:
@@ -75,16 +78,25 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
         if not path.is_file():
             build_ask_index(path, files, str(model_dir))
         with Index(path) as index:
-            dqa = DocumentQA(index, qa=qa, k=k, scoring="normalized", batch_size=batch_size)
-            readings = dqa.read([e.question for e in dataset.examples], k)
-    preds, odds, results = ask_predictions(dqa, readings, dataset, k)
-    best = evaluate(dataset, preds, na_probs=odds, report_missing=None)
-    threshold = float(best["best_f1_thresh"])
+            rules = {rule: DocumentQA(index, qa=qa, k=k, scoring=rule, batch_size=batch_size)
+                     for rule in ("normalized", "raw")}  # normalised first: it wins a tie
+            readings = rules["normalized"].read([e.question for e in dataset.examples], k)
+    fits = {}
+    for rule, dqa in rules.items():
+        preds, odds, results = ask_predictions(dqa, readings, dataset, k)
+        best = evaluate(dataset, preds, na_probs=odds, report_missing=None)
+        fits[rule] = (float(best["best_f1"]), float(best["best_f1_thresh"]), preds, odds, results)
+    scoring = max(fits, key=lambda rule: fits[rule][0])
+    _, threshold, preds, odds, results = fits[scoring]
     results_at = score_at(dataset, preds, odds, threshold)
     names = " + ".join(f.name for f in files)
     dev_name = dataset.path.name if dataset.path else "dev"
-    source = f"best_f1_thresh of ask (bm25, k={k}, passage-normalised scores) on {dev_name} over the paragraphs of {names}"
-    fit = AskFit(threshold, k, source, {"k": k, "threshold": threshold, **results_at})
+    rule_name = "passage-normalised" if scoring == "normalized" else "raw"
+    source = f"best_f1_thresh of ask (bm25, k={k}, {rule_name} scores) on {dev_name} over the paragraphs of {names}"
+    fit = AskFit(threshold, k, source, {"k": k, "scoring": scoring, "threshold": threshold, **results_at,
+                                        "best_f1_by_scoring": {rule: f[0] for rule, f in fits.items()},
+                                        "threshold_by_scoring": {rule: f[1] for rule, f in fits.items()}},
+                 scoring=scoring)
     fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
     return fit
 

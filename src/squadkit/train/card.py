@@ -47,9 +47,14 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
     if settings.ask_threshold is not None:
         lines += ["", "## Asking a collection (`squadkit ask`)", "",
                   f"Trained for collections (passage negatives: {config.passage_negatives} per question; shared "
-                  f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` scores spans as "
-                  f"log-probabilities under one softmax over every passage it reads and abstains when the no-answer "
-                  f"score beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold`, "
+                  f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` "
+                  + ("scores spans as log-probabilities under one softmax over every passage it reads and abstains "
+                     "when the no-answer mass of all passages"
+                     if (settings.ask_scoring or "normalized") == "normalized" else
+                     "ranks spans across passages on their logit sums and abstains when the lowest null score of "
+                     "the passages")
+                  + f" beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold` for "
+                  f"`ask_scoring` {settings.ask_scoring or 'normalized'}, "
                   f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."]
     lines += _calibration_lines(settings)
     if v2:

@@ -194,8 +194,8 @@ def _grouped_windows(pieces: list, kept: Sequence, tokenizer, settings: WindowSe
             windows = build_windows(tokenizer, [kept[q].question for q, _ in chunk],
                                     [draw.paragraphs[p] for _, p in chunk], settings, first_example_index=lo,
                                     answers=[None] * len(chunk))
-            for w in windows:  # no answer in a negative: CLS target (build_windows' label for None)
-                theirs[chunk[w.example_index - lo][0]].append(w)
+            for best in _closest_windows(windows):  # no answer in a negative: CLS target (label for None)
+                theirs[chunk[best.example_index - lo][0]].append(best)
         extra["passage_negatives"] = draw.stats
     ordered, sizes, negative = [], [], []
     for mine, other in zip(own, theirs):
@@ -207,6 +207,24 @@ def _grouped_windows(pieces: list, kept: Sequence, tokenizer, settings: WindowSe
     extra["negative_windows"] = int(sum(negative))
     extra["groups"] = len(sizes)
     return ordered, offsets, np.asarray(negative, dtype=bool), extra
+
+
+def _closest_windows(windows: Sequence) -> list:
+    """One window per negative paragraph: the one sharing the most distinct tokens with its question.
+
+    At ``ask`` time the reader sees the passages a retriever ranked for the question, so the part
+    of a long negative paragraph closest to the question is the one worth learning to reject; and
+    one window per negative keeps ``--passage-negatives 1`` at most one extra window per question
+    (training cost under 2x the plain recipe's). Ties go to the earlier window.
+    """
+    best: dict[int, tuple[int, object]] = {}
+    for w in windows:
+        context = w.input_ids[w.context_mask]
+        question = w.input_ids[:int(np.argmax(w.context_mask))] if w.context_mask.any() else w.input_ids
+        shared = len(np.intersect1d(question, context))
+        if w.example_index not in best or shared > best[w.example_index][0]:
+            best[w.example_index] = (shared, w)
+    return [w for _, w in best.values()]
 
 
 def load_features(config, accelerator, train_path: Path, tokenizer, result) -> TrainFeatures:

@@ -15,7 +15,9 @@ retriever puts beside the right one at ``ask`` time. How they are drawn (``NEGAT
    the same for a seed whatever the order or chunking) among the 2N best remaining candidates;
    when BM25 finds fewer than N, the same article's other paragraphs fill in, then any paragraph.
 
-Questions left with fewer than N (a tiny file, answers in every paragraph) are counted.
+Questions left with fewer than N (a tiny file, answers in every paragraph) are counted. Each
+negative paragraph gives one window, the one sharing the most tokens with the question
+(``features._closest_windows``), so N negatives add N windows per question.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from ..errors import SquadkitError
 
-NEGATIVE_RULE = "bm25-top2n-sample;skip-gold;skip-answer-text;fill-same-article"
+NEGATIVE_RULE = "bm25-top2n-sample;skip-gold;skip-answer-text;fill-same-article;one-window-closest"
 EXTRA_CANDIDATES = 10  # BM25 hits fetched beyond 2N, to survive the answer-text filter
 
 
