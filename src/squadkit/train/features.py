@@ -219,9 +219,8 @@ def _closest_windows(windows: Sequence) -> list:
     """
     best: dict[int, tuple[int, object]] = {}
     for w in windows:
-        context = w.input_ids[w.context_mask]
-        question = w.input_ids[:int(np.argmax(w.context_mask))] if w.context_mask.any() else w.input_ids
-        shared = len(np.intersect1d(question, context))
+        context, rest = w.input_ids[w.context_mask], w.input_ids[~w.context_mask]  # rest: question + specials
+        shared = len(np.intersect1d(rest, context))
         if w.example_index not in best or shared > best[w.example_index][0]:
             best[w.example_index] = (shared, w)
     return [w for _, w in best.values()]
