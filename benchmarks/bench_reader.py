@@ -69,7 +69,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
     from squadkit.metrics import evaluate
-    from squadkit.train.ask_eval import ask_predictions, build_ask_index, score_at
+    from squadkit.train.ask_eval import abstaining, ask_predictions, build_ask_index
 
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
@@ -113,14 +113,8 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])
         for k in ks:
             preds, odds, _ = ask_predictions(other_dqa, readings, dataset, k)
-            final = score_at(dataset, preds, odds, threshold)
-            row = {"model": name, "reader input": f"ask, bm25, k={k} ({other} rule, threshold {threshold:.2f} "
-                                                  f"fitted here at k={fit_k})",
-                   "EM": final["exact"], "F1": final["f1"], "HasAns F1": final.get("HasAns_f1", 0.0),
-                   "NoAns acc": final.get("NoAns_exact", 0.0), "answerable AUC": answerable_auc(dataset, odds),
-                   "ms/question": None}
-            rows.append(row)
-            print(_line(row), flush=True)
+            add(f"ask, bm25, k={k} ({other} rule, threshold {threshold:.2f} fitted here at k={fit_k})",
+                abstaining(preds, odds, threshold), None, odds)
 
 
 def _line(row: dict) -> str:

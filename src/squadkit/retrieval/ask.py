@@ -131,31 +131,15 @@ class AskResult:
         return out
 
 
-def _calibrate(result: AskResult, calibrator, features: dict, question_index: int,
-               min_confidence: float | None) -> None:
-    """The confidence of ``result``'s prediction, and ``min_confidence``'s abstention (calibration.py)."""
+def _calibrate(result: AskResult, calibrator, x, min_confidence: float | None) -> None:
+    """The confidence of ``result``'s prediction from the calibration features ``x`` of its best span,
+    and ``min_confidence``'s abstention (calibration.py)."""
     import numpy as np
 
     from ..calibration import NO_SPAN
 
     best = result.answers[0] if result.answers else None
-    x = np.asarray([features.get(f"{question_index}:{best.retrieval_rank - 1}", NO_SPAN) if best else NO_SPAN],
-                   dtype=np.float64).reshape(1, -1)
-    if best is not None:
-        best.confidence = float(calibrator.answer_confidence(x)[0])
-        if not result.no_answer and min_confidence is not None and best.confidence < min_confidence:
-            result.no_answer = True
-    result.confidence = float(calibrator.abstain_confidence(x)[0]) if result.no_answer else best.confidence
-
-
-def _calibrate_ask(result: AskResult, calibrator, min_confidence: float | None) -> None:
-    """Confidence from the calibrator fitted in ask mode, on the best span's features under the rule."""
-    import numpy as np
-
-    from ..calibration import NO_SPAN
-
-    x = np.asarray(result.features if result.features is not None else NO_SPAN, dtype=np.float64).reshape(1, -1)
-    best = result.answers[0] if result.answers else None
+    x = np.asarray(x if best is not None and x is not None else NO_SPAN, dtype=np.float64).reshape(1, -1)
     if best is not None:
         best.confidence = float(calibrator.answer_confidence(x)[0])
         if not result.no_answer and min_confidence is not None and best.confidence < min_confidence:
@@ -205,6 +189,11 @@ def _normalizer(windows: Sequence[Sequence[tuple]]) -> float:
     return _logsumexp(norms) if norms else 0.0
 
 
+def _check_scoring(scoring: Any) -> None:
+    if scoring not in ASK_SCORINGS:
+        raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
+
+
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
                  top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
                  scoring: str | None = None) -> AskResult:
@@ -219,9 +208,10 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
     """
     check_k(top_k, "top_k")
     scoring = scoring or ("raw" if windows is None else "normalized")
-    if scoring not in ASK_SCORINGS or (scoring == "normalized" and windows is None):
-        raise SquadkitError(f"scoring must be one of {', '.join(ASK_SCORINGS)} (normalized needs the passages' "
-                            f"windows), got {scoring!r}", param="scoring")
+    _check_scoring(scoring)
+    if scoring == "normalized" and windows is None:
+        raise SquadkitError("scoring normalized needs the passages' windows (predict_squad(keep_windows=True))",
+                            param="scoring")
     spans: list[tuple[float, int, int, int, int]] = []  # (score, passage index, start, end, tokens)
     nulls: list[float] = []
     passage_nulls: list[float | None] = [None] * len(hits)
@@ -297,8 +287,8 @@ class DocumentQA:
                         max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
                         **aliases)
         check_options(explicit, "ask")
-        if scoring is not None and scoring not in ASK_SCORINGS:
-            raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
+        if scoring is not None:
+            _check_scoring(scoring)
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")
@@ -379,10 +369,10 @@ class DocumentQA:
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
             result = self.rank(q, read, top_k=top_k, threshold=threshold)
-            if calibrator is not None and not single:
-                _calibrate_ask(result, calibrator, min_confidence)
-            elif calibrator is not None:
-                _calibrate(result, calibrator, read.features, i, min_confidence)
+            if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
+                best = result.answers[0] if result.answers else None
+                x = read.features.get(f"{i}:{best.retrieval_rank - 1}") if single and best else result.features
+                _calibrate(result, calibrator, x, min_confidence)
             results.append(result)
         return results
 

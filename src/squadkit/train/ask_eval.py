@@ -54,12 +54,16 @@ def ask_predictions(dqa, readings, dataset, k: int) -> tuple[dict, dict, list]:
     return preds, odds, results
 
 
+def abstaining(preds: dict, odds: dict, threshold: float) -> dict:
+    """The predictions with "" wherever ``odds > threshold`` (the official metric's rule)."""
+    return {q: ("" if odds[q] > threshold else p) for q, p in preds.items()}
+
+
 def score_at(dataset, preds: dict, odds: dict, threshold: float) -> dict:
-    """The official metric with "" wherever ``odds > threshold``."""
+    """The official metric of ``abstaining(preds, odds, threshold)``."""
     from ..metrics import evaluate
 
-    final = {q: ("" if odds[q] > threshold else p) for q, p in preds.items()}
-    return dict(evaluate(dataset, final, report_missing=None))
+    return dict(evaluate(dataset, abstaining(preds, odds, threshold), report_missing=None))
 
 
 def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, batch_size: int | None = None,
@@ -102,7 +106,7 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
 
 
 def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev_path: Path) -> dict | None:
-    """A calibrator on ask's answers (calibration.py's features, passage-normalised); None, with a
+    """A calibrator on ask's answers (calibration.py's features under the chosen rule); None, with a
     warning, where the dev data cannot fit one."""
     from ..calibration import NO_SPAN
     from ..decode import NBestEntry
@@ -110,9 +114,8 @@ def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev
     from ..calibration.dev import fit_calibration
     from ..predictions import SquadPredictions
 
-    sp = SquadPredictions()
+    sp = SquadPredictions(predictions=abstaining(preds, odds, threshold))
     for ex, r in zip(dataset.examples, results):
-        sp.predictions[ex.id] = "" if odds[ex.id] > threshold else preds[ex.id]
         sp.nbest[ex.id] = [NBestEntry(preds[ex.id], 0.0, 0.0, window=0)] if preds[ex.id] else []
         sp.features[ex.id] = list(r.features) if r.features is not None else list(NO_SPAN)
     try:

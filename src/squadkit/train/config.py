@@ -18,8 +18,6 @@ from ..errors import SquadkitError
 from ..features import WindowSettings
 
 
-ASK_K = 5  # passages per question when ask's threshold is learned (ask's own default)
-MAX_ASK_K = 50  # the most passages ask reads (serve's limit)
 
 
 class TrainWarning(UserWarning):
@@ -100,7 +98,7 @@ class TrainConfig:
     shared_norm: bool = _f(
         False, "Shared normalization: one start/end softmax over all windows of a question (its paragraph's and its "
                "negatives'), so scores compare across passages; --per-gpu-train-batch-size then counts questions.")
-    ask_k: int = _f(ASK_K, "With --passage-negatives or --shared-norm and --do-eval: passages read per dev question "
+    ask_k: int = _f(defaults.ASK_PASSAGES, "With --passage-negatives or --shared-norm and --do-eval: passages read per dev question "
                            "when learning ask's abstain threshold (ask_threshold in squadkit.json), 1-50.")
     seed: int = _f(42, "Random seed (data order, dropout, QA head, passage negatives).")
     bf16: bool = _f(False, "bfloat16 autocast (CPU, or GPUs that support it).")
@@ -152,8 +150,8 @@ class TrainConfig:
         if self.eval_steps and not self.predict_file and not self.data_dir:
             raise SquadkitError("eval_steps needs a predict_file to evaluate on", param="eval_steps")
         defaults.check_positive_int(self.passage_negatives, "passage_negatives", minimum=0)
-        if not isinstance(self.ask_k, int) or isinstance(self.ask_k, bool) or not 1 <= self.ask_k <= MAX_ASK_K:
-            raise SquadkitError(f"ask_k must be an integer from 1 to {MAX_ASK_K}, got {self.ask_k!r}", param="ask_k")
+        if not isinstance(self.ask_k, int) or isinstance(self.ask_k, bool) or not 1 <= self.ask_k <= defaults.MAX_PASSAGES:
+            raise SquadkitError(f"ask_k must be an integer from 1 to {defaults.MAX_PASSAGES}, got {self.ask_k!r}", param="ask_k")
         if self.doc_stride >= self.max_seq_length:
             raise SquadkitError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length "
                                 f"({self.max_seq_length})", param="doc_stride")

@@ -232,7 +232,7 @@ def load_features(config, accelerator, train_path: Path, tokenizer, result) -> T
     folder = config.features_cache_dir or config.cache_dir or defaults.cache_dir("features")
     n, grouped = config.passage_negatives, config.shared_norm
     extra = None
-    if n > 0 or grouped:
+    if config.for_collections:
         from .negatives import NEGATIVE_RULE
 
         extra = {"passage_negatives": n, "grouped": True, **({"rule": NEGATIVE_RULE, "seed": config.seed} if n else {})}
