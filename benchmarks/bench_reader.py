@@ -16,7 +16,10 @@ For each trained model folder, on the 626 questions of the shared dev slice:
 * the same reader under the other rule (raw or normalised) with a threshold fitted here at k=5
   (as ``train`` fits one), to tell the rule from the training;
 * "never abstaining" rows: the best span whatever the no-answer score (gold paragraph and each k):
-  HasAns F1 there is the span choice alone, across passages;
+  HasAns F1 there is the span choice alone, across passages; at the folder's ``retrieval_weight``
+  and, to tell what the retriever's view adds, at the other end (0 for a folder that learned a
+  weight; for one without, the weight ``train`` would learn, fitted here at k=5, with F1 rows at
+  the folder's threshold too);
 * the all-abstain line (every answer "");
 * "answerable AUC": how well the no-answer score (null minus best span) ranks the answerable
   questions above the unanswerable ones, whatever the threshold (0.5 = chance).
@@ -69,7 +72,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
     from squadkit.metrics import evaluate
-    from squadkit.train.ask_eval import abstaining, ask_predictions, build_ask_index
+    from squadkit.train.ask_eval import abstaining, ask_predictions, build_ask_index, fit_retrieval_weight
 
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
@@ -95,20 +98,35 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         t0 = time.perf_counter()
         readings = dqa.read(questions, max(ks))
         seconds = time.perf_counter() - t0
-        rule = f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}"
-        for k in ks:
-            results = [dqa.rank(q, r, k=k) for q, r in zip(questions, readings)]
-            _, odds, _ = ask_predictions(dqa, readings, dataset, k)
-            add(f"ask, bm25, k={k} ({rule})", {e.id: r.answer for e, r in zip(dataset.examples, results)},
-                seconds * k / max(ks), odds)
-        for k in ks:  # the spans alone: does reading more passages pick worse spans?
-            results = [dqa.rank(q, r, k=k, threshold=float("inf")) for q, r in zip(questions, readings)]
-            add(f"ask, bm25, k={k}, never abstaining (span quality)",
-                {e.id: r.answer for e, r in zip(dataset.examples, results)}, None)
+        weight = dqa.retrieval_weight
+        rule = (f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}, "
+                f"retrieval weight {weight:g}")
+        fit_k = 5 if 5 in ks else ks[-1]
+
+        def ask_rows(label: str, retrieval_weight: float, timed: bool) -> None:
+            for k in ks:
+                preds, odds, _ = ask_predictions(dqa, readings, dataset, k, retrieval_weight=retrieval_weight)
+                add(f"ask, bm25, k={k} ({label})", abstaining(preds, odds, dqa.threshold),
+                    seconds * k / max(ks) if timed else None, odds)
+
+        def span_rows(retrieval_weight: float) -> None:  # the spans alone: does reading more pick worse ones?
+            for k in ks:
+                preds, _, _ = ask_predictions(dqa, readings, dataset, k, retrieval_weight=retrieval_weight)
+                add(f"ask, bm25, k={k}, never abstaining, retrieval weight {retrieval_weight:g} (span quality)",
+                    preds, None)
+
+        ask_rows(rule, weight, True)
+        span_rows(weight)
+        if weight:
+            span_rows(0.0)
+        else:
+            fitted, _ = fit_retrieval_weight(dqa, readings, dataset, fit_k)
+            ask_rows(f"{rule[:rule.rindex(', retrieval weight')]}, retrieval weight {fitted:g} fitted here at "
+                     f"k={fit_k}", fitted, False)
+            span_rows(fitted)
         # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
         other = "normalized" if dqa.scoring == "raw" else "raw"
         other_dqa = DocumentQA(index, qa=qa, k=max(ks), scoring=other)
-        fit_k = 5 if 5 in ks else ks[-1]
         preds, odds, _ = ask_predictions(other_dqa, readings, dataset, fit_k)
         threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])
         for k in ks:

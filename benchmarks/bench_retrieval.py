@@ -130,19 +130,19 @@ def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kind
             dqa = DocumentQA(index, qa=qa, retriever=retriever)
             for k in ks:
                 t0 = time.perf_counter()
-                results = dqa.ask_many([e.question for e in dataset.examples], k=k, top_k=20)
+                readings = dqa.read([e.question for e in dataset.examples], k)
+                results = [dqa.rank(e.question, r) for e, r in zip(dataset.examples, readings)]
                 seconds = time.perf_counter() - t0
                 score({e.id: r.answer for e, r in zip(dataset.examples, results)}, seconds, f"ask, {kind}, k={k}")
                 if k > 1:  # the other abstain rule: the best span's own passage's null score
                     score({e.id: _own_passage_rule(r) for e, r in zip(dataset.examples, results)}, seconds,
                           f"ask, {kind}, k={k}, abstain on own passage's null")
-                # the same answers with the retrieval score added (does it help? weights on z-scored BM25)
+                # the same readings with the retrieval score in the span ranking (ask's retrieval_weight)
                 if kind == "bm25" and k == ks[-1]:
                     for weight in (0.5, 1.0):
-                        preds = {}
-                        for e, r in zip(dataset.examples, results):
-                            preds[e.id] = _rescored(r, weight, threshold)
-                        score(preds, seconds, f"ask, {kind}, k={k}, + {weight} x z(bm25)")
+                        preds = {e.id: dqa.rank(e.question, r, retrieval_weight=weight).answer
+                                 for e, r in zip(dataset.examples, readings)}
+                        score(preds, seconds, f"ask, {kind}, k={k}, + {weight} x z(bm25) (retrieval_weight)")
     table(f"End to end on the dev slice ({len(dataset.examples)} questions), model {model}, "
           f"threshold {threshold:.3f} (saved with the model)",
           ["reader input", "EM", "F1", "HasAns EM", "HasAns F1", "NoAns EM", "ms/question"], rows)
@@ -155,24 +155,6 @@ def _own_passage_rule(result) -> str:
     best = result.answers[0]
     null = result.passage_null_scores[best.retrieval_rank - 1]
     return "" if null is not None and null - best.score > result.threshold else best.answer
-
-
-def _rescored(result, weight: float, threshold: float) -> str:
-    """The prediction when each span's score gets ``weight`` x its passage's z-scored retrieval score."""
-    if not result.passages:
-        return ""
-    scores = np.array([h.score for h in result.passages])
-    z = (scores - scores.mean()) / (scores.std() + 1e-9)
-    bonus = {h.passage_id: weight * zi for h, zi in zip(result.passages, z)}
-    pid_of = {(h.document, h.start): h.passage_id for h in result.passages}
-    best = None
-    for a in result.answers:  # the 20 best spans (ask_many(top_k=20) above)
-        s = a.score + bonus[pid_of[(a.document, a.passage_start)]]
-        if best is None or s > best[0]:
-            best = (s, a)
-    if best is None or (result.null_score is not None and result.null_score - best[1].score > threshold):
-        return ""
-    return best[1].answer
 
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -428,6 +428,38 @@ def test_abstains_when_the_lowest_null_beats_the_best_span_by_the_threshold():
     assert [x.answer for x in twice.answers] == ["text"]
 
 
+def test_the_retrieval_weight_ranks_spans_on_their_passages_retrieval_score_too():
+    from squadkit.retrieval.ask import retrieval_prior
+
+    a = Hit(1, "doc1", 0, 18, "paris is in france", score=12.0)
+    b = Hit(2, "doc2", 0, 20, "london is in england", score=6.0)
+    c = Hit(3, "doc3", 0, 18, "rome is in italy !", score=3.0)
+    nbests = [[NBestEntry("paris", 1.5, 1.5, start=0, end=5), NBestEntry("", -4.0, -4.0)],
+              [NBestEntry("london", 3.0, 2.0, start=0, end=6), NBestEntry("", 0.0, 0.0)],
+              [NBestEntry("rome", 2.0, 2.0, start=0, end=4), NBestEntry("", -0.5, -0.5)]]
+    z = (np.array([12.0, 6.0, 3.0]) - 7.0) / np.sqrt(14.0)  # z-scored over the passages read
+    assert np.allclose(retrieval_prior([a, b, c], 2.0), 2.0 * z)
+    ranked = {w: rank_answers("q", [a, b, c], nbests, threshold=0.0, top_k=3, retrieval_weight=w)
+              for w in (0.0, 1.0, 2.0)}
+    # spans 3.0, 5.0, 4.0 (+ w z): the reader's order at 0; london, then paris at 1; paris first at 2
+    assert [x.answer for x in ranked[0.0].answers] == ["london", "rome", "paris"]
+    assert [x.answer for x in ranked[1.0].answers] == ["london", "paris", "rome"]
+    assert [x.answer for x in ranked[2.0].answers] == ["paris", "london", "rome"]
+    assert [x.score for x in ranked[2.0].answers] == [3.0, 5.0, 4.0]  # the reader's own scores are kept
+    probs = [x.probability for x in ranked[2.0].answers]
+    assert probs == sorted(probs, reverse=True)  # probabilities follow the ranking
+    assert ranked[2.0].to_dict()["retrieval_weight"] == 2.0 and "retrieval_weight" not in ranked[0.0].to_dict()
+    # the abstain decision compares the null with the chosen span's own score (-8 - 3 = -11), not with its
+    # ranking score (3 + 2z = 5.67), so the threshold means what it means without the weight
+    assert rank_answers("q", [a, b, c], nbests, threshold=-12.0, retrieval_weight=2.0).no_answer
+    assert not rank_answers("q", [a, b, c], nbests, threshold=-10.9, retrieval_weight=2.0).no_answer
+    # one passage, or passages scored alike: nothing to tell them apart, the reader's order
+    same = [Hit(h.passage_id, h.document, h.start, h.end, h.text, 5.0) for h in (a, b, c)]
+    assert rank_answers("q", same, nbests, 0.0, 3, retrieval_weight=4.0).to_dict()["answers"] == \
+        rank_answers("q", same, nbests, 0.0, 3).to_dict()["answers"]
+    assert retrieval_prior([a], 4.0) == [0.0]
+
+
 # ---------------------------------------------------------------------------------------------
 # ask with a real (tiny) model
 # ---------------------------------------------------------------------------------------------

@@ -257,6 +257,13 @@ def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
     assert by_rule[settings.ask_scoring] == max(by_rule.values()) == pytest.approx(asked["f1"])
     assert settings.ask_scoring == "normalized" or by_rule["raw"] > by_rule["normalized"]
     assert asked["threshold_by_scoring"][settings.ask_scoring] == settings.ask_threshold
+    # the retriever's weight in the span ranking: the grid's weight with the best spans (the smallest of equals)
+    from squadkit.train.ask_eval import RETRIEVAL_WEIGHTS
+
+    span_f1 = {float(w): f for w, f in asked["span_f1_by_retrieval_weight"].items()}
+    assert set(span_f1) == set(RETRIEVAL_WEIGHTS) and settings.ask_retrieval_weight == asked["retrieval_weight"]
+    assert span_f1[settings.ask_retrieval_weight] == max(span_f1.values())
+    assert all(span_f1[w] < max(span_f1.values()) for w in RETRIEVAL_WEIGHTS if w < settings.ask_retrieval_weight)
     assert settings.training["negative_windows"] == result.negative_windows > 0
     assert "ask_threshold" in (tmp_path / "out" / "README.md").read_text()
     # the plain recipe learns none: its folder keeps today's keys
@@ -388,6 +395,76 @@ def test_a_folder_fitted_under_the_raw_rule_ranks_raw_with_its_ask_threshold(col
                            ask_scoring="normalized")
     assert DocumentQA(collection, model=str(other), scoring="raw").threshold == 0.25
     assert DocumentQA(collection, model=str(other), scoring="raw", threshold=2.0).threshold == 2.0  # argument first
+
+
+def test_fit_retrieval_weight_takes_the_smallest_weight_with_the_best_spans(tmp_path):
+    from squadkit.decode import NBestEntry
+    from squadkit.retrieval import Hit
+    from squadkit.retrieval.ask import Reading, rank_answers
+    from squadkit.train.ask_eval import fit_retrieval_weight
+
+    # two answerable questions; the retriever's best passage holds the answer, the reader prefers a span
+    # of the worst one by 1.0 logit: z = (+1.22, 0, -1.22), so it takes a weight above 0.41 to fix
+    data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [
+        {"context": "the queen was born in paris", "qas": [
+            {"id": f"q{i}", "question": "where was the queen born", "is_impossible": False,
+             "answers": [{"text": "paris", "answer_start": 22}]} for i in range(2)]}]}]}
+    (tmp_path / "dev.json").write_text(json.dumps(data))
+    dataset = load_squad(tmp_path / "dev.json")
+    hits = [Hit(i, f"d{i}", 0, 27, t, s) for i, (t, s) in
+            enumerate([("the queen was born in paris", 9.0), ("a king was born in rome .", 6.0),
+                       ("her sister lives in milan", 3.0)])]
+    nbests = [[NBestEntry("paris", 1.0, 1.0, start=22, end=27), NBestEntry("", 0.0, 0.0)],
+              [NBestEntry("rome", 0.5, 0.5, start=19, end=23), NBestEntry("", 0.0, 0.0)],
+              [NBestEntry("milan", 1.5, 1.5, start=20, end=25), NBestEntry("", 0.0, 0.0)]]
+    reading = Reading(hits, nbests, [[] for _ in hits], {})
+
+    class Reader:  # DocumentQA.rank's signature, raw rule
+        def rank(self, question, read, k=None, top_k=1, threshold=None, retrieval_weight=None):
+            return rank_answers(question, read.hits[:k], read.nbests[:k], threshold, top_k,
+                                retrieval_weight=retrieval_weight or 0.0)
+
+    weight, span_f1 = fit_retrieval_weight(Reader(), [reading, reading], dataset, 3)
+    assert span_f1 == {0.0: 0.0, 0.25: 0.0, 0.5: 100.0, 1.0: 100.0, 2.0: 100.0, 4.0: 100.0} and weight == 0.5
+    assert fit_retrieval_weight(Reader(), [reading, reading], dataset, 1)[0] == 0.0  # one passage: nothing to learn
+
+
+def test_retrieval_weight_precedence_cli_and_http(collection, tiny_bert, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from squadkit.pipeline import QuestionAnswerer
+    from squadkit.retrieval import DocumentQA
+    from squadkit.retrieval.ask import rank_answers
+    from squadkit.serve import ServeSettings, create_app
+
+    model = _with_settings(tiny_bert, tmp_path / "new", ask_threshold=-1.5, ask_k=3, ask_scoring="raw",
+                           ask_retrieval_weight=2.0)
+    folder = DocumentQA(collection, model=str(model))
+    assert folder.retrieval_weight == 2.0 and "ask_retrieval_weight" in folder.in_force.sources["retrieval_weight"]
+    assert DocumentQA(collection, model=str(model), retrieval_weight=0).retrieval_weight == 0.0  # argument wins
+    q = "where was the first king born"
+    read = folder.read([q], 3)[0]
+    result = folder.ask(q, top_k=5)
+    assert result.to_dict() == rank_answers(q, read.hits, read.nbests, -1.5, 5, read.windows, "raw", 2.0).to_dict()
+    assert folder.ask(q, top_k=5, retrieval_weight=0.0).to_dict() == \
+        rank_answers(q, read.hits, read.nbests, -1.5, 5, read.windows, "raw").to_dict()  # per call
+    with pytest.raises(SquadkitError, match="retrieval_weight must be a number of at least 0"):
+        folder.ask(q, retrieval_weight=-1.0)
+    res = CliRunner().invoke(app, ["ask", str(collection), q, "-m", str(model), "--retrieval-weight", "0"])
+    assert res.exit_code == 0 and "retrieval_weight" not in json.loads(res.stdout[res.stdout.index("{"):])
+    res = CliRunner().invoke(app, ["ask", str(collection), q, "-m", str(model), "--retrieval-weight", "-1"])
+    assert res.exit_code == 2 and "--retrieval-weight must be a number of at least 0" in res.output
+    qa = QuestionAnswerer(str(model), backend="torch", device="cpu")
+    with TestClient(create_app(qa, ServeSettings(access_log=False), index=collection)) as client:
+        assert client.post("/v1/ask", json={"question": q}).json()["retrieval_weight"] == 2.0  # the folder's
+        body = client.post("/v1/ask", json={"question": q, "retrieval_weight": 0.5}).json()
+        assert body["retrieval_weight"] == 0.5
+        r = client.post("/v1/ask", json={"question": q, "retrieval_weight": -1})
+        assert r.status_code == 422 and r.json()["error"].startswith("retrieval_weight")
+    bad = _with_settings(tiny_bert, tmp_path / "bad", ask_threshold=-1.5, ask_retrieval_weight=-2)
+    res = CliRunner().invoke(app, ["ask", str(collection), q, "-m", str(bad)])
+    assert res.exit_code == 2 and "squadkit.json" in res.output and "'ask_retrieval_weight'" in res.output
 
 
 def test_a_bad_ask_scoring_in_the_folder_is_one_line(collection, tiny_bert, tmp_path):

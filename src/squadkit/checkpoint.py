@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
@@ -61,6 +62,7 @@ class ModelSettings:
     ask_threshold_from: str | None = None
     ask_calibration: dict | None = None  # a calibrator fitted on ask's answers (same format as ``calibration``)
     ask_scoring: str | None = None  # the rule ask_threshold was learned under: "raw" or "normalized" (None: normalized)
+    ask_retrieval_weight: float | None = None  # of the retrieval score in ask's span ranking (settings: retrieval_weight)
 
     def to_json(self) -> dict:
         body = {k: v for k, v in asdict(self).items() if v is not None}
@@ -75,7 +77,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_answer_length": (int,), "null_score_diff_threshold": (int, float), "null_score_diff_threshold_from": (str,),
     "version_2_with_negative": (bool,), "base_model": (str,), "training": (dict,), "eval": (dict,),
     "calibration": (dict,), "ask_threshold": (int, float), "ask_k": (int,), "ask_threshold_from": (str,),
-    "ask_calibration": (dict,), "ask_scoring": (str,),
+    "ask_calibration": (dict,), "ask_scoring": (str,), "ask_retrieval_weight": (int, float),
 }
 ASK_SCORINGS = ("raw", "normalized")  # the values of ``ask_scoring`` (retrieval/ask.py's two rules)
 
@@ -114,10 +116,14 @@ def settings_from_json(data: Any, source: str) -> ModelSettings:
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             names = " or ".join(t.__name__ for t in types)
             raise SquadkitError(f"{source}: field '{key}' must be {names}, got {value!r}")
-        values[key] = float(value) if key in ("null_score_diff_threshold", "ask_threshold") else value
+        values[key] = float(value) if key in ("null_score_diff_threshold", "ask_threshold",
+                                              "ask_retrieval_weight") else value
     if values.get("ask_scoring", "raw") not in ASK_SCORINGS:
         raise SquadkitError(f"{source}: field 'ask_scoring' must be one of {', '.join(ASK_SCORINGS)}, "
                             f"got {values['ask_scoring']!r}")
+    weight = values.get("ask_retrieval_weight", 0.0)
+    if not 0.0 <= weight < math.inf:
+        raise SquadkitError(f"{source}: field 'ask_retrieval_weight' must be a number of at least 0, got {weight!r}")
     for key in ("calibration", "ask_calibration"):
         if key in values:
             from .calibration import Calibrator

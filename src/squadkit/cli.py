@@ -812,8 +812,8 @@ def search_cmd(
 
 
 @command("ask", no_args_is_help=True)
-@with_settings("k", "top_k", "null_score_diff_threshold", "max_answer_length", "max_seq_length", "doc_stride",
-               "max_query_length", "batch_size", "min_confidence")
+@with_settings("k", "top_k", "null_score_diff_threshold", "retrieval_weight", "max_answer_length", "max_seq_length",
+               "doc_stride", "max_query_length", "batch_size", "min_confidence")
 def ask_cmd(
     settings: dict,
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),

@@ -58,6 +58,11 @@ def _finite_number(value: Any, name: str) -> None:
         raise SquadkitError(f"{name} must be a finite number, got {value!r}", param=name)
 
 
+def _non_negative_number(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        raise SquadkitError(f"{name} must be a number of at least 0, got {value!r}", param=name)
+
+
 def _probability(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise SquadkitError(f"{name} must be a number between 0 and 1, got {value!r}", param=name)
@@ -69,7 +74,7 @@ def _flag(value: Any, name: str) -> None:
 
 
 _KIND_OF_CHECK = {_positive_int: int, _non_negative_int: int, _passages: int, _finite_number: float,
-                  _probability: float, _flag: bool}
+                  _non_negative_number: float, _probability: float, _flag: bool}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,6 +165,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("k", f"How many passages to retrieve and read (1-{defaults.MAX_PASSAGES}).",
             {"ask": _const(defaults.ASK_PASSAGES)}, f"the model folder's ask_k, else {defaults.ASK_PASSAGES}",
             _passages, (), {"ask": ("ask_k",)}),
+    Setting("retrieval_weight", "ask: spans are ranked across passages on their score + this x their passage's "
+            "retrieval score, z-scored over the passages read (0: the reader's score alone).",
+            {"ask": _const(0.0)}, "the model folder's ask_retrieval_weight, else 0",
+            _non_negative_number, (), {"ask": ("ask_retrieval_weight",)}),
     Setting("n_best_size", "Candidate spans kept per question (run_squad's n-best).",
             {m: _const(defaults.N_BEST_SIZE) for m in ALL_SQUAD}, "20", _positive_int),
     Setting("do_lower_case", "run_squad's answer-text recovery lower-cases.",

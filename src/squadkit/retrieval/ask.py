@@ -19,10 +19,17 @@ Ranking and abstaining, and why:
   beside the model (``null_score_diff_threshold`` in ``squadkit.json``, tuned on dev data by
   ``squadkit train``; 0.0 without one). So a model's threshold means the same here as in
   ``squadkit predict``.
-* The retrieval score is not mixed into the span score. benchmarks/bench_retrieval.py measures
-  adding the z-scored BM25 score (x0.5, x1.0): +0.3 / +1.0 EM on the dev slice, all of it from
-  extra abstentions (HasAns EM unchanged), with a weak model whose threshold was tuned on that
-  same slice: not evidence enough to put a second, uncalibrated scale into the ranking.
+* **The retriever's view** (``retrieval_weight``, issue 19): spans are ranked on their score plus
+  ``retrieval_weight`` x their passage's retrieval score, z-scored over the passages read for the
+  question (so bm25, dense and hybrid scores, whatever their scale, count alike; one passage, or
+  passages scored alike, add nothing). This is Multi-passage BERT's passage ranker, with the
+  retriever as the ranker. It only chooses which span is best: the no-answer decision compares
+  the null score with that span's own score, so the threshold keeps its meaning. 0 (the default
+  for a folder without ``ask_retrieval_weight``) ranks on the reader's score alone, as before;
+  ``train --do-eval`` learns the weight with ``ask_threshold`` (the one whose best spans score
+  best on the dev questions, train/ask_eval.py). Measured on the shared dev slice (README): the
+  raw score alone picks worse spans the more passages it reads (span F1 47.5 at k=1, 37.9 at
+  k=10 for a reader trained with passage negatives); with the retriever's view it holds at 47.5-49.0.
 * The other abstain rule (the best span's own passage's null score) measured +1.6 EM there, for
   the same reason (more abstentions). The minimum over passages is kept: it is the rule the
   saved threshold was tuned under (windows of one context), and it does not let an irrelevant
@@ -83,7 +90,7 @@ class Answer:
 
     answer: str
     score: float  # start_logit + end_logit: comparable across passages
-    probability: float  # softmax over all candidate spans of all passages and the no-answer score
+    probability: float  # softmax over all candidate spans of all passages (ranking scores) and the no-answer score
     document: str
     title: str
     start: int
@@ -111,6 +118,7 @@ class AskResult:
     passage_null_scores: list[float | None] = field(default_factory=list)  # per passage, in retrieval order
     confidence: float | None = None  # of the prediction (span or abstention), with a calibrator
     scoring: str = "raw"  # "raw" (logit sums, min null) or "normalized" (log-probabilities over all passages)
+    retrieval_weight: float = 0.0  # answers are ordered by score + this x their passage's z-scored retrieval score
     features: list[float] | None = field(default=None, repr=False)  # calibration features of the best span
 
     @property
@@ -126,6 +134,8 @@ class AskResult:
             out["confidence"] = self.confidence
         if self.scoring != "raw":
             out["scoring"] = self.scoring
+        if self.retrieval_weight:
+            out["retrieval_weight"] = self.retrieval_weight
         if with_passages:
             out["passages"] = [h.to_dict() for h in self.passages]
         return out
@@ -189,6 +199,19 @@ def _normalizer(windows: Sequence[Sequence[tuple]]) -> float:
     return _logsumexp(norms) if norms else 0.0
 
 
+def retrieval_prior(hits: Sequence[Hit], weight: float) -> list[float]:
+    """``weight`` x each passage's retrieval score, z-scored over ``hits`` (0 for all where the scores
+    do not differ): what ``retrieval_weight`` adds to the score of the spans found in each passage."""
+    n = len(hits)
+    if not weight or n < 2:
+        return [0.0] * n
+    mean = sum(h.score for h in hits) / n
+    spread = math.sqrt(sum((h.score - mean) ** 2 for h in hits) / n)
+    if not spread > 1e-12 * max(1.0, abs(mean)) or not math.isfinite(spread):
+        return [0.0] * n
+    return [weight * (h.score - mean) / spread for h in hits]
+
+
 def _check_scoring(scoring: Any) -> None:
     if scoring not in ASK_SCORINGS:
         raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
@@ -196,7 +219,7 @@ def _check_scoring(scoring: Any) -> None:
 
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
                  top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
-                 scoring: str | None = None) -> AskResult:
+                 scoring: str | None = None, retrieval_weight: float = 0.0) -> AskResult:
     """Rank the reader's spans of every retrieved passage and decide whether to abstain.
 
     ``nbests[j]`` is the n-best list (``NBestEntry``: text, start_logit, end_logit, start, end in
@@ -204,7 +227,8 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
     passage's windows' (CLS start, CLS end, log normaliser) (``predict_squad(keep_windows=True)``).
     ``scoring`` is the rule (``ASK_SCORINGS``): "normalized" (needs ``windows``; the default when
     they are given) or "raw" (the default without); with ``windows`` either rule also gives the
-    calibration features of the best span. See the module docstring.
+    calibration features of the best span. ``retrieval_weight`` orders the spans by score +
+    ``retrieval_prior``. See the module docstring.
     """
     check_k(top_k, "top_k")
     scoring = scoring or ("raw" if windows is None else "normalized")
@@ -230,8 +254,10 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
         passage_nulls = [(_logsumexp(c) - log_z) if c else None for c in cls]
         flat = [x for c in cls for x in c]
         null_score = _logsumexp(flat) - log_z if flat else None
-    spans.sort(key=lambda s: -s[0])
+    prior = retrieval_prior(hits, retrieval_weight)
+    spans.sort(key=lambda s: -(s[0] + prior[s[1]]))
     answers: list[Answer] = []
+    ranked: list[float] = []  # each answer's ranking score: score + its passage's prior
     seen: set[tuple[str, int, int]] = set()
     best_tokens = spans[0][4] if spans else None
     for score, j, s, e, _ in spans:
@@ -240,21 +266,22 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
         if key in seen:  # the same span read in two overlapping passages
             continue
         seen.add(key)
+        ranked.append(score + prior[j])
         answers.append(Answer(hit.text[s:e], score, 0.0, hit.document, hit.title, hit.start + s, hit.start + e,
                               hit.text, hit.start, hit.end, hit.score, j + 1, page=page_at(hit.metadata, hit.start + s),
                               document_id=hit.document_id))
-    scores = [a.score for a in answers] + ([null_score] if null_score is not None else [])
+    scores = ranked + ([null_score] if null_score is not None else [])
     if scoring == "normalized":
         for a in answers:
             a.probability = math.exp(a.score)
     elif scores:
         top = max(scores)
         total = sum(math.exp(x - top) for x in scores)
-        for a in answers:
-            a.probability = math.exp(a.score - top) / total
+        for a, x in zip(answers, ranked):
+            a.probability = math.exp(x - top) / total
     no_answer = not answers or (null_score is not None and null_score - answers[0].score > threshold)
     result = AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
-                       scoring=scoring)
+                       scoring=scoring, retrieval_weight=float(retrieval_weight))
     if windows is not None and answers:  # the margin the rule decides on, the log-probability, the length
         from ..calibration import answer_features
 
@@ -279,13 +306,13 @@ class DocumentQA:
                  doc_stride: int | None = None, max_query_length: int | None = None,
                  max_answer_length: int | None = None, n_best_size: int | None = None, batch_size: int | None = None,
                  backend: str = "auto", device: str | None = None, scoring: str | None = None,
-                 **aliases: Any) -> None:
+                 retrieval_weight: float | None = None, **aliases: Any) -> None:
         # every setting through the one resolver, in ask mode (explicit > model folder > default);
         # checked before the index opens or the model loads
         explicit = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_seq_length=max_seq_length,
                         doc_stride=doc_stride, max_query_length=max_query_length,
                         max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
-                        **aliases)
+                        retrieval_weight=retrieval_weight, **aliases)
         check_options(explicit, "ask")
         if scoring is not None:
             _check_scoring(scoring)
@@ -315,6 +342,7 @@ class DocumentQA:
         self.decode, self.in_force, _ = decode_settings_for(self.model, mode="ask", **explicit)
         self.k = self.in_force["k"]
         self.batch_size = self.in_force["batch_size"]
+        self.retrieval_weight = float(self.in_force["retrieval_weight"])
         self._choose_rule(scoring)
 
     def _choose_rule(self, scoring: str | None) -> None:
@@ -349,26 +377,30 @@ class DocumentQA:
                           f"single-passage threshold, as before", AskNote, stacklevel=3)
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
-            min_confidence: float | None = None, null_score_diff_threshold: float | None = None) -> AskResult:
+            min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
+            retrieval_weight: float | None = None) -> AskResult:
         """The ``top_k`` best answers to ``question`` from the ``k`` best passages (see the module docstring)."""
         return self.ask_many([question], k=k, top_k=top_k, min_confidence=min_confidence,
-                             null_score_diff_threshold=null_score_diff_threshold)[0]
+                             null_score_diff_threshold=null_score_diff_threshold, retrieval_weight=retrieval_weight)[0]
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1,
-                 min_confidence: float | None = None, null_score_diff_threshold: float | None = None) -> list[AskResult]:
+                 min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
+                 retrieval_weight: float | None = None) -> list[AskResult]:
         """``ask`` for many questions, their passages read in shared batches; ``null_score_diff_threshold``
-        replaces the reader's threshold for this call."""
+        and ``retrieval_weight`` replace the reader's for this call."""
         from ..calibration import calibrator_of, check_min_confidence
 
         given = check_options({"k": k, "top_k": top_k, "min_confidence": min_confidence,
-                               "null_score_diff_threshold": null_score_diff_threshold}, "ask")
+                               "null_score_diff_threshold": null_score_diff_threshold,
+                               "retrieval_weight": retrieval_weight}, "ask")
         k, threshold = given.get("k", self.k), given.get("null_score_diff_threshold")
+        weight = given.get("retrieval_weight")
         single = self.scoring == "raw" and not self.ask_fitted  # the first rule keeps the single-passage calibrator
         calibrator = calibrator_of(self.model) if single else self.ask_calibrator
         check_min_confidence(min_confidence, calibrated=calibrator is not None)
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
-            result = self.rank(q, read, top_k=top_k, threshold=threshold)
+            result = self.rank(q, read, top_k=top_k, threshold=threshold, retrieval_weight=weight)
             if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
                 best = result.answers[0] if result.answers else None
                 x = read.features.get(f"{i}:{best.retrieval_rank - 1}") if single and best else result.features
@@ -397,11 +429,12 @@ class DocumentQA:
         return out
 
     def rank(self, question: str, read: "Reading", k: int | None = None, top_k: int = 1,
-             threshold: float | None = None) -> AskResult:
+             threshold: float | None = None, retrieval_weight: float | None = None) -> AskResult:
         """Answers from the first ``k`` (default: all) passages of ``read``, by this reader's rule."""
         n = len(read.hits) if k is None else k
         return rank_answers(question, read.hits[:n], read.nbests[:n], self.threshold if threshold is None else threshold,
-                            top_k, read.windows[:n], self.scoring)
+                            top_k, read.windows[:n], self.scoring,
+                            self.retrieval_weight if retrieval_weight is None else retrieval_weight)
 
     def close(self) -> None:
         if self.index is not None:

@@ -45,6 +45,9 @@ def ask_request_model(max_question_chars: int, max_top_k: int, retrievers: tuple
         "null_score_diff_threshold": (Optional[json_number()], Field(None, description=(
             "Abstain when the no-answer score beats the best span's by more than this [default: the model "
             "folder's, else 0]."))),
+        "retrieval_weight": (Optional[json_number(ge=0.0)], Field(None, description=(
+            "Rank spans on their score + this x their passage's z-scored retrieval score [default: the model "
+            "folder's ask_retrieval_weight, else 0]."))),
     }
     if calibrated:
         fields["min_confidence"] = (Optional[json_number(ge=0.0, le=1.0)], Field(None, description=(
@@ -74,7 +77,7 @@ def ask_router(admission: Any, index_path: str, max_question_chars: int = 1000, 
             return AskResult(body.question, True, [], None, threshold).to_dict()
         result = dqa.ask(
             body.question, k=body.k, top_k=body.top_k, min_confidence=getattr(body, "min_confidence", None),
-            null_score_diff_threshold=body.null_score_diff_threshold)
+            null_score_diff_threshold=body.null_score_diff_threshold, retrieval_weight=body.retrieval_weight)
         return result.to_dict()
 
     @router.post("/v1/ask", responses=error_responses(*ANSWERING_ERRORS))

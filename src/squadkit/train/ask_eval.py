@@ -7,8 +7,14 @@ benchmarks/bench_retrieval.py). The passages are read once; under each of ask's 
 and passage-normalised no-answer scores, retrieval/ask.py) the threshold on "no-answer score -
 best span score" with the best F1 is found, and the rule with the better F1 (normalised on a
 tie) is saved as ``ask_scoring`` with its ``ask_threshold`` (and ``ask_k``) in ``squadkit.json``;
-a calibrator is fitted on that rule's answers (``ask_calibration``). Like the single-passage
-threshold, both are tuned on the dev data: an optimistic figure for that data.
+a calibrator is fitted on that rule's answers (``ask_calibration``).
+
+Before the thresholds, the retriever's weight in the span ranking (``ask_retrieval_weight``, the
+``retrieval_weight`` setting) is chosen from ``RETRIEVAL_WEIGHTS``: the one whose best spans score
+the best F1 on the answerable dev questions, never abstaining (ties: the smaller weight). It is
+chosen on the spans, not on the F1 after abstaining, because it only decides which span is best:
+the abstain score is the threshold's to fit. Like the single-passage threshold, all of these are
+tuned on the dev data: an optimistic figure for that data.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 ASK_PASSAGE_TOKENS = 300  # passages of at most this many of the reader's tokens (the README's ask benchmark)
 ASK_OVERLAP = 32
+RETRIEVAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid ask_retrieval_weight is chosen from
 
 
 @dataclass
@@ -33,6 +40,7 @@ class AskFit:
     results: dict = field(default_factory=dict)
     calibration: dict | None = None
     scoring: str = "normalized"
+    retrieval_weight: float = 0.0
 
 
 def build_ask_index(path: Path, files: list[Path], tokenizer: str) -> None:
@@ -43,15 +51,30 @@ def build_ask_index(path: Path, files: list[Path], tokenizer: str) -> None:
                 rebuild=True)
 
 
-def ask_predictions(dqa, readings, dataset, k: int) -> tuple[dict, dict, list]:
-    """Best span and null-minus-span score of every question from its first ``k`` passages (no abstaining)."""
+def ask_predictions(dqa, readings, dataset, k: int, retrieval_weight: float | None = None) -> tuple[dict, dict, list]:
+    """Best span and null-minus-span score of every question from its first ``k`` passages (no abstaining);
+    ``retrieval_weight`` replaces the reader's."""
     preds, odds, results = {}, {}, []
     for ex, read in zip(dataset.examples, readings):
-        r = dqa.rank(ex.question, read, k=k, threshold=math.inf)
+        r = dqa.rank(ex.question, read, k=k, threshold=math.inf, retrieval_weight=retrieval_weight)
         preds[ex.id] = r.answers[0].answer if r.answers else ""
         odds[ex.id] = (r.null_score - r.answers[0].score) if (r.answers and r.null_score is not None) else 1e9
         results.append(r)
     return preds, odds, results
+
+
+def fit_retrieval_weight(dqa, readings, dataset, k: int,
+                         weights: tuple[float, ...] = RETRIEVAL_WEIGHTS) -> tuple[float, dict[float, float]]:
+    """The weight of ``weights`` whose best spans from the first ``k`` passages score the best F1 on the
+    answerable questions, never abstaining (ties: the smaller); and that F1 for each weight."""
+    from ..metrics import evaluate
+
+    span_f1 = {}
+    for weight in weights:
+        preds, _, _ = ask_predictions(dqa, readings, dataset, k, retrieval_weight=weight)
+        span_f1[weight] = float(evaluate(dataset, preds, report_missing=None).get("HasAns_f1", 0.0))
+    best = max(sorted(weights), key=lambda w: span_f1[w])  # max keeps the first (smallest) of equals
+    return best, span_f1
 
 
 def abstaining(preds: dict, odds: dict, threshold: float) -> dict:
@@ -85,9 +108,10 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
             rules = {rule: DocumentQA(index, qa=qa, k=k, scoring=rule, batch_size=batch_size)
                      for rule in ("normalized", "raw")}  # normalised first: it wins a tie
             readings = rules["normalized"].read([e.question for e in dataset.examples], k)
+    weight, span_f1 = fit_retrieval_weight(rules["raw"], readings, dataset, k)  # the same spans under both rules
     fits = {}
     for rule, dqa in rules.items():
-        preds, odds, results = ask_predictions(dqa, readings, dataset, k)
+        preds, odds, results = ask_predictions(dqa, readings, dataset, k, retrieval_weight=weight)
         best = evaluate(dataset, preds, na_probs=odds, report_missing=None)
         fits[rule] = (float(best["best_f1"]), float(best["best_f1_thresh"]), preds, odds, results)
     scoring = max(fits, key=lambda rule: fits[rule][0])
@@ -96,11 +120,14 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
     names = " + ".join(f.name for f in files)
     dev_name = dataset.path.name if dataset.path else "dev"
     rule_name = "passage-normalised" if scoring == "normalized" else "raw"
-    source = f"best_f1_thresh of ask (bm25, k={k}, {rule_name} scores) on {dev_name} over the paragraphs of {names}"
-    fit = AskFit(threshold, k, source, {"k": k, "scoring": scoring, "threshold": threshold, **results_at,
+    source = (f"best_f1_thresh of ask (bm25, k={k}, {rule_name} scores, retrieval weight {weight:g}) on {dev_name} "
+              f"over the paragraphs of {names}")
+    fit = AskFit(threshold, k, source, {"k": k, "scoring": scoring, "threshold": threshold,
+                                        "retrieval_weight": weight, **results_at,
                                         "best_f1_by_scoring": {rule: f[0] for rule, f in fits.items()},
-                                        "threshold_by_scoring": {rule: f[1] for rule, f in fits.items()}},
-                 scoring=scoring)
+                                        "threshold_by_scoring": {rule: f[1] for rule, f in fits.items()},
+                                        "span_f1_by_retrieval_weight": {str(w): f for w, f in span_f1.items()}},
+                 scoring=scoring, retrieval_weight=weight)
     fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
     return fit
 

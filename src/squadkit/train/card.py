@@ -55,7 +55,10 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
                      "the passages")
                   + f" beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold` for "
                   f"`ask_scoring` {settings.ask_scoring or 'normalized'}, "
-                  f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."]
+                  f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."
+                  + (f" Spans are ranked on their score + {settings.ask_retrieval_weight:g} x their passage's "
+                     f"retrieval score, z-scored over the passages read (`ask_retrieval_weight`)."
+                     if settings.ask_retrieval_weight else "")]
     lines += _calibration_lines(settings)
     if v2:
         lines += ["",
