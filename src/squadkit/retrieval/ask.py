@@ -29,7 +29,7 @@ Ranking and abstaining, and why:
   ``train --do-eval`` learns the weight with ``ask_threshold`` (the one whose best spans score
   best on the dev questions, train/ask_eval.py). Measured on the shared dev slice (README): the
   raw score alone picks worse spans the more passages it reads (span F1 47.5 at k=1, 37.9 at
-  k=10 for a reader trained with passage negatives); with the retriever's view it holds at 47.5-49.0.
+  k=10 for a reader trained with passage negatives); with the retriever's view it holds at 47.5-49.1.
 * The other abstain rule (the best span's own passage's null score) measured +1.6 EM there, for
   the same reason (more abstentions). The minimum over passages is kept: it is the rule the
   saved threshold was tuned under (windows of one context), and it does not let an irrelevant
