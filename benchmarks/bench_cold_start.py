@@ -47,7 +47,7 @@ def cpu_flags() -> str:
         return "unknown CPU"
     name = re.search(r"model name\s*:\s*(.*)", text)
     flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile") if f in flags]
     return f"{name.group(1) if name else 'CPU'}; flags: {', '.join(wanted) or 'no AVX2'}"
 
 

@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SQUADKIT_SHARED_DATA", REPO.parent / "shared" / "data")) / "squad_v2"
-TRAIN = SHARED / "train-v2.0.first10articles.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cold_start import cpu_flags
+from bench_reader import TRAIN
+
 VARIANTS = {"plain": {}, "shared-norm": {"shared_norm": True}, "negatives": {"passage_negatives": 1},
             "both": {"passage_negatives": 1, "shared_norm": True}}
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next(line for line in handle if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags)
 
 
 def recipe(model_path: str, workdir: Path, output: str, **options):
@@ -88,7 +79,7 @@ def main() -> None:
         train(recipe(model_path, workdir, f"warm-{name}", max_steps=1, **VARIANTS[name]))
     rows = [measure(name, VARIANTS[name], model_path, workdir, args) for name in names]
     plain = next((r for r in rows if r["variant"] == "plain"), None)
-    print(f"CPU flags: {cpu_flags()}; torch threads {args.threads}; {args.fraction:.0%} of an epoch timed per variant")
+    print(f"CPU: {cpu_flags()}; torch threads {args.threads}; {args.fraction:.0%} of an epoch timed per variant")
     print("| variant | windows/epoch | tokens/epoch | steps/epoch | windows/s | s/epoch | x plain (time) | x plain (tokens) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

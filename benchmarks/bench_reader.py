@@ -9,8 +9,8 @@ For each trained model folder, on the 626 questions of the shared dev slice:
   single-passage threshold (EM, F1, HasAns F1, NoAns accuracy);
 * **ask**: bm25 over one index of every dev AND train paragraph (passages of at most 300 of the
   reader's tokens, as in bench_retrieval.py), reading k = 1, 3, 5, 10 passages, by the folder's
-  rule (``ask_threshold`` with passage-normalised scores when the folder has one, else the first
-  rule: raw logits, min null, the single-passage threshold). The passages are read once, at the
+  rule (its ``ask_scoring``, ``ask_threshold`` and ``ask_retrieval_weight`` when it has them, else
+  the first rule: raw logits, min null, the single-passage threshold, weight 0). The passages are read once, at the
   largest k; each k ranks the first k of them (bm25 re-ranks its best 30, so its top k is a
   prefix of its top 10);
 * the same reader under the other rule (raw or normalised) with a threshold fitted here at k=5
@@ -99,30 +99,35 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         readings = dqa.read(questions, max(ks))
         seconds = time.perf_counter() - t0
         weight = dqa.retrieval_weight
-        rule = (f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}, "
-                f"retrieval weight {weight:g}")
+        base = f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}"
         fit_k = 5 if 5 in ks else ks[-1]
+
+        ranked: dict[tuple[int, float], tuple[dict, dict]] = {}  # (k, weight) -> best spans and their odds
+
+        def predicted(k: int, retrieval_weight: float) -> tuple[dict, dict]:
+            if (k, retrieval_weight) not in ranked:
+                ranked[k, retrieval_weight] = ask_predictions(dqa, readings, dataset, k, retrieval_weight)[:2]
+            return ranked[k, retrieval_weight]
 
         def ask_rows(label: str, retrieval_weight: float, timed: bool) -> None:
             for k in ks:
-                preds, odds, _ = ask_predictions(dqa, readings, dataset, k, retrieval_weight=retrieval_weight)
+                preds, odds = predicted(k, retrieval_weight)
                 add(f"ask, bm25, k={k} ({label})", abstaining(preds, odds, dqa.threshold),
                     seconds * k / max(ks) if timed else None, odds)
 
         def span_rows(retrieval_weight: float) -> None:  # the spans alone: does reading more pick worse ones?
             for k in ks:
-                preds, _, _ = ask_predictions(dqa, readings, dataset, k, retrieval_weight=retrieval_weight)
+                preds, _ = predicted(k, retrieval_weight)
                 add(f"ask, bm25, k={k}, never abstaining, retrieval weight {retrieval_weight:g} (span quality)",
                     preds, None)
 
-        ask_rows(rule, weight, True)
+        ask_rows(f"{base}, retrieval weight {weight:g}", weight, True)
         span_rows(weight)
         if weight:
             span_rows(0.0)
         else:
             fitted, _ = fit_retrieval_weight(dqa, readings, dataset, fit_k)
-            ask_rows(f"{rule[:rule.rindex(', retrieval weight')]}, retrieval weight {fitted:g} fitted here at "
-                     f"k={fit_k}", fitted, False)
+            ask_rows(f"{base}, retrieval weight {fitted:g} fitted here at k={fit_k}", fitted, False)
             span_rows(fitted)
         # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
         other = "normalized" if dqa.scoring == "raw" else "raw"

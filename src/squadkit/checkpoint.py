@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .defaults import check_non_negative_number
 from .errors import SquadkitError, first_line
 
 SETTINGS_FILE = "squadkit.json"
@@ -64,6 +64,12 @@ class ModelSettings:
     ask_scoring: str | None = None  # the rule ask_threshold was learned under: "raw" or "normalized" (None: normalized)
     ask_retrieval_weight: float | None = None  # of the retrieval score in ask's span ranking (settings: retrieval_weight)
 
+    @property
+    def ask_rule(self) -> str | None:
+        """The rule ``ask_threshold`` was learned under: ``ask_scoring``, else "normalized" for a folder
+        with ``ask_threshold`` (learned before ``ask_scoring`` existed), else None (no ask fit)."""
+        return self.ask_scoring or ("normalized" if self.ask_threshold is not None else None)
+
     def to_json(self) -> dict:
         body = {k: v for k, v in asdict(self).items() if v is not None}
         return {"format": SETTINGS_FORMAT, "schema_version": SETTINGS_VERSION, **body}
@@ -80,6 +86,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ask_calibration": (dict,), "ask_scoring": (str,), "ask_retrieval_weight": (int, float),
 }
 ASK_SCORINGS = ("raw", "normalized")  # the values of ``ask_scoring`` (retrieval/ask.py's two rules)
+
+
+def check_ask_scoring(value: Any, name: str, param: str | None = None) -> None:
+    """One of ``ASK_SCORINGS``, else a one-line SquadkitError naming ``name``."""
+    if value not in ASK_SCORINGS:
+        raise SquadkitError(f"{name} must be one of {', '.join(ASK_SCORINGS)}, got {value!r}", param=param)
 
 
 def _from_first_layout(data: dict) -> dict:
@@ -118,12 +130,10 @@ def settings_from_json(data: Any, source: str) -> ModelSettings:
             raise SquadkitError(f"{source}: field '{key}' must be {names}, got {value!r}")
         values[key] = float(value) if key in ("null_score_diff_threshold", "ask_threshold",
                                               "ask_retrieval_weight") else value
-    if values.get("ask_scoring", "raw") not in ASK_SCORINGS:
-        raise SquadkitError(f"{source}: field 'ask_scoring' must be one of {', '.join(ASK_SCORINGS)}, "
-                            f"got {values['ask_scoring']!r}")
-    weight = values.get("ask_retrieval_weight", 0.0)
-    if not 0.0 <= weight < math.inf:
-        raise SquadkitError(f"{source}: field 'ask_retrieval_weight' must be a number of at least 0, got {weight!r}")
+    if "ask_scoring" in values:
+        check_ask_scoring(values["ask_scoring"], f"{source}: field 'ask_scoring'")
+    if "ask_retrieval_weight" in values:
+        check_non_negative_number(values["ask_retrieval_weight"], f"{source}: field 'ask_retrieval_weight'")
     for key in ("calibration", "ask_calibration"):
         if key in values:
             from .calibration import Calibrator

@@ -54,6 +54,17 @@ def cache_dir(kind: str) -> str:
     return os.path.join(root, kind)
 
 
+def check_non_negative_number(value, name: str, param: str | None = None) -> float:
+    """``value`` if it is a finite number >= 0 (bools refused), else a one-line SquadkitError naming ``name``."""
+    import math
+
+    from .errors import SquadkitError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        raise SquadkitError(f"{name} must be a number of at least 0, got {value!r}", param=param)
+    return value
+
+
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     """``value`` if it is an int >= ``minimum`` (bools refused), else a one-line SquadkitError naming ``name``."""
     from .errors import SquadkitError

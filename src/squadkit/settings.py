@@ -59,8 +59,7 @@ def _finite_number(value: Any, name: str) -> None:
 
 
 def _non_negative_number(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
-        raise SquadkitError(f"{name} must be a number of at least 0, got {value!r}", param=name)
+    defaults.check_non_negative_number(value, name, param=name)
 
 
 def _probability(value: Any, name: str) -> None:

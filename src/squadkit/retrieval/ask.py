@@ -70,7 +70,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..checkpoint import ASK_SCORINGS
+from ..checkpoint import check_ask_scoring
 from ..errors import SquadkitError
 from ..settings import check_options
 from .documents import page_at
@@ -182,12 +182,6 @@ def reader_threshold(model: Any) -> float:
     return float(resolve(model, "ask")["null_score_diff_threshold"])
 
 
-def ask_threshold_of(model: Any) -> float | None:
-    """``ask_threshold`` saved beside the model (learned in ask mode by ``train``), else None."""
-    value = getattr(getattr(model, "settings", None), "ask_threshold", None)
-    return float(value) if value is not None else None
-
-
 def _logsumexp(values: Sequence[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))
@@ -212,11 +206,6 @@ def retrieval_prior(hits: Sequence[Hit], weight: float) -> list[float]:
     return [weight * (h.score - mean) / spread for h in hits]
 
 
-def _check_scoring(scoring: Any) -> None:
-    if scoring not in ASK_SCORINGS:
-        raise SquadkitError(f"scoring must be raw or normalized, got {scoring!r}", param="scoring")
-
-
 def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
                  top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
                  scoring: str | None = None, retrieval_weight: float = 0.0) -> AskResult:
@@ -225,14 +214,14 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
     ``nbests[j]`` is the n-best list (``NBestEntry``: text, start_logit, end_logit, start, end in
     passage characters, "" for the null answer) of passage ``hits[j]``. ``windows`` holds each
     passage's windows' (CLS start, CLS end, log normaliser) (``predict_squad(keep_windows=True)``).
-    ``scoring`` is the rule (``ASK_SCORINGS``): "normalized" (needs ``windows``; the default when
+    ``scoring`` is the rule (``checkpoint.ASK_SCORINGS``): "normalized" (needs ``windows``; the default when
     they are given) or "raw" (the default without); with ``windows`` either rule also gives the
     calibration features of the best span. ``retrieval_weight`` orders the spans by score +
     ``retrieval_prior``. See the module docstring.
     """
     check_k(top_k, "top_k")
     scoring = scoring or ("raw" if windows is None else "normalized")
-    _check_scoring(scoring)
+    check_ask_scoring(scoring, "scoring", param="scoring")
     if scoring == "normalized" and windows is None:
         raise SquadkitError("scoring normalized needs the passages' windows (predict_squad(keep_windows=True))",
                             param="scoring")
@@ -315,7 +304,7 @@ class DocumentQA:
                         retrieval_weight=retrieval_weight, **aliases)
         check_options(explicit, "ask")
         if scoring is not None:
-            _check_scoring(scoring)
+            check_ask_scoring(scoring, "scoring", param="scoring")
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")
@@ -354,10 +343,8 @@ class DocumentQA:
         (normalized). So is the ask-mode calibrator (``ask_calibration``); a folder without an ask
         fit keeps its single-passage calibrator under the raw rule."""
         settings = getattr(self.model, "settings", None)
-        saved = ask_threshold_of(self.model)
-        fitted = getattr(settings, "ask_scoring", None) or ("normalized" if saved is not None else None)
+        fitted = getattr(settings, "ask_rule", None)
         self.scoring = scoring or fitted or "raw"
-        self.normalized = self.scoring == "normalized"
         self.ask_fitted = fitted == self.scoring  # the folder's ask_threshold and ask_calibration apply
         self.ask_calibrator = None
         self.threshold = self.decode.null_score_diff_threshold
@@ -375,6 +362,11 @@ class DocumentQA:
             warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
                           f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
                           f"single-passage threshold, as before", AskNote, stacklevel=3)
+
+    @property
+    def normalized(self) -> bool:
+        """Whether this reader ranks on passage-normalised scores (``scoring == "normalized"``)."""
+        return self.scoring == "normalized"
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
             min_confidence: float | None = None, null_score_diff_threshold: float | None = None,

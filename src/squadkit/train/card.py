@@ -50,11 +50,11 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
                   f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` "
                   + ("scores spans as log-probabilities under one softmax over every passage it reads and abstains "
                      "when the no-answer mass of all passages"
-                     if (settings.ask_scoring or "normalized") == "normalized" else
+                     if settings.ask_rule == "normalized" else
                      "ranks spans across passages on their logit sums and abstains when the lowest null score of "
                      "the passages")
                   + f" beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold` for "
-                  f"`ask_scoring` {settings.ask_scoring or 'normalized'}, "
+                  f"`ask_scoring` {settings.ask_rule}, "
                   f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."
                   + (f" Spans are ranked on their score + {settings.ask_retrieval_weight:g} x their passage's "
                      f"retrieval score, z-scored over the passages read (`ask_retrieval_weight`)."
