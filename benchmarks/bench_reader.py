@@ -22,9 +22,20 @@ For each trained model folder, on the 626 questions of the shared dev slice:
   the folder's threshold too);
 * the all-abstain line (every answer "");
 * "answerable AUC": how well the no-answer score (null minus best span) ranks the answerable
-  questions above the unanswerable ones, whatever the threshold (0.5 = chance).
+  questions above the unanswerable ones, whatever the threshold (0.5 = chance); "answered %": the
+  share of questions given a span (a tuned reader near all-abstain answers few);
+* **off-topic passages**: each answerable question asked over its retrieved passages less every
+  passage that could answer it (inside its own paragraph, or holding a gold answer's text), k = 1,
+  3, 5: how often the folder's rule abstains (right here), and "off-topic AUC", how well the
+  no-answer score tells these readings from the same questions' own top k. This is what passage
+  negatives train for, and what the dev set cannot show: its unanswerable questions were written
+  against their own paragraph;
+* **paired differences** (``metrics.paired_bootstrap``, 2,000 resamples, 95 % interval) for the
+  issue's targets: each model's ask at k=5 against its own gold paragraph, and each model's gold
+  paragraph and ask at k=5 against the first model's (list today's reader first), also with the
+  first model given the retrieval weight fitted here.
 
-Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints a Markdown table.
+Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -41,22 +52,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SQUADKIT_SHARED_DATA", REPO.parent / "shared" / "data")) / "squad_v2"
 DEV = SHARED / "dev-v2.0.first2articles.json"
 TRAIN = SHARED / "train-v2.0.first10articles.json"
-COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "answerable AUC", "ms/question"]
+COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "answered %", "answerable AUC", "ms/question"]
+
+
+def roc_auc(positive, negative) -> float:
+    """P(a positive scores above a negative), ties counted half (ROC AUC; 0.5 = chance)."""
+    import numpy as np
+
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    if not pos.size or not neg.size:
+        return float("nan")
+    score = np.concatenate([pos, neg])
+    ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable") + 1.0
+    for value in np.unique(score):  # average ranks over ties
+        tied = score == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
 def answerable_auc(dataset, odds: dict) -> float:
     """How well the no-answer score ranks answerable questions above unanswerable ones (ROC AUC;
     0.5 = chance): whatever the threshold, a reader near 0.5 can only gain by abstaining always."""
-    import numpy as np
-
-    has = np.array([bool(e.answers) for e in dataset.examples])
-    score = -np.array([odds.get(e.id, np.inf) for e in dataset.examples], dtype=float)
-    ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable") + 1.0
-    for value in np.unique(score):  # average ranks over ties
-        tied = score == value
-        ranks[tied] = ranks[tied].mean()
-    n_pos, n_neg = int(has.sum()), int((~has).sum())
-    return float((ranks[has].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+    has = [bool(e.answers) for e in dataset.examples]
+    score = [-odds.get(e.id, float("inf")) for e in dataset.examples]
+    return roc_auc([s for s, h in zip(score, has) if h], [s for s, h in zip(score, has) if not h])
 
 
 def scores(dataset, preds: dict) -> dict:
@@ -64,10 +83,71 @@ def scores(dataset, preds: dict) -> dict:
 
     ev = evaluate(dataset, preds, report_missing=None)
     return {"EM": ev["exact"], "F1": ev["f1"], "HasAns F1": ev.get("HasAns_f1", 0.0),
-            "NoAns acc": ev.get("NoAns_exact", 0.0)}
+            "NoAns acc": ev.get("NoAns_exact", 0.0),
+            "answered %": 100.0 * sum(bool(preds[e.id]) for e in dataset.examples) / len(dataset.examples)}
 
 
-def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, rows: list[dict]) -> None:
+def without_answer_passages(example, read):
+    """``read`` less every passage that could answer ``example``: one inside its own paragraph, or one
+    holding a gold answer's text (case-insensitive; the rule train/negatives.py draws negatives by)."""
+    from squadkit.retrieval.ask import Reading
+
+    answers = [a.text.lower() for a in example.answers if a.text.strip()]
+    keep = [i for i, hit in enumerate(read.hits)
+            if hit.text not in example.context and not any(a in hit.text.lower() for a in answers)]
+    return Reading([read.hits[i] for i in keep], [read.nbests[i] for i in keep], [read.windows[i] for i in keep],
+                   read.features)
+
+
+def off_topic_rows(name: str, dqa, readings, dataset, ks: list[int]) -> list[dict]:
+    """Answerable questions, each asked over its retrieved passages less those that could answer it
+    (``without_answer_passages``): the right output is to abstain. What passage negatives train for,
+    and what the dev set's unanswerable questions (written against their own paragraph) cannot show."""
+    answerable = [(e, r) for e, r in zip(dataset.examples, readings) if e.answers]
+    pairs = [(e, without_answer_passages(e, r)) for e, r in answerable]
+
+    def odds(result) -> float:  # null minus best span (the rule's no-answer score), +inf without a span
+        return result.null_score - result.answers[0].score if result.answers and result.null_score is not None \
+            else float("inf")
+
+    rows = []
+    for k in ks:
+        results = [dqa.rank(e.question, r, k=k) for e, r in pairs]
+        with_answer = [dqa.rank(e.question, r, k=k) for e, r in answerable]
+        rows.append({"model": name, "k": k, "questions": len(pairs),
+                     "abstained %": 100.0 * sum(r.no_answer or not r.answers for r in results) / len(pairs),
+                     "off-topic AUC": roc_auc([-odds(r) for r in with_answer], [-odds(r) for r in results]),
+                     "passages read (mean)": sum(min(k, len(r.hits)) for _, r in pairs) / len(pairs)})
+    return rows
+
+
+def paired_differences(rows: list[dict], dataset, target_k: int) -> list[dict]:
+    """The issue's targets as paired differences with 95 % bootstrap intervals (metrics.paired_bootstrap):
+    each model's ask at ``target_k`` against its own gold paragraph, and each model's gold paragraph
+    and ask at ``target_k`` against the first model's (today's reader, by convention first in --models),
+    and against the first model given a fitted retrieval weight at ask time (when it has no weight)."""
+    from squadkit.metrics import paired_bootstrap
+
+    by = {(r["model"], r["_key"]): r["_preds"] for r in rows if r.get("_key")}
+    models = list(dict.fromkeys(r["model"] for r in rows if r.get("_key")))
+    first, out = models[0], []
+    for model in models:
+        pairs = [(f"ask k={target_k} - own gold paragraph", (model, ("ask", target_k)), (model, ("gold",)))]
+        if model != first:
+            pairs += [(f"gold paragraph - {first}'s", (model, ("gold",)), (first, ("gold",))),
+                      (f"ask k={target_k} - {first}'s", (model, ("ask", target_k)), (first, ("ask", target_k))),
+                      (f"ask k={target_k} - {first}'s with a fitted retrieval weight", (model, ("ask", target_k)),
+                       (first, ("ask, fitted weight", target_k)))]
+        for label, a, b in pairs:
+            if a in by and b in by:
+                d = paired_bootstrap(dataset, by[a], by[b])
+                out.append({"model": model, "F1 difference": label, **d})
+                print(f"| {model} | {label} | {d['difference']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] |", flush=True)
+    return out
+
+
+def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, rows: list[dict],
+                off_topic: list[dict]) -> None:
     from squadkit.pipeline import QuestionAnswerer
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
@@ -77,10 +157,11 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
     questions = [e.question for e in dataset.examples]
 
-    def add(label: str, preds: dict, seconds: float | None, odds: dict | None = None) -> None:
+    def add(label: str, preds: dict, seconds: float | None, odds: dict | None = None, key: tuple = ()) -> None:
         row = {"model": name, "reader input": label, **scores(dataset, preds),
                "answerable AUC": None if odds is None else answerable_auc(dataset, odds),
-               "ms/question": None if seconds is None else 1000 * seconds / len(questions)}
+               "ms/question": None if seconds is None else 1000 * seconds / len(questions),
+               "_key": key, "_preds": preds}  # for the paired differences (not printed, not saved)
         rows.append(row)
         print(_line(row), flush=True)
 
@@ -88,7 +169,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     t0 = time.perf_counter()
     gold = predict_squad(qa.model, dataset.examples, decode, batch_size=8)
     add(f"gold paragraph (threshold {decode.null_score_diff_threshold:.2f})", gold.predictions,
-        time.perf_counter() - t0, gold.null_odds)
+        time.perf_counter() - t0, gold.null_odds, key=("gold",))
     add("gold paragraph, never abstaining (span quality)", gold.top_spans(), None)
     index_path = workdir / f"ask-{name}.sqlite"
     if not index_path.is_file():
@@ -113,7 +194,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
             for k in ks:
                 preds, odds = predicted(k, retrieval_weight)
                 add(f"ask, bm25, k={k} ({label})", abstaining(preds, odds, dqa.threshold),
-                    seconds * k / max(ks) if timed else None, odds)
+                    seconds * k / max(ks) if timed else None, odds, key=("ask" if timed else "ask, fitted weight", k))
 
         def span_rows(retrieval_weight: float) -> None:  # the spans alone: does reading more pick worse ones?
             for k in ks:
@@ -129,6 +210,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
             fitted, _ = fit_retrieval_weight(dqa, readings, dataset, fit_k)
             ask_rows(f"{base}, retrieval weight {fitted:g} fitted here at k={fit_k}", fitted, False)
             span_rows(fitted)
+        off_topic.extend(off_topic_rows(name, dqa, readings, dataset, [k for k in ks if k < max(ks)]))
         # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
         other = "normalized" if dqa.scoring == "raw" else "raw"
         other_dqa = DocumentQA(index, qa=qa, k=max(ks), scoring=other)
@@ -173,15 +255,28 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
+    off_topic: list[dict] = []
     for item in args.models.split(","):
         name, folder = item.split("=", 1)
-        bench_model(name, folder, dataset, ks, workdir, rows)
+        bench_model(name, folder, dataset, ks, workdir, rows, off_topic)
     abstain = scores(dataset, {e.id: "" for e in dataset.examples})
     rows.append({"model": "-", "reader input": "all-abstain (every answer \"\")", **abstain, "answerable AUC": None,
                  "ms/question": None})
     print(_line(rows[-1]), flush=True)
+    print("\nAnswerable questions over their passages less those that could answer them (abstaining is right):\n\n"
+          "| model | k | questions | abstained % | off-topic AUC | passages read (mean) |\n"
+          "|---|---|---|---|---|---|")
+    for r in off_topic:
+        print(f"| {r['model']} | {r['k']} | {r['questions']} | {r['abstained %']:.1f} | "
+              f"{r['off-topic AUC']:.3f} | {r['passages read (mean)']:.2f} |")
+    target_k = 5 if 5 in ks else ks[-1]
+    print(f"\nF1 differences, paired bootstrap over the {len(dataset.examples)} questions (2,000 resamples, seed 0; "
+          f"95 % interval):\n\n| model | difference | F1 | 95 % interval |\n|---|---|---|---|", flush=True)
+    differences = paired_differences(rows, dataset, target_k)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        table = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        Path(args.json).write_text(json.dumps({"rows": table, "off_topic": off_topic, "differences": differences},
+                                              indent=2))
 
 
 if __name__ == "__main__":

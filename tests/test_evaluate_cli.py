@@ -195,6 +195,57 @@ def test_unwritable_out_file(files, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# --compare: is PREDS' gap over other predictions more than noise? (own tiny data: no shared/ needed)
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_squad(tmp_path: Path) -> Path:
+    qas = [{"id": "q1", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}], "is_impossible": False},
+           {"id": "q2", "question": "What?", "answers": [{"text": "dog", "answer_start": 16}], "is_impossible": False},
+           {"id": "q3", "question": "When?", "answers": [], "is_impossible": True},
+           {"id": "q4", "question": "Which?", "answers": [{"text": "red fox", "answer_start": 26}],
+            "is_impossible": False}]
+    data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [
+        {"context": "The cat and the dog saw a red fox.", "qas": qas}]}]}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_compare_adds_paired_differences(tmp_path):
+    data = _tiny_squad(tmp_path)
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps({"q1": "cat", "q2": "dog", "q3": "", "q4": "fox"}), encoding="utf-8")
+    b.write_text(json.dumps({"q1": "mouse", "q2": "dog", "q3": "", "q4": "fox"}), encoding="utf-8")
+    result = run(data, a, "--compare", b)
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert list(out)[:3] == ["exact", "f1", "total"]  # the official keys first, unchanged
+    compared = out["compared_with"]
+    assert compared["file"] == str(b)
+    # a is right on q1 where b is wrong, the same elsewhere: +25 points, interval [0, 75] (see test_metrics)
+    assert (compared["f1"]["difference"], compared["f1"]["low"], compared["f1"]["high"]) == (25.0, 0.0, 75.0)
+    assert compared["exact"]["difference"] == 25.0 and compared["f1"]["questions"] == 4
+    back = json.loads(run(data, b, "--compare", a).stdout)["compared_with"]
+    assert back["f1"]["difference"] == -25.0
+
+
+def test_compare_refuses_a_file_missing_a_question(tmp_path):
+    data = _tiny_squad(tmp_path)
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps({"q1": "cat", "q2": "dog", "q3": "", "q4": "fox"}), encoding="utf-8")
+    b.write_text(json.dumps({"q1": "cat", "q2": "dog", "q3": ""}), encoding="utf-8")
+    result = run(data, a, "--compare", b)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(b) in lines[0] and "'q4'" in lines[0], result.stderr
+    missing = run(data, a, "--compare", tmp_path / "nope.json")
+    assert missing.exit_code == 2 and "nope.json" in missing.stderr and "Traceback" not in missing.output
+
+
+# ---------------------------------------------------------------------------------------------
 # a real process: JSON on stdout, and no torch / transformers import on the way
 # ---------------------------------------------------------------------------------------------
 

@@ -621,3 +621,64 @@ def test_api_validates_values():
         evaluate({"a": ["x"]}, {"a": "x"}, {"a": float("nan")}, report_missing=None)
     with pytest.raises(SquadkitError, match="must be a number"):
         evaluate({"a": ["x"]}, {"a": "x"}, {"a": "0.5"}, report_missing=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# paired bootstrap: is a gap between two systems on the same questions more than noise?
+# ---------------------------------------------------------------------------------------------
+
+GOLD4 = {"q1": ["cat"], "q2": ["dog"], "q3": [""], "q4": ["red fox"]}
+
+
+def test_paired_bootstrap_identical_systems_differ_by_nothing():
+    preds = {"q1": "cat", "q2": "a bird", "q3": "", "q4": "fox"}
+    out = metrics.paired_bootstrap(GOLD4, preds, dict(preds))
+    assert (out["difference"], out["low"], out["high"]) == (0.0, 0.0, 0.0)
+    assert out["questions"] == 4 and out["resamples"] == 2000
+
+
+def test_paired_bootstrap_one_system_right_everywhere():
+    right = {"q1": "cat", "q2": "dog", "q3": "", "q4": "red fox"}
+    wrong = {"q1": "dog", "q2": "cat", "q3": "cat", "q4": "wolf"}
+    out = metrics.paired_bootstrap(GOLD4, right, wrong)
+    assert (out["difference"], out["low"], out["high"]) == (100.0, 100.0, 100.0)
+    flipped = metrics.paired_bootstrap(GOLD4, wrong, right)
+    assert (flipped["difference"], flipped["low"], flipped["high"]) == (-100.0, -100.0, -100.0)
+
+
+def test_paired_bootstrap_interval_by_hand():
+    # a differs from b on q1 only (right vs wrong): each resample's gap is 25 x (times q1 is drawn).
+    # P(q1 never drawn) = (3/4)^4 = 0.32 > 2.5 %, so the low end is 0; P(drawn 3+ times) = 13/256 = 5.1 %
+    # but P(4 times) = 0.4 %, so the 97.5th percentile is the 3-times gap, 75.
+    a = {"q1": "cat", "q2": "dog", "q3": "", "q4": "fox"}
+    b = {**a, "q1": "mouse"}
+    out = metrics.paired_bootstrap(GOLD4, a, b)
+    assert out["difference"] == 25.0
+    assert (out["low"], out["high"]) == (0.0, 75.0)
+    assert metrics.paired_bootstrap(GOLD4, a, b) == out  # seeded: the same numbers every run
+    wide = metrics.paired_bootstrap(GOLD4, a, b, confidence=0.999)
+    assert wide["high"] == 100.0
+
+
+def test_paired_bootstrap_exact_or_f1():
+    a = {"q1": "cat", "q2": "dog", "q3": "", "q4": "fox"}  # q4: F1 2/3, exact 0
+    b = {**a, "q4": "red fox"}
+    assert metrics.paired_bootstrap(GOLD4, b, a)["difference"] == pytest.approx(100 * (1 - 2 / 3) / 4)
+    assert metrics.paired_bootstrap(GOLD4, b, a, metric="exact")["difference"] == 25.0
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"metric": "em"}, "metric must be 'f1' or 'exact', not 'em'"),
+    ({"resamples": 0}, "resamples must be >= 1"),
+    ({"confidence": 1.0}, "confidence in \\(0, 1\\)"),
+])
+def test_paired_bootstrap_refuses_bad_settings(kwargs, fragment):
+    preds = {"q1": "cat", "q2": "dog", "q3": "", "q4": "fox"}
+    with pytest.raises(SquadkitError, match=fragment):
+        metrics.paired_bootstrap(GOLD4, preds, preds, **kwargs)
+
+
+def test_paired_bootstrap_needs_every_question_predicted():
+    preds = {"q1": "cat", "q2": "dog", "q3": ""}
+    with pytest.raises(SquadkitError, match="preds_b has no prediction for question 'q4'"):
+        metrics.paired_bootstrap(GOLD4, {**preds, "q4": "x"}, preds)

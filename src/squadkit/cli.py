@@ -375,6 +375,10 @@ def evaluate_cmd(
     cutoffs: str = typer.Option(
         "0.5,0.7,0.9", "--cutoffs", metavar="P,P,...",
         help="With confidences: the cut-offs to report precision and coverage at (comma-separated, each in [0, 1])."),
+    compare_file: Optional[Path] = typer.Option(
+        None, "--compare", metavar="FILE",
+        help="Other predictions for the same questions: adds 'compared_with', PREDS' F1 and exact minus FILE's with "
+             "95% paired-bootstrap intervals (2,000 resamples, seed 0), of the answer texts as given in both files."),
 ) -> None:
     """Score predictions with the official SQuAD v2.0 evaluation, number for number.
 
@@ -402,6 +406,8 @@ def evaluate_cmd(
                                  report_missing=report_missing, report_note=note)
     if confidence_file is not None:
         out["confidence"] = _confidence_report(data_file, pred_file, confidence_file, cutoffs, confidence_images)
+    if compare_file is not None:
+        out["compared_with"] = _comparison(data_file, pred_file, compare_file)
     if verbose:
         typer.echo(f"evaluated {out['total']} question(s) in {time.perf_counter() - start:.3f} s, loading included "
                    f"({len(missing)} without a prediction)", err=True)
@@ -413,6 +419,19 @@ def evaluate_cmd(
         atomic_write_json(out_file, out, indent=None)
     except OSError as exc:
         raise SquadkitError(f"{out_file}: cannot write the metrics: {exc.strerror or exc}") from None
+
+
+def _comparison(data_file: Path, pred_file: Path, other_file: Path) -> dict:
+    """PREDS minus FILE on every question of DATA, F1 and exact, with paired-bootstrap intervals."""
+    from . import metrics
+    from .data import load_squad
+
+    dataset = load_squad(data_file)
+    preds, other = metrics.load_predictions(pred_file), metrics.load_predictions(other_file)
+    names = (str(pred_file), str(other_file))
+    return {"file": str(other_file),
+            **{metric: metrics.paired_bootstrap(dataset, preds, other, metric=metric, names=names)
+               for metric in ("f1", "exact")}}
 
 
 # ---------------------------------------------------------------------------------------------

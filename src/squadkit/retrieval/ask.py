@@ -49,7 +49,8 @@ Ranking and abstaining, and why:
   follows argument > folder > default; a folder without ``ask_threshold`` answers with the
   rule above (raw logits, minimum null, ``null_score_diff_threshold``) and says so once.
 * **Which rule a trained folder uses** is learned with its threshold: ``train`` fits a threshold
-  under each rule on the same dev readings and keeps the rule with the better F1 as
+  under each rule on the same dev readings and keeps the rule with the better mean F1 reading
+  1, 3, ... ``ask_k`` passages with that threshold (train/ask_eval.py) as
   ``ask_scoring`` (the span ranking is the same under both; only the no-answer score differs:
   the minimum of the passages' nulls, or the log of their summed mass). Measured on the shared
   dev slice (README), a reader trained with passage negatives alone keeps its F1 across k = 1-10

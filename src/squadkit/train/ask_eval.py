@@ -5,8 +5,12 @@ dev question is asked (``DocumentQA``, bm25, ``ask_k`` passages) of an index hol
 paragraph of the dev AND the train file (the train paragraphs are distractors, as in
 benchmarks/bench_retrieval.py). The passages are read once; under each of ask's two rules (raw
 and passage-normalised no-answer scores, retrieval/ask.py) the threshold on "no-answer score -
-best span score" with the best F1 is found, and the rule with the better F1 (normalised on a
-tie) is saved as ``ask_scoring`` with its ``ask_threshold`` (and ``ask_k``) in ``squadkit.json``;
+best span score" with the best F1 is found. Each rule's threshold is then scored reading fewer
+passages too (k = 1, 3, ... up to ``ask_k``, ``ASK_CHECK_KS``), because a user may ask with a
+smaller ``k`` and keeps the folder's one threshold: under the normalised rule the no-answer mass
+grows with the passages read, so a threshold fitted at 5 can answer far too often at 1. The rule
+with the better mean F1 over those k is saved (the better F1 at ``ask_k`` on a tie, then
+normalised) as ``ask_scoring`` with its ``ask_threshold`` (and ``ask_k``) in ``squadkit.json``;
 a calibrator is fitted on that rule's answers (``ask_calibration``).
 
 Before the thresholds, the retriever's weight in the span ranking (``ask_retrieval_weight``, the
@@ -28,6 +32,7 @@ from pathlib import Path
 ASK_PASSAGE_TOKENS = 300  # passages of at most this many of the reader's tokens (the README's ask benchmark)
 ASK_OVERLAP = 32
 RETRIEVAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid ask_retrieval_weight is chosen from
+ASK_CHECK_KS = (1, 3, 5, 10)  # the rule must hold reading these many passages too (those below ask_k)
 
 
 @dataclass
@@ -41,6 +46,23 @@ class AskFit:
     calibration: dict | None = None
     scoring: str = "normalized"
     retrieval_weight: float = 0.0
+
+
+@dataclass
+class _RuleFit:
+    """One no-answer rule fitted on the dev readings: its best-F1 threshold at ``ask_k``, and the F1
+    that threshold gives reading each checked number of passages."""
+
+    best_f1: float
+    threshold: float
+    f1_by_k: dict[int, float]
+    preds: dict
+    odds: dict
+    results: list
+
+    @property
+    def mean_f1(self) -> float:
+        return sum(self.f1_by_k.values()) / len(self.f1_by_k)
 
 
 def build_ask_index(path: Path, files: list[Path], tokenizer: str) -> None:
@@ -109,13 +131,19 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
                      for rule in ("normalized", "raw")}  # normalised first: it wins a tie
             readings = rules["normalized"].read([e.question for e in dataset.examples], k)
     weight, span_f1 = fit_retrieval_weight(rules["raw"], readings, dataset, k)  # the same spans under both rules
-    fits = {}
+    check_ks = sorted({j for j in ASK_CHECK_KS if j < k} | {k})
+    fits: dict[str, _RuleFit] = {}
     for rule, dqa in rules.items():
         preds, odds, results = ask_predictions(dqa, readings, dataset, k, retrieval_weight=weight)
         best = evaluate(dataset, preds, na_probs=odds, report_missing=None)
-        fits[rule] = (float(best["best_f1"]), float(best["best_f1_thresh"]), preds, odds, results)
-    scoring = max(fits, key=lambda rule: fits[rule][0])
-    _, threshold, preds, odds, results = fits[scoring]
+        threshold = float(best["best_f1_thresh"])
+        f1_by_k = {j: float(best["best_f1"]) if j == k else
+                   float(score_at(dataset, *ask_predictions(dqa, readings, dataset, j, weight)[:2], threshold)["f1"])
+                   for j in check_ks}
+        fits[rule] = _RuleFit(float(best["best_f1"]), threshold, f1_by_k, preds, odds, results)
+    # the better mean F1 over the k checked, then the better F1 at k; max keeps the first (normalised) of equals
+    scoring = max(fits, key=lambda rule: (fits[rule].mean_f1, fits[rule].best_f1))
+    threshold, preds, odds, results = fits[scoring].threshold, fits[scoring].preds, fits[scoring].odds, fits[scoring].results
     results_at = score_at(dataset, preds, odds, threshold)
     names = " + ".join(f.name for f in files)
     dev_name = dataset.path.name if dataset.path else "dev"
@@ -124,8 +152,11 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
               f"over the paragraphs of {names}")
     fit = AskFit(threshold, k, source, {"k": k, "scoring": scoring, "threshold": threshold,
                                         "retrieval_weight": weight, **results_at,
-                                        "best_f1_by_scoring": {rule: f[0] for rule, f in fits.items()},
-                                        "threshold_by_scoring": {rule: f[1] for rule, f in fits.items()},
+                                        "best_f1_by_scoring": {rule: f.best_f1 for rule, f in fits.items()},
+                                        "threshold_by_scoring": {rule: f.threshold for rule, f in fits.items()},
+                                        "f1_by_k_by_scoring": {rule: {str(j): v for j, v in f.f1_by_k.items()}
+                                                               for rule, f in fits.items()},
+                                        "mean_f1_by_scoring": {rule: f.mean_f1 for rule, f in fits.items()},
                                         "span_f1_by_retrieval_weight": {str(w): f for w, f in span_f1.items()}},
                  scoring=scoring, retrieval_weight=weight)
     fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
