@@ -55,27 +55,12 @@ TRAIN = SHARED / "train-v2.0.first10articles.json"
 COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "answered %", "answerable AUC", "ms/question"]
 
 
-def roc_auc(positive, negative) -> float:
-    """P(a positive scores above a negative), ties counted half (ROC AUC; 0.5 = chance)."""
-    import numpy as np
-
-    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
-    if not pos.size or not neg.size:
-        return float("nan")
-    score = np.concatenate([pos, neg])
-    ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable") + 1.0
-    for value in np.unique(score):  # average ranks over ties
-        tied = score == value
-        ranks[tied] = ranks[tied].mean()
-    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
-
-
 def answerable_auc(dataset, odds: dict) -> float:
     """How well the no-answer score ranks answerable questions above unanswerable ones (ROC AUC;
     0.5 = chance): whatever the threshold, a reader near 0.5 can only gain by abstaining always."""
-    has = [bool(e.answers) for e in dataset.examples]
-    score = [-odds.get(e.id, float("inf")) for e in dataset.examples]
-    return roc_auc([s for s, h in zip(score, has) if h], [s for s, h in zip(score, has) if not h])
+    from squadkit.metrics import no_answer_auc
+
+    return no_answer_auc(dataset, odds)
 
 
 def scores(dataset, preds: dict) -> dict:
@@ -103,6 +88,8 @@ def off_topic_rows(name: str, dqa, readings, dataset, ks: list[int]) -> list[dic
     """Answerable questions, each asked over its retrieved passages less those that could answer it
     (``without_answer_passages``): the right output is to abstain. What passage negatives train for,
     and what the dev set's unanswerable questions (written against their own paragraph) cannot show."""
+    from squadkit.metrics import roc_auc
+
     answerable = [(e, r) for e, r in zip(dataset.examples, readings) if e.answers]
     pairs = [(e, without_answer_passages(e, r)) for e, r in answerable]
 

@@ -9,6 +9,7 @@ A few cases are also checked against numbers reasoned out by hand.
 from __future__ import annotations
 
 import collections
+import math
 import json
 import random
 import re
@@ -682,3 +683,33 @@ def test_paired_bootstrap_needs_every_question_predicted():
     preds = {"q1": "cat", "q2": "dog", "q3": ""}
     with pytest.raises(SquadkitError, match="preds_b has no prediction for question 'q4'"):
         metrics.paired_bootstrap(GOLD4, {**preds, "q4": "x"}, preds)
+
+
+# ---------------------------------------------------------------------------------------------
+# the no-answer score's AUC: does it tell answerable from unanswerable, whatever the threshold?
+# ---------------------------------------------------------------------------------------------
+
+
+def test_roc_auc_by_hand():
+    # positives 2, 0 against negatives -1, 0: three pairs ordered right, one tie (half) -> 3.5 / 4
+    assert metrics.roc_auc([2.0, 0.0], [-1.0, 0.0]) == 0.875
+    assert metrics.roc_auc([1, 2, 3], [4, 5]) == 0.0 and metrics.roc_auc([4, 5], [1, 2, 3]) == 1.0
+    assert metrics.roc_auc([7, 7], [7, 7, 7]) == 0.5
+    assert math.isnan(metrics.roc_auc([], [1.0]))
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=12), st.lists(st.integers(-3, 3), min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_roc_auc_is_the_pairwise_count(pos, neg):
+    pairs = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    assert metrics.roc_auc(pos, neg) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_no_answer_auc_ranks_answerable_below_unanswerable():
+    gold = {"a1": ["x"], "a2": ["y"], "u1": [], "u2": []}
+    assert metrics.no_answer_auc(gold, {"a1": -3.0, "a2": -1.0, "u1": 2.0, "u2": 0.5}) == 1.0  # null odds: separable
+    assert metrics.no_answer_auc(gold, {"a1": 2.0, "a2": 0.5, "u1": -3.0, "u2": -1.0}) == 0.0
+    assert metrics.no_answer_auc(gold, {"a1": -2.0, "a2": 0.0, "u1": 1.0, "u2": 0.0}) == 0.875
+    assert math.isnan(metrics.no_answer_auc({"a1": ["x"]}, {"a1": 0.0}))  # one class: undefined
+    with pytest.raises(SquadkitError, match="na_probs has no value for question 'u2'"):
+        metrics.no_answer_auc(gold, {"a1": 0.0, "a2": 0.0, "u1": 0.0})

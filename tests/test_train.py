@@ -248,3 +248,26 @@ def test_non_empty_output_dir_is_refused_and_untouched(tmp_path):
     assert res.exit_code == 2 and "--overwrite_output_dir" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "log.jsonl"]
     assert (out / "log.jsonl").read_text() == "old\n"
+
+
+def test_a_dev_no_answer_score_at_chance_earns_one_note(tmp_path):
+    """train --do-eval says so when the dev no-answer score cannot tell answerable from unanswerable
+    questions: its best-F1 threshold then mostly abstains always, and F1 hides that."""
+    from squadkit.data import load_squad
+    from squadkit.train.loop import abstention_at_chance
+
+    qas = [{"id": f"a{i}", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}], "is_impossible": False}
+           for i in range(4)] + [{"id": f"u{i}", "question": "Who?", "answers": [], "is_impossible": True}
+                                 for i in range(4)]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": [
+        {"context": "The cat sat.", "qas": qas}]}]}), encoding="utf-8")
+    dev = load_squad(path)
+    mixed = {"a0": -2.0, "a1": 3.0, "a2": 0.5, "a3": 4.0, "u0": 3.0, "u1": -2.0, "u2": 4.0, "u3": 0.5}  # alike: AUC 0.5
+    note = abstention_at_chance(dev, mixed, 2.0, path)
+    assert note is not None and "\n" not in note
+    assert note.startswith("dev.json: ") and "(AUC 0.50)" in note
+    assert "at the saved threshold 2.00 the model answers 50.0% of them" in note  # 4 of 8 odds <= 2.0
+    separable = {**{f"a{i}": -2.0 - i for i in range(4)}, **{f"u{i}": 1.0 + i for i in range(4)}}
+    assert abstention_at_chance(dev, separable, 0.0, path) is None
+    assert abstention_at_chance(dev, {"a0": 0.0}, 0.0, path) is None  # odds missing: nothing to say

@@ -58,6 +58,8 @@ __all__ = [
     "load_na_probs",
     "evaluate_files",
     "paired_bootstrap",
+    "roc_auc",
+    "no_answer_auc",
 ]
 
 Score = Union[int, float]
@@ -681,6 +683,37 @@ def evaluate_files(
     return evaluate(dataset, preds, na_probs, na_prob_thresh, best_always, out_image_dir,
                     report_missing=report_missing, report_note=report_note, pred_name=str(pred_file),
                     na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")
+
+
+# ---------------------------------------------------------------------------------------------
+# how well the no-answer score separates, whatever the threshold
+# ---------------------------------------------------------------------------------------------
+
+
+def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties counted half (ROC AUC; 0.5 = chance); NaN when
+    either side is empty. Ranks, not pairs: O(n log n)."""
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if not pos.size or not neg.size:
+        return float("nan")
+    _, inverse, counts = np.unique(np.concatenate([pos, neg]), return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks, averaged over ties
+    rank_sum = float(mean_rank[inverse[: pos.size]].sum())
+    return (rank_sum - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
+
+
+def no_answer_auc(gold: GoldInput, na_probs: Mapping[str, float]) -> float:
+    """How well ``na_probs`` (higher: more likely unanswerable; null odds work too) rank the answerable
+    questions of ``gold`` below the unanswerable ones: ROC AUC, whatever the threshold (0.5 = chance).
+
+    Why: F1 at the best threshold hides a score that cannot tell the two apart; on data with many
+    unanswerable questions such a model's best threshold simply abstains almost always."""
+    has_ans = make_qid_to_has_ans(gold_answers_from(gold))
+    missing = next((qid for qid in has_ans if qid not in na_probs), None)
+    if missing is not None:
+        raise SquadkitError(f"no_answer_auc: na_probs has no value for question {missing!r}", param="na_probs")
+    return roc_auc([-float(na_probs[q]) for q, h in has_ans.items() if h],
+                   [-float(na_probs[q]) for q, h in has_ans.items() if not h])
 
 
 # ---------------------------------------------------------------------------------------------

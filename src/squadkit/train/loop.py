@@ -478,6 +478,28 @@ def _metric(results: dict) -> float:
     return float(results.get("best_f1", results["f1"]))
 
 
+AT_CHANCE_AUC = 0.6  # a no-answer AUC below this on the dev data earns the note below
+
+
+def abstention_at_chance(dataset, null_odds: dict, threshold: float, predict_path) -> str | None:
+    """A one-line note when the dev questions' no-answer score (null odds) tells answerable from
+    unanswerable ones little better than chance: the best-F1 threshold then mostly just abstains (or
+    answers) always, and the F1 it reports is close to that of a constant answer. None otherwise, or
+    where the dev data lacks either kind of question."""
+    from ..metrics import no_answer_auc
+
+    if not null_odds or any(e.id not in null_odds for e in dataset.examples):
+        return None
+    auc = no_answer_auc(dataset, null_odds)
+    if not auc < AT_CHANCE_AUC:  # NaN (one kind of question only) passes too
+        return None
+    answered = 100.0 * sum(null_odds[e.id] <= threshold for e in dataset.examples) / len(dataset.examples)
+    name = Path(predict_path).name if predict_path is not None else "the dev data"
+    return (f"{name}: the no-answer score tells answerable from unanswerable questions little better than chance "
+            f"(AUC {auc:.2f}); at the saved threshold {threshold:.2f} the model answers {answered:.1f}% of them, so "
+            f"its F1 is close to that of a constant answer: train longer, or on data with unanswerable questions")
+
+
 def _threshold_of(results: dict, config: TrainConfig, where: str) -> tuple[float, str | None]:
     """The threshold to save with weights evaluated as ``results``: the best one on the dev data."""
     if "best_f1_thresh" in results:
@@ -735,6 +757,9 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
             atomic_write_json(output_dir / EVAL_RESULTS_FILE, results)
             result.eval_results = results
             threshold = _threshold_of(results, config, "the end of training")
+            note = abstention_at_chance(eval_data, preds.null_odds, threshold[0], predict_path)
+            if note:
+                warn_main(accelerator, note)
     result.null_score_diff_threshold = threshold[0]
     if config.do_train and accelerator.is_main_process:
         settings = config.model_settings(threshold[0], threshold[1], result.eval_results,
