@@ -491,7 +491,7 @@ def abstention_at_chance(dataset, null_odds: dict, threshold: float, predict_pat
     if not null_odds or any(e.id not in null_odds for e in dataset.examples):
         return None
     auc = no_answer_auc(dataset, null_odds)
-    if not auc < AT_CHANCE_AUC:  # NaN (one kind of question only) passes too
+    if not auc < AT_CHANCE_AUC:  # also NaN: the dev data has one kind of question only
         return None
     answered = 100.0 * sum(null_odds[e.id] <= threshold for e in dataset.examples) / len(dataset.examples)
     name = Path(predict_path).name if predict_path is not None else "the dev data"
