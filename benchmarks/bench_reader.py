@@ -55,14 +55,6 @@ TRAIN = SHARED / "train-v2.0.first10articles.json"
 COLUMNS = ["model", "reader input", "EM", "F1", "HasAns F1", "NoAns acc", "answered %", "answerable AUC", "ms/question"]
 
 
-def answerable_auc(dataset, odds: dict) -> float:
-    """How well the no-answer score ranks answerable questions above unanswerable ones (ROC AUC;
-    0.5 = chance): whatever the threshold, a reader near 0.5 can only gain by abstaining always."""
-    from squadkit.metrics import no_answer_auc
-
-    return no_answer_auc(dataset, odds)
-
-
 def scores(dataset, preds: dict) -> dict:
     from squadkit.metrics import evaluate
 
@@ -76,34 +68,32 @@ def without_answer_passages(example, read):
     """``read`` less every passage that could answer ``example``: one inside its own paragraph, or one
     holding a gold answer's text (case-insensitive; the rule train/negatives.py draws negatives by)."""
     from squadkit.retrieval.ask import Reading
+    from squadkit.train.negatives import answer_texts
 
-    answers = [a.text.lower() for a in example.answers if a.text.strip()]
+    answers = answer_texts(example)
     keep = [i for i, hit in enumerate(read.hits)
             if hit.text not in example.context and not any(a in hit.text.lower() for a in answers)]
     return Reading([read.hits[i] for i in keep], [read.nbests[i] for i in keep], [read.windows[i] for i in keep],
                    read.features)
 
 
-def off_topic_rows(name: str, dqa, readings, dataset, ks: list[int]) -> list[dict]:
+def off_topic_rows(name: str, dqa, readings, dataset, ks: list[int], odds_at) -> list[dict]:
     """Answerable questions, each asked over its retrieved passages less those that could answer it
     (``without_answer_passages``): the right output is to abstain. What passage negatives train for,
-    and what the dev set's unanswerable questions (written against their own paragraph) cannot show."""
+    and what the dev set's unanswerable questions (written against their own paragraph) cannot show.
+    ``odds_at(k)``: every question's no-answer odds over its own top k, as the ask rows ranked them."""
     from squadkit.metrics import roc_auc
+    from squadkit.train.ask_eval import NO_SPAN_ODDS
 
-    answerable = [(e, r) for e, r in zip(dataset.examples, readings) if e.answers]
-    pairs = [(e, without_answer_passages(e, r)) for e, r in answerable]
-
-    def odds(result) -> float:  # null minus best span (the rule's no-answer score), +inf without a span
-        return result.null_score - result.answers[0].score if result.answers and result.null_score is not None \
-            else float("inf")
-
+    pairs = [(e, without_answer_passages(e, r)) for e, r in zip(dataset.examples, readings) if e.answers]
     rows = []
     for k in ks:
         results = [dqa.rank(e.question, r, k=k) for e, r in pairs]
-        with_answer = [dqa.rank(e.question, r, k=k) for e, r in answerable]
+        off_topic = [-(r.null_margin if r.null_margin is not None else NO_SPAN_ODDS) for r in results]
+        own = odds_at(k)
         rows.append({"model": name, "k": k, "questions": len(pairs),
-                     "abstained %": 100.0 * sum(r.no_answer or not r.answers for r in results) / len(pairs),
-                     "off-topic AUC": roc_auc([-odds(r) for r in with_answer], [-odds(r) for r in results]),
+                     "abstained %": 100.0 * sum(r.no_answer for r in results) / len(pairs),
+                     "off-topic AUC": roc_auc([-own[e.id] for e, _ in pairs], off_topic),
                      "passages read (mean)": sum(min(k, len(r.hits)) for _, r in pairs) / len(pairs)})
     return rows
 
@@ -138,7 +128,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
     from squadkit.pipeline import QuestionAnswerer
     from squadkit.predict import decode_settings_for, predict_squad
     from squadkit.retrieval import DocumentQA, Index
-    from squadkit.metrics import evaluate
+    from squadkit.metrics import evaluate, no_answer_auc
     from squadkit.train.ask_eval import abstaining, ask_predictions, build_ask_index, fit_retrieval_weight
 
     qa = QuestionAnswerer(folder, backend="torch", device="cpu")
@@ -146,7 +136,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
 
     def add(label: str, preds: dict, seconds: float | None, odds: dict | None = None, key: tuple = ()) -> None:
         row = {"model": name, "reader input": label, **scores(dataset, preds),
-               "answerable AUC": None if odds is None else answerable_auc(dataset, odds),
+               "answerable AUC": None if odds is None else no_answer_auc(dataset, odds),
                "ms/question": None if seconds is None else 1000 * seconds / len(questions),
                "_key": key, "_preds": preds}  # for the paired differences (not printed, not saved)
         rows.append(row)
@@ -197,7 +187,8 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
             fitted, _ = fit_retrieval_weight(dqa, readings, dataset, fit_k)
             ask_rows(f"{base}, retrieval weight {fitted:g} fitted here at k={fit_k}", fitted, False)
             span_rows(fitted)
-        off_topic.extend(off_topic_rows(name, dqa, readings, dataset, [k for k in ks if k < max(ks)]))
+        off_topic.extend(off_topic_rows(name, dqa, readings, dataset, [k for k in ks if k < max(ks)],
+                                        lambda k: predicted(k, weight)[1]))
         # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
         other = "normalized" if dqa.scoring == "raw" else "raw"
         other_dqa = DocumentQA(index, qa=qa, k=max(ks), scoring=other)

@@ -127,6 +127,14 @@ class AskResult:
         """The prediction: the best span's text, or "" when abstaining (SQuAD v2's empty answer)."""
         return "" if self.no_answer or not self.answers else self.answers[0].answer
 
+    @property
+    def null_margin(self) -> float | None:
+        """No-answer score minus the best span's score: what the threshold is compared with (abstain when
+        above it); None without a span or a no-answer score."""
+        if not self.answers or self.null_score is None:
+            return None
+        return self.null_score - self.answers[0].score
+
     def to_dict(self, with_passages: bool = False) -> dict:
         out = {"question": self.question, "answer": self.answer, "no_answer": self.no_answer,
                "null_score": self.null_score, "threshold": self.threshold,
@@ -269,9 +277,9 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
         total = sum(math.exp(x - top) for x in scores)
         for a, x in zip(answers, ranked):
             a.probability = math.exp(x - top) / total
-    no_answer = not answers or (null_score is not None and null_score - answers[0].score > threshold)
-    result = AskResult(question, no_answer, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
+    result = AskResult(question, not answers, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
                        scoring=scoring, retrieval_weight=float(retrieval_weight))
+    result.no_answer = result.no_answer or (result.null_margin is not None and result.null_margin > threshold)
     if windows is not None and answers:  # the margin the rule decides on, the log-probability, the length
         from ..calibration import answer_features
 

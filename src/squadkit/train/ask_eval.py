@@ -32,6 +32,7 @@ from pathlib import Path
 ASK_PASSAGE_TOKENS = 300  # passages of at most this many of the reader's tokens (the README's ask benchmark)
 ASK_OVERLAP = 32
 RETRIEVAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid ask_retrieval_weight is chosen from
+NO_SPAN_ODDS = 1e9  # the no-answer odds of a question with no span (or no null score): abstain at any threshold
 ASK_CHECK_KS = (1, 3, 5, 10)  # the rule must hold reading these many passages too (those below ask_k)
 
 
@@ -80,7 +81,7 @@ def ask_predictions(dqa, readings, dataset, k: int, retrieval_weight: float | No
     for ex, read in zip(dataset.examples, readings):
         r = dqa.rank(ex.question, read, k=k, threshold=math.inf, retrieval_weight=retrieval_weight)
         preds[ex.id] = r.answers[0].answer if r.answers else ""
-        odds[ex.id] = (r.null_score - r.answers[0].score) if (r.answers and r.null_score is not None) else 1e9
+        odds[ex.id] = r.null_margin if r.null_margin is not None else NO_SPAN_ODDS
         results.append(r)
     return preds, odds, results
 
@@ -143,7 +144,8 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
         fits[rule] = _RuleFit(float(best["best_f1"]), threshold, f1_by_k, preds, odds, results)
     # the better mean F1 over the k checked, then the better F1 at k; max keeps the first (normalised) of equals
     scoring = max(fits, key=lambda rule: (fits[rule].mean_f1, fits[rule].best_f1))
-    threshold, preds, odds, results = fits[scoring].threshold, fits[scoring].preds, fits[scoring].odds, fits[scoring].results
+    chosen = fits[scoring]
+    threshold, preds, odds, results = chosen.threshold, chosen.preds, chosen.odds, chosen.results
     results_at = score_at(dataset, preds, odds, threshold)
     names = " + ".join(f.name for f in files)
     dev_name = dataset.path.name if dataset.path else "dev"

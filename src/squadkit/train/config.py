@@ -18,8 +18,6 @@ from ..errors import SquadkitError
 from ..features import WindowSettings
 
 
-
-
 class TrainWarning(UserWarning):
     """Something about a training run worth knowing that does not stop it."""
 

@@ -45,7 +45,8 @@ class NegativeDraw:
     stats: dict = field(default_factory=dict)
 
 
-def _answer_texts(example) -> list[str]:
+def answer_texts(example) -> list[str]:
+    """The gold answers' texts, lower-cased: a paragraph holding one of them may answer ``example``."""
     return [a.text.lower() for a in getattr(example, "answers", []) if a.text.strip()]
 
 
@@ -98,7 +99,7 @@ def draw_negatives(examples: Sequence, n: int, seed: int, source: str = "trainin
     negatives, short, dropped, from_bm25 = [], 0, 0, 0
     for ex, bm25 in zip(examples, ranked):
         gold = position[ex.context]
-        answers = _answer_texts(ex)
+        answers = answer_texts(ex)
 
         def usable(i: int) -> bool:
             return i != gold and not any(a in lowered[i] for a in answers)
