@@ -61,16 +61,16 @@ def main() -> None:
 
     import torch
 
-    from squadkit.backends import load_model
+    from squadkit.model import load as load_model
     from squadkit.calibration import _fit_logistic, _sigmoid, fit_calibrator
     from squadkit.metrics import calibration_report
     from squadkit.data import load_squad
-    from squadkit.calibration.dev import calibration_data, confidence_of_final, raw_confidence
+    from squadkit.calibrate import calibration_data, confidence_of_final, raw_confidence
     from squadkit.predict import decode_settings_for, predict_squad
 
     dataset = load_squad(args.data)
     model = load_model(args.model, backend="torch", device="cpu")
-    settings, in_force, _ = decode_settings_for(model, dataset)
+    settings, _ = decode_settings_for(model, dataset)
     start = time.perf_counter()
     preds = predict_squad(model, dataset.examples, settings, batch_size=args.batch_size, calibrate=False)
     predict_s = time.perf_counter() - start
@@ -133,7 +133,7 @@ def main() -> None:
     result = {
         "model": args.model, "data": args.data, "questions": len(qids),
         "answerable": int((~unanswerable.astype(bool)).sum()), "articles": list(dict.fromkeys(groups.tolist())),
-        "decode": {k: in_force.values[k] for k in ("max_seq_length", "doc_stride", "null_score_diff_threshold")},
+        "decode": {k: settings[k] for k in ("max_seq_length", "doc_stride", "null_score_diff_threshold")},
         "exact_match_final": float(correct.mean()), "top_span_right": int(right.sum()),
         "abstentions": int(abstains.sum()), "predict_seconds": round(predict_s, 1),
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

@@ -257,7 +257,7 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         return _transformers_pipeline_runner(hf_pipeline, model, tokenizer, batch, shapes)
 
-    from squadkit.backends import load_model
+    from squadkit.model import load as load_model
     from squadkit.pipeline import QuestionAnswerer
 
     if kind == "torch":

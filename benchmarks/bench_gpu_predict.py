@@ -62,9 +62,9 @@ def main() -> None:
         sys.exit(f"missing real data: {TRAIN}")
     import torch
 
-    from squadkit.backends import load_model
+    from squadkit.model import load as load_model
     from squadkit.data import load_squad
-    from squadkit.predict import SquadDecodeSettings
+    from squadkit.settings import AnswerSettings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU (no CUDA GPU: numbers mean little)"
@@ -72,7 +72,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     examples = load_squad(TRAIN).examples
     examples = examples[: args.questions] if args.questions else examples
-    settings = SquadDecodeSettings(max_seq_length=384, doc_stride=128)
+    settings = AnswerSettings(max_seq_length=384, doc_stride=128)
     models = []
     for name in args.models.split(","):
         if name == "roberta-base":

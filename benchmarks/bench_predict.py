@@ -52,8 +52,9 @@ def main() -> None:
         sys.exit(f"needs the real data at {data_file}")
 
     from squadkit.data import load_squad
-    from squadkit.backends import load_model
-    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.model import load as load_model
+    from squadkit.predict import predict_squad
+    from squadkit.settings import AnswerSettings
 
     examples = load_squad(data_file).examples[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,10 +67,10 @@ def main() -> None:
         inputs = [{"question": e.question, "context": e.context} for e in examples]
 
         def run_predict() -> None:
-            predict_squad(model, examples, SquadDecodeSettings(), batch_size=args.batch_size)
+            predict_squad(model, examples, AnswerSettings(), batch_size=args.batch_size)
 
         def run_predict_legacy() -> None:
-            predict_squad(model, examples, SquadDecodeSettings(legacy=True), batch_size=args.batch_size)
+            predict_squad(model, examples, AnswerSettings(legacy=True), batch_size=args.batch_size)
 
         def run_pipeline(batch: int):
             return lambda: reference(inputs, batch_size=batch)

@@ -142,7 +142,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         rows.append(row)
         print(_line(row), flush=True)
 
-    decode, _, _ = decode_settings_for(qa.model)
+    decode, _ = decode_settings_for(qa.model)
     t0 = time.perf_counter()
     gold = predict_squad(qa.model, dataset.examples, decode, batch_size=8)
     add(f"gold paragraph (threshold {decode.null_score_diff_threshold:.2f})", gold.predictions,

@@ -106,7 +106,8 @@ def bench_retrieval(idx_path: Path, embedder, dataset) -> None:
 def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kinds: list[str]) -> None:
     from squadkit.metrics import evaluate
     from squadkit.pipeline import QuestionAnswerer
-    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.predict import predict_squad
+    from squadkit.settings import AnswerSettings
     from squadkit.retrieval import DocumentQA, Index, make_retriever, reader_threshold
 
     qa = QuestionAnswerer(model, backend="torch", device="cpu")
@@ -121,7 +122,7 @@ def bench_e2e(idx_path: Path, model: str, embedder, dataset, ks: list[int], kind
         print("  " + " | ".join(rows[-1]), flush=True)  # as it comes: a long run still leaves its rows
 
     t0 = time.perf_counter()
-    gold = predict_squad(qa.model, dataset.examples, SquadDecodeSettings(null_score_diff_threshold=threshold),
+    gold = predict_squad(qa.model, dataset.examples, AnswerSettings(null_score_diff_threshold=threshold),
                          batch_size=8)
     score(gold.predictions, time.perf_counter() - t0, "gold paragraph (predict_squad)")
     with Index(idx_path) as index:

@@ -255,17 +255,18 @@ def test_rounding_batch_widths_changes_no_prediction(tiny_bert):
     masked, so predict's files and the pipeline's answers are the same as with exact widths."""
     from types import SimpleNamespace
 
-    from squadkit.backends import load_model
-    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.model import load as load_model
+    from squadkit.predict import predict_squad
+    from squadkit.settings import AnswerSettings
 
     model = load_model(str(tiny_bert), device="cpu")
     assert model.pad_multiple == 1  # the default on every device (see TorchQAModel.pad_multiple)
     examples = [SimpleNamespace(id=f"q{i}", question=q, context=CONTEXT[: 40 + 17 * i]) for i, q in
                 enumerate(["where is paris ?", "who was born in rome ?", "what is north ?", "which river ?"])]
-    settings = SquadDecodeSettings(max_seq_length=32, doc_stride=8)
+    settings = AnswerSettings(max_seq_length=32, doc_stride=8)
     runs = {}
     for multiple in (1, 64):
-        model.pad_multiple = multiple
+        model.runner.pad_multiple = multiple
         preds = predict_squad(model, examples, settings, batch_size=3)
         qa = pipeline("question-answering", model=model)
         answers = qa(question=[e.question for e in examples], context=[e.context for e in examples], top_k=3)

@@ -255,7 +255,7 @@ def test_a_calibrated_model_loaded_in_half_precision_keeps_its_calibrator(traine
     full = pipeline(model=str(trained))(question=question, context=context)
     for dtype in ("bf16", "fp16"):
         qa = pipeline(model=str(trained), dtype=dtype)
-        assert next(qa.model.model.parameters()).dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        assert next(qa.model.runner.model.parameters()).dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         answer = qa(question=question, context=context)
         assert 0.0 <= answer["confidence"] <= 1.0
         assert answer["confidence"] == pytest.approx(full["confidence"], abs=0.05)
@@ -263,13 +263,13 @@ def test_a_calibrated_model_loaded_in_half_precision_keeps_its_calibrator(traine
 
 def test_pipeline_and_predict_compute_the_same_confidence(trained, dev_file):
     """One calibrator for both decoders: where both give the same span, the confidence is the same."""
-    from squadkit.backends import load_model
+    from squadkit.model import load as load_model
     from squadkit.data import load_squad
     from squadkit.predict import decode_settings_for, predict_squad
 
     qa = pipeline(model=str(trained))
     dataset = load_squad(dev_file)
-    settings, _, _ = decode_settings_for(qa.model, dataset, null_score_diff_threshold=1e9)  # never abstain
+    settings, _ = decode_settings_for(qa.model, dataset, null_score_diff_threshold=1e9)  # never abstain
     preds = predict_squad(load_model(str(trained)), dataset.examples, settings)
     answers = qa([{"question": q["question"], "context": q["context"]} for q in _questions(dev_file)],
                  handle_impossible_answer=False)

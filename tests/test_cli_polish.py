@@ -154,4 +154,4 @@ def test_serve_threads_reach_onnx_runtime(tiny_bert, tmp_path):
 
     folder = export_model(str(tiny_bert), tmp_path / "onnx")
     qa = _as_pipeline(str(folder), ServeSettings(threads=1))
-    assert qa.model.session.get_session_options().intra_op_num_threads == 1
+    assert qa.model.runner.session.get_session_options().intra_op_num_threads == 1

@@ -19,7 +19,7 @@ from squadkit.cli import app  # noqa: E402
 from squadkit.errors import SquadkitError  # noqa: E402
 from squadkit.export import FP32_FILE, INT8_FILE, RECORD_FILE, export_model  # noqa: E402
 from squadkit.features import WindowSettings, build_windows, iter_batches  # noqa: E402
-from squadkit.backends import load_model  # noqa: E402
+from squadkit.model import load as load_model  # noqa: E402
 from squadkit.backends.onnx import OnnxQAModel, load_onnx_model  # noqa: E402
 from squadkit.pipeline import pipeline  # noqa: E402
 
@@ -122,13 +122,13 @@ def test_roberta_fp32_logits_and_answers_match_torch(tiny_roberta, roberta_expor
 
 def test_exported_folder_is_served_by_onnx_runtime_unasked(bert_export, bert_source):
     qa = pipeline(model=bert_export)
-    assert isinstance(qa.model, OnnxQAModel) and qa.model.backend == "onnx"
+    assert isinstance(qa.model.runner, OnnxQAModel) and qa.model.backend == "onnx"
     assert qa.model.precision == "int8"  # exported with --quantize int8: served int8 by default
     assert Path(qa.model.model_file).name == INT8_FILE
     assert load_model(bert_export, precision="fp32").precision == "fp32"
     assert load_model(bert_source).backend == "torch"
     assert qa.model.settings.null_score_diff_threshold == -1.25  # the null threshold travelled with the model
-    sess_options = qa.model.session.get_session_options()
+    sess_options = qa.model.runner.session.get_session_options()
     assert sess_options.intra_op_num_threads >= 1 and sess_options.inter_op_num_threads == 1
 
 

@@ -24,14 +24,14 @@ def context_token_ids(window):
 
 
 def test_pipeline_doc_stride_is_the_overlap(tokenizer):
-    windows = build_windows(tokenizer, ["what is it?"], [CONTEXT], WindowSettings("pipeline", max_seq_len=64, doc_stride=16))
+    windows = build_windows(tokenizer, ["what is it?"], [CONTEXT], WindowSettings("pipeline", max_seq_length=64, doc_stride=16))
     assert len(windows) >= 3
     for a, b in zip(windows, windows[1:]):
         assert context_token_ids(a)[-16:] == context_token_ids(b)[:16]
 
 
 def test_squad_doc_stride_is_the_step(tokenizer):
-    windows = build_windows(tokenizer, ["what is it?"], [CONTEXT], WindowSettings("squad", max_seq_len=64, doc_stride=20))
+    windows = build_windows(tokenizer, ["what is it?"], [CONTEXT], WindowSettings("squad", max_seq_length=64, doc_stride=20))
     all_tokens = tokenizer(CONTEXT, add_special_tokens=False)["input_ids"]
     for k, window in enumerate(windows):
         ids = context_token_ids(window)
@@ -44,7 +44,7 @@ def test_squad_doc_stride_is_the_step(tokenizer):
 def test_offsets_point_into_the_context(tokenizer):
     context = "Paris is the capital of France.  It is on the river Seine.\nRome is old."
     for mode in ("pipeline", "squad", "legacy"):
-        for window in build_windows(tokenizer, ["where?"], [context], WindowSettings(mode, max_seq_len=24, doc_stride=8)):
+        for window in build_windows(tokenizer, ["where?"], [context], WindowSettings(mode, max_seq_length=24, doc_stride=8)):
             for start, end in window.offsets[window.context_mask]:
                 assert 0 <= start < end <= len(context)
                 assert context[start:end].strip() == context[start:end]

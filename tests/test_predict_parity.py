@@ -69,11 +69,12 @@ def run_squad_reference(model_dir, examples, max_seq_length, doc_stride, do_lowe
 def ours(model_dir, examples, **settings):
     from types import SimpleNamespace
 
-    from squadkit.backends import load_model
-    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.model import load as load_model
+    from squadkit.predict import predict_squad
+    from squadkit.settings import AnswerSettings
 
     records = [SimpleNamespace(id=e.qas_id, question=e.question_text, context=e.context_text) for e in examples]
-    return predict_squad(load_model(str(model_dir), device="cpu"), records, SquadDecodeSettings(**settings), batch_size=16)
+    return predict_squad(load_model(str(model_dir), device="cpu"), records, AnswerSettings(**settings), batch_size=16)
 
 
 @pytest.mark.parametrize("max_seq_length,doc_stride", [(384, 128), (96, 32)])

@@ -466,7 +466,8 @@ def test_the_retrieval_weight_ranks_spans_on_their_passages_retrieval_score_too(
 
 
 def test_ask_answers_point_into_the_documents(docs_index, tiny_bert):
-    from squadkit.predict import SquadDecodeSettings, predict_squad
+    from squadkit.predict import predict_squad
+    from squadkit.settings import AnswerSettings
     from squadkit.retrieval.ask import _Example
 
     dqa = DocumentQA(docs_index, model=str(tiny_bert), threshold=1e9)  # never abstain: check the spans
@@ -481,7 +482,7 @@ def test_ask_answers_point_into_the_documents(docs_index, tiny_bert):
     # the best answer is the reader's best span over the retrieved passages, by logits
     hits = dqa.retriever.search("where was the queen born", 4)
     preds = predict_squad(dqa.model, [_Example(str(j), "where was the queen born", h.text) for j, h in enumerate(hits)],
-                          SquadDecodeSettings(version_2_with_negative=True))
+                          AnswerSettings(version_2_with_negative=True))
     best = max(((e.start_logit + e.end_logit, h.start + e.start) for j, h in enumerate(hits)
                 for e in preds.nbest[str(j)] if e.start is not None), key=lambda t: t[0])
     assert abs(result.answers[0].score - best[0]) < 1e-4 and result.answers[0].start == best[1]

@@ -77,7 +77,7 @@ def test_card_command_runs_as_written(tmp_path, tiny_roberta, squad_dev_path, mo
     qa = pipeline("question-answering", model=str(out))
     assert isinstance(qa(question="Who?", context="The Normans were in Normandy.")["answer"], str)
     # predict uses the saved threshold by default (and 0.0 with --ignore-saved-threshold)
-    from squadkit.backends import load_model
+    from squadkit.model import load as load_model
     from squadkit.predict import decode_settings_for
 
     model = load_model(str(out))

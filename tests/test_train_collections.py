@@ -448,7 +448,7 @@ def test_retrieval_weight_precedence_cli_and_http(collection, tiny_bert, tmp_pat
     model = _with_settings(tiny_bert, tmp_path / "new", ask_threshold=-1.5, ask_k=3, ask_scoring="raw",
                            ask_retrieval_weight=2.0)
     folder = DocumentQA(collection, model=str(model))
-    assert folder.retrieval_weight == 2.0 and "ask_retrieval_weight" in folder.in_force.sources["retrieval_weight"]
+    assert folder.retrieval_weight == 2.0 and "ask_retrieval_weight" in folder.settings.sources["retrieval_weight"]
     assert DocumentQA(collection, model=str(model), retrieval_weight=0).retrieval_weight == 0.0  # argument wins
     q = "where was the first king born"
     read = folder.read([q], 3)[0]

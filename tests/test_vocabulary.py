@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 from squadkit.checkpoint import ModelSettings
 from squadkit.cli import CLI_ALIASES, app
 from squadkit.errors import SquadkitError
-from squadkit.settings import ALIASES, BY_NAME, SETTINGS, canonical_options, resolve
+from squadkit.settings import ALIASES, BY_NAME, SETTINGS, given_options, resolve
 
 runner = CliRunner()
 
@@ -112,13 +114,13 @@ def test_predict_refuses_an_output_that_is_a_file_before_any_work(tmp_path):
 
 
 def test_python_keywords_accept_the_transformers_spellings_but_not_both():
-    values, typed = canonical_options({"max_seq_len": 64, "max_answer_len": 3, "topk": 2}, "pipeline")
-    assert values == {"max_seq_length": 64, "max_answer_length": 3, "top_k": 2}
-    assert typed["max_seq_length"] == "max_seq_len"
+    given = given_options({"max_seq_len": 64, "max_answer_len": 3, "topk": 2}, "pipeline")
+    assert given.values == {"max_seq_length": 64, "max_answer_length": 3, "top_k": 2}
+    assert given.typed["max_seq_length"] == "max_seq_len"
     with pytest.raises(SquadkitError, match="max_seq_len and max_seq_length are the same setting"):
-        canonical_options({"max_seq_len": 64, "max_seq_length": 64}, "pipeline")
+        given_options({"max_seq_len": 64, "max_seq_length": 64}, "pipeline")
     with pytest.raises(SquadkitError, match="unknown keyword argument 'max_seq_lenght'"):
-        canonical_options({"max_seq_lenght": 64}, "pipeline")
+        given_options({"max_seq_lenght": 64}, "pipeline")
     assert set(ALIASES.values()) <= set(BY_NAME)
 
 
@@ -135,6 +137,8 @@ class FakeModel:
     backend: str = "torch"
     device: str = "cpu"
     precision: str = "fp32"
+    calibrator: Any = None
+    ask_calibrator: Any = None
 
 
 FOLDER = ModelSettings(max_seq_length=256, doc_stride=100, max_query_length=32, max_answer_length=20,
@@ -221,7 +225,8 @@ def test_every_setting_is_documented_in_the_readme_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("| setting | flag |"):]
     for setting in SETTINGS:
-        assert f"`{setting.name}`" in table and f"`{setting.flag}" in table, setting.name
+        assert f"`{setting.name}`" in table, setting.name
+        assert setting.check is None or f"`{setting.flag}" in table, setting.name  # derived ones have no flag
 
 
 def test_every_consumer_takes_its_settings_from_the_one_resolver(tiny_bert, tmp_path):
@@ -246,8 +251,8 @@ def test_every_consumer_takes_its_settings_from_the_one_resolver(tiny_bert, tmp_
     try:
         consumers = {
             "pipeline": (qa.settings_in_force(top_k=2), resolve(qa.model, "pipeline", {"top_k": 2})),
-            "squad": (decode_settings_for(qa.model, n_best_size=5)[1], resolve(qa.model, "squad", {"n_best_size": 5})),
-            "ask": (dqa.in_force, resolve(qa.model, "ask", {"max_answer_len": 4})),
+            "squad": (decode_settings_for(qa.model, n_best_size=5)[0], resolve(qa.model, "squad", {"n_best_size": 5})),
+            "ask": (dqa.settings, resolve(qa.model, "ask", {"max_answer_len": 4})),
         }
     finally:
         dqa.close()

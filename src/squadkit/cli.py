@@ -446,10 +446,8 @@ def check_question(question: str) -> None:
 
 def model_files(model) -> dict:
     """What runs: the ONNX file and its precision (int8 or fp32), or torch's dtype."""
-    from .backends import precision_of
-
-    out = {"precision": precision_of(model)}
-    if getattr(model, "model_file", None):
+    out = {"precision": model.precision}
+    if model.model_file:
         out["model_file"] = str(model.model_file)
     return out
 
@@ -482,20 +480,20 @@ def answer(
 ) -> None:
     """Answer one question about a passage (pipeline mode) and print JSON."""
     from .checkpoint import resolve_model_source
-    from .settings import check_options
+    from .settings import given_options
 
-    check_options(settings, "pipeline")  # everything that can be checked without the model, before it loads
+    given = given_options(settings, "pipeline")  # checked once, before the model loads
     check_question(question)
     text = _read_context(context, context_file)
     resolve_model_source(model)
     from .pipeline import QuestionAnswerer
     from .progress import ProgressLines
 
-    qa = QuestionAnswerer(model, backend=backend, device=device)
-    in_force = qa.settings_in_force(**settings)
+    qa = QuestionAnswerer(model, backend=backend, device=device, given=given)
+    in_force = qa.settings_in_force()
     progress = ProgressLines("answer: windows", 1)
     try:
-        answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done, **settings)[0]
+        answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done)[0]
     finally:
         progress.close()
     result = answers if in_force.values["top_k"] > 1 else (
@@ -547,7 +545,7 @@ def calibrate(
 
     Every answer of pipeline/answer/predict/serve then carries "confidence" (probability of an exact match;
     for "" the probability that the question has no answer), and --min-confidence abstains below it."""
-    from .calibration.dev import report_summary, run_calibrate
+    from .calibrate import report_summary, run_calibrate
 
     report = run_calibrate(model, data, backend=backend, batch_size=batch_size, device=device, strict=strict,
                            show_progress=True, cross_fit=cross_fit, note=note)
@@ -823,15 +821,15 @@ def search_cmd(
 ) -> None:
     """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
     from .retrieval.search import search
-    from .settings import check_options
+    from .settings import given_options
 
-    k = check_options({"k": k}, "ask").get("k", D.ASK_PASSAGES)
+    k = given_options({"k": k}, "ask").values.get("k", D.ASK_PASSAGES)
     for hit in search(index, query, k=k, retriever=retriever):
         print_json(hit.to_dict(), compact=True)
 
 
 @command("ask", no_args_is_help=True)
-@with_settings("k", "top_k", "null_score_diff_threshold", "retrieval_weight", "max_answer_length", "max_seq_length",
+@with_settings("k", "top_k", "null_score_diff_threshold", "scoring", "retrieval_weight", "max_answer_length", "max_seq_length",
                "doc_stride", "max_query_length", "batch_size", "min_confidence")
 def ask_cmd(
     settings: dict,
@@ -844,17 +842,12 @@ def ask_cmd(
     show_passages: bool = typer.Option(False, "--show-passages/--no-show-passages", help="Also print the retrieved passages."),
 ) -> None:
     """Answer a question from the indexed documents (or abstain): JSON with document, start, end, passage."""
-    from .settings import check_options
-
-    check_options(settings, "ask")  # before the index opens or the model loads
     check_question(question)
     from .retrieval.ask import DocumentQA
-    from .retrieval.index import Index
 
-    Index(index).close()  # a missing or damaged index fails before the model loads
-    top_k, min_confidence = settings.pop("top_k"), settings.pop("min_confidence")
+    # the settings are checked once, then the index opens, then the model loads
     dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **settings)
-    result = dqa.ask(question, top_k=top_k or 1, min_confidence=min_confidence)
+    result = dqa.ask(question)
     print_json(result.to_dict(with_passages=show_passages))
 
 

@@ -182,7 +182,6 @@ def export_model(
 ) -> Path:
     """Export a QA checkpoint (hub id or folder) to an ONNX folder; ``quantize="int8"`` adds model.int8.onnx."""
     from .backends import is_onnx_folder
-    from .backends.torch import load_torch_model
     from .checkpoint import write_settings
     from .io import staged_dir
 
@@ -193,11 +192,12 @@ def export_model(
     output = Path(output)
     _check_output(output, overwrite)
 
-    qa = load_torch_model(name, device="cpu", dtype="fp32", trust_remote_code=trust_remote_code, revision=revision)
-    from .calibration import calibrator_of
+    from .model import load
 
-    calibrator_of(qa)  # refuse, before any work, to carry a calibrator fitted on other weights
-    torch_model, tokenizer = qa.model, qa.tokenizer
+    # load refuses, before any work, to carry a calibrator fitted on other weights
+    qa = load(name, backend="torch", device="cpu", dtype="fp32", trust_remote_code=trust_remote_code,
+              revision=revision)
+    torch_model, tokenizer = qa.runner.model, qa.tokenizer
     torch_model.config.return_dict = True
     # Graph inputs in the order of forward()'s parameters: the TorchScript exporter flattens
     # keyword inputs in that order, and input_names are given to them positionally.
@@ -252,7 +252,7 @@ def _check_export_options(quantize: str | None, opset: int | None, exporter: str
 def _export_record(name: str, revision: str | None, qa, settings, quantize: str | None, input_names, opset: int,
                    used: str, diff, quant_info, verify: bool) -> dict:
     """``squadkit_export.json``: where the graph came from, its files, inputs, opset and verification."""
-    config = qa.model.config
+    config = qa.runner.model.config
     files = {"fp32": FP32_FILE, **({"int8": INT8_FILE} if quantize == "int8" else {})}
     return {
         "format": RECORD_FORMAT,
@@ -262,7 +262,7 @@ def _export_record(name: str, revision: str | None, qa, settings, quantize: str 
             "model": name if not Path(name).exists() else str(Path(name).resolve()),
             "revision": revision,
             "model_type": getattr(config, "model_type", None),
-            "architecture": type(qa.model).__name__,
+            "architecture": type(qa.runner.model).__name__,
             "num_hidden_layers": getattr(config, "num_hidden_layers", None),
             "hidden_size": getattr(config, "hidden_size", None),
             "num_attention_heads": getattr(config, "num_attention_heads", None),

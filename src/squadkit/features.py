@@ -4,12 +4,12 @@ A context longer than the model's input is cut into overlapping windows. Two mea
 ``doc_stride`` are in use, and both are supported because both are documented behaviour:
 
 * **pipeline** (transformers' QuestionAnsweringPipeline): ``doc_stride`` is the number of
-  context tokens that neighbouring windows *share* (default ``min(max_seq_len // 2, 128)``).
+  context tokens that neighbouring windows *share* (default ``min(max_seq_length // 2, 128)``).
 * **squad** (run_squad.py): ``doc_stride`` is the *step* between window starts (default 128).
   With the fast tokenizer this is the same split as run_squad's for ordinary text, since both
   start window k at ``k * step`` and stop at the first window that reaches the end.
 * **legacy** (``--legacy``): run_squad's ``squad_convert_examples_to_features`` exactly:
-  whitespace words, each word tokenized on its own, windows padded to ``max_seq_len``, and the
+  whitespace words, each word tokenized on its own, windows padded to ``max_seq_length``, and the
   text of an answer recovered later by ``get_final_text`` (see decode.py).
 
 Every window records, per token, whether it is a context token, its character span in the
@@ -39,24 +39,24 @@ class WindowSettings:
     """How questions and contexts are cut into windows."""
 
     mode: WindowMode = "pipeline"
-    max_seq_len: int = defaults.MAX_SEQ_LENGTH
-    doc_stride: int | None = None  # pipeline: overlap (default min(max_seq_len // 2, 128)); squad: step (128)
-    max_question_len: int = defaults.MAX_QUERY_LENGTH
+    max_seq_length: int = defaults.MAX_SEQ_LENGTH
+    doc_stride: int | None = None  # pipeline: overlap (default min(max_seq_length // 2, 128)); squad: step (128)
+    max_query_length: int = defaults.MAX_QUERY_LENGTH
 
     def resolved_doc_stride(self) -> int:
         if self.doc_stride is not None:
             return self.doc_stride
-        return defaults.pipeline_doc_stride(self.max_seq_len) if self.mode == "pipeline" else defaults.DOC_STRIDE
+        return defaults.pipeline_doc_stride(self.max_seq_length) if self.mode == "pipeline" else defaults.DOC_STRIDE
 
     def validate(self) -> "WindowSettings":
         if self.mode not in ("pipeline", "squad", "legacy"):
             raise SquadkitError(f"window mode must be 'pipeline', 'squad' or 'legacy', got {self.mode!r}")
-        defaults.check_positive_int(self.max_seq_len, "max_seq_len")
-        defaults.check_positive_int(self.max_question_len, "max_question_len")
+        defaults.check_positive_int(self.max_seq_length, "max_seq_length")
+        defaults.check_positive_int(self.max_query_length, "max_query_length")
         stride = self.resolved_doc_stride()
         defaults.check_positive_int(stride, "doc_stride", minimum=0 if self.mode == "pipeline" else 1)
-        if stride >= self.max_seq_len:
-            raise SquadkitError(f"doc_stride ({stride}) must be smaller than max_seq_len ({self.max_seq_len})",
+        if stride >= self.max_seq_length:
+            raise SquadkitError(f"doc_stride ({stride}) must be smaller than max_seq_length ({self.max_seq_length})",
                                 param="doc_stride")
         return self
 
@@ -66,7 +66,7 @@ class Window:
     """One model input: a question and one slice of its context."""
 
     example_index: int
-    input_ids: np.ndarray  # (L,) int64, no padding (legacy: padded to max_seq_len, as run_squad did)
+    input_ids: np.ndarray  # (L,) int64, no padding (legacy: padded to max_seq_length, as run_squad did)
     token_type_ids: np.ndarray | None
     length: int  # tokens before padding
     context_mask: np.ndarray  # (L,) bool: token belongs to the context
@@ -135,9 +135,9 @@ def _check_text(value, name: str, index: int) -> str:
     return value
 
 
-def question_token_ids(tokenizer, questions: Sequence[str], max_question_len: int) -> list[list[int]]:
-    """Question tokens, cut to ``max_question_len`` (a long question is truncated, never an error)."""
-    return [ids[:max_question_len] for ids in tokenizer(list(questions), add_special_tokens=False, verbose=False)["input_ids"]]
+def question_token_ids(tokenizer, questions: Sequence[str], max_query_length: int) -> list[list[int]]:
+    """Question tokens, cut to ``max_query_length`` (a long question is truncated, never an error)."""
+    return [ids[:max_query_length] for ids in tokenizer(list(questions), add_special_tokens=False, verbose=False)["input_ids"]]
 
 
 def _word_spans(words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +192,7 @@ def build_windows(
 
     ``answers[i]`` is ``(char_start, char_end)`` of example i's answer, or None when it has none.
     """
-    settings.validate()
+    settings.validate()  # a window made by hand (AnswerSettings' are made from checked values)
     if len(questions) != len(contexts):
         raise SquadkitError(f"got {len(questions)} questions but {len(contexts)} contexts")
     for i, (q, c) in enumerate(zip(questions, contexts)):
@@ -226,7 +226,7 @@ def _fast_windows(tokenizer, questions, contexts, settings, first_example_index,
     tokens: the same windows the tokenizer's own overflow handling gives, in less memory.
     """
     template = PairTemplate.from_tokenizer(tokenizer)
-    question_ids = question_token_ids(tokenizer, questions, settings.max_question_len)
+    question_ids = question_token_ids(tokenizer, questions, settings.max_query_length)
     # run_squad tokenized every word of the context with a leading space (byte-level BPE), the
     # first word included; squad mode does the same so that its windows are run_squad's.
     shift = 1 if settings.mode == "squad" and _wants_prefix_space(tokenizer) else 0
@@ -234,11 +234,11 @@ def _fast_windows(tokenizer, questions, contexts, settings, first_example_index,
     stride = settings.resolved_doc_stride()
     windows: list[Window] = []
     for i, q_ids in enumerate(question_ids):
-        capacity = settings.max_seq_len - len(q_ids) - template.n_special
+        capacity = settings.max_seq_length - len(q_ids) - template.n_special
         if capacity < 1:
             raise SquadkitError(
                 f"input {first_example_index + i}: the question takes {len(q_ids)} tokens, leaving no room for the context "
-                f"in max_seq_len={settings.max_seq_len}"
+                f"in max_seq_length={settings.max_seq_length}"
             )
         if settings.mode == "pipeline":  # doc_stride = tokens shared by neighbours
             step = capacity - min(stride, capacity - 1)
@@ -324,7 +324,7 @@ def _tokenize_words(tokenizer, words: Sequence[str]) -> dict[str, list[int]]:
 
 
 def _legacy_windows(tokenizer, questions, contexts, settings, first_example_index, answers) -> list[Window]:
-    """run_squad's windows: whitespace words tokenized one by one, padded to max_seq_len.
+    """run_squad's windows: whitespace words tokenized one by one, padded to max_seq_length.
 
     A token's offsets are those of the whitespace word it came from, which is all that
     run_squad's text recovery (``get_final_text``) knows of it.
@@ -332,7 +332,7 @@ def _legacy_windows(tokenizer, questions, contexts, settings, first_example_inde
     template = PairTemplate.from_tokenizer(tokenizer)
     step = settings.resolved_doc_stride()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    question_ids = question_token_ids(tokenizer, questions, settings.max_question_len)
+    question_ids = question_token_ids(tokenizer, questions, settings.max_query_length)
     all_words = [whitespace_words(c) for c in contexts]
     vocab = _tokenize_words(tokenizer, [w for words, _, _ in all_words for w in words])
     windows: list[Window] = []
@@ -342,16 +342,16 @@ def _legacy_windows(tokenizer, questions, contexts, settings, first_example_inde
         tok_to_word = np.repeat(np.arange(len(words)), [len(piece) for piece in pieces])
         doc_offsets = np.stack([np.asarray(word_starts, dtype=np.int64)[tok_to_word],
                                 np.asarray(word_ends, dtype=np.int64)[tok_to_word]], axis=1).reshape(-1, 2)
-        capacity = settings.max_seq_len - len(q_ids) - template.n_special
+        capacity = settings.max_seq_length - len(q_ids) - template.n_special
         if capacity < 1:
             raise SquadkitError(
                 f"input {first_example_index + i}: the question takes {len(q_ids)} tokens, leaving no room for the context "
-                f"in max_seq_len={settings.max_seq_len}"
+                f"in max_seq_length={settings.max_seq_length}"
             )
         spans = window_spans(len(doc_ids), capacity, step)
         flags = max_context_flags([s for s, _ in spans], [n for _, n in spans], len(doc_ids))
         for (start, length), flag in zip(spans, flags):
-            ids, types, ctx = template.assemble(q_ids, doc_ids[start : start + length], settings.max_seq_len, pad_id)
+            ids, types, ctx = template.assemble(q_ids, doc_ids[start : start + length], settings.max_seq_length, pad_id)
             context_mask = np.zeros(len(ids), dtype=bool)
             context_mask[ctx] = True
             offsets = np.zeros((len(ids), 2), dtype=np.int64)

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from .calibration import calibrator_of
 from .errors import SquadkitError
-from .settings import SettingsInForce, canonical_options, check_values, resolve
+from .settings import AnswerSettings, Given, given_options, resolve
 
 TASK_NAMES = ("question-answering", "question_answering", "qa")
 
@@ -68,11 +67,10 @@ def _pair_from_dict(item, index: int) -> tuple[Any, Any]:
 _NO_EFFECT = ("padding", "num_workers")  # transformers' keywords, accepted for compatibility
 
 
-def _options(options: dict, where: str) -> tuple[dict, dict]:
-    """The pipeline's options under their canonical names (transformers' spellings accepted), with the
-    spelling each was given as; unknown keywords are refused (a typo would otherwise be ignored)."""
-    options = {k: v for k, v in options.items() if k not in _NO_EFFECT}
-    return canonical_options(options, "pipeline", where)
+def _options(options: dict, where: str) -> Given:
+    """The pipeline's options under their canonical names (transformers' spellings accepted), each checked
+    once; unknown keywords are refused (a typo would otherwise be ignored)."""
+    return given_options({k: v for k, v in options.items() if k not in _NO_EFFECT}, "pipeline", where)
 
 
 class QuestionAnswerer:
@@ -98,57 +96,58 @@ class QuestionAnswerer:
         precision: str = "auto",
         threads: int | None = None,
         providers: list | None = None,
+        given: Given | None = None,
         **options,
     ) -> None:
-        from .backends import load_model
+        from .model import load
 
-        self._given = _options(options, "to the pipeline")
-        check_values(*self._given)
-        self.model = load_model(
+        self._given = _options(options, "to the pipeline") if given is None else given.merged(
+            _options(options, "to the pipeline"))
+        self.model = load(
             model, tokenizer, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
             revision=revision, precision=precision, threads=threads, providers=providers,
         )
         self.tokenizer = self.model.tokenizer
         # the folder's confidence calibrator: every answer then carries "confidence" (see calibration.py)
-        self.calibrator = calibrator_of(self.model)
-        self.settings_in_force()  # refuse now what every call would refuse (e.g. windows too long)
+        self.calibrator = self.model.calibrator
+        # resolved once (refusing now what every call would refuse, e.g. windows too long); calls add their own
+        self._in_force = resolve(self.model, "pipeline", self._given)
 
     @property
     def options(self) -> dict:
         """The options given when the pipeline was made (canonical names): the defaults of every call."""
-        return dict(self._given[0])
+        return dict(self._given.values)
 
     # the transformers pipeline's public attributes, for code written against it
     @property
     def device(self) -> str:
-        return getattr(self.model, "device", "cpu")
+        return self.model.device
 
     @property
     def model_file(self) -> str | None:
         """The file the model runs from: an export's ``model.onnx`` or ``model.int8.onnx`` (full path);
         None for a torch model (its folder is ``model.name_or_path``)."""
-        return getattr(self.model, "model_file", None)
+        return self.model.model_file
 
     @property
     def batch_size(self) -> int:
-        return self.settings_in_force().values["batch_size"]
+        return self._in_force.batch_size
 
-    def settings_in_force(self, **call_options) -> SettingsInForce:
+    def settings_in_force(self, **call_options) -> AnswerSettings:
         """Each answering option's value for a call with ``call_options``, and where it came from:
         the call or the pipeline's construction ("argument"), the model folder, or the default
         (``squadkit.settings.resolve`` in pipeline mode)."""
-        made, made_typed = self._given
-        call, call_typed = _options(call_options, "to the call")
-        typed = {**made_typed, **call_typed}
-        return resolve(self.model, "pipeline", {typed[name]: value for name, value in {**made, **call}.items()})
+        if not call_options:
+            return self._in_force
+        return resolve(self.model, "pipeline", self._given.merged(_options(call_options, "to the call")))
 
     def __call__(self, *args, question: str | Sequence[str] | None = None, context: str | Sequence[str] | None = None,
                  **options):
         """Answer one input (a dict back; a list for top_k > 1) or many (a list back)."""
         pairs, single = _pairs_from_call(args, question, context)
-        in_force = self.settings_in_force(**options).values
+        in_force = self.settings_in_force(**options)
         results = self._answer(pairs, in_force)
-        if in_force["top_k"] == 1:
+        if in_force.top_k == 1:
             results = [r[0] if r else {"score": 0.0, "start": 0, "end": 0, "answer": ""} for r in results]
         return results[0] if single else results
 
@@ -160,34 +159,32 @@ class QuestionAnswerer:
         called with the number of pairs finished after each chunk, ``window_progress(done, total)``
         after each batch of windows (see ``engine.score_pairs``).
         """
-        return self._answer(pairs, self.settings_in_force(**options).values, chunk_size, progress, window_progress)
+        return self._answer(pairs, self.settings_in_force(**options), chunk_size, progress, window_progress)
 
-    def _answer(self, pairs: Iterable[tuple[str, str]], o: dict, chunk_size: int = 256, progress=None,
+    def _answer(self, pairs: Iterable[tuple[str, str]], o: AnswerSettings, chunk_size: int = 256, progress=None,
                 window_progress=None) -> list[list[dict]]:
-        """``answer_pairs`` with the options already resolved (``settings_in_force(...).values``)."""
+        """``answer_pairs`` with the options already resolved (``settings_in_force(...)``)."""
         from .decode import allowed_tokens, pipeline_answers, pipeline_window_spans
         from .engine import score_pairs
-        from .features import WindowSettings
 
-        window_settings = WindowSettings("pipeline", o["max_seq_length"], o["doc_stride"], o["max_query_length"])
-        pre_topk = o["top_k"] * 2 + 10 if o["align_to_words"] else o["top_k"]
+        pre_topk = o.top_k * 2 + 10 if o.align_to_words else o.top_k
         calibrated = self.calibrator is not None  # only then are the calibration features worth computing
 
         def reduce(start, end, batch, rows):
             allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
-            return pipeline_window_spans(start, end, allowed, pre_topk, o["max_answer_length"],
+            return pipeline_window_spans(start, end, allowed, pre_topk, o.max_answer_length,
                                          calibration_inputs=calibrated)
 
         pairs = list(pairs)
         questions = [q for q, _ in pairs]
         contexts = [c for _, c in pairs]
         return [
-            pipeline_answers(contexts[item.index], item.windows, item.reduced, top_k=o["top_k"],
-                             handle_impossible_answer=o["handle_impossible_answer"],
-                             align_to_words=o["align_to_words"],
-                             null_score_diff_threshold=o["null_score_diff_threshold"],
-                             calibrator=self.calibrator, min_confidence=o["min_confidence"])
-            for item in score_pairs(self.model, questions, contexts, window_settings, reduce, o["batch_size"],
+            pipeline_answers(contexts[item.index], item.windows, item.reduced, top_k=o.top_k,
+                             handle_impossible_answer=o.handle_impossible_answer,
+                             align_to_words=o.align_to_words,
+                             null_score_diff_threshold=o.null_score_diff_threshold,
+                             calibrator=self.calibrator, min_confidence=o.min_confidence)
+            for item in score_pairs(self.model, questions, contexts, o.window_settings(), reduce, o.batch_size,
                                     chunk_size, progress, window_progress)
         ]
 

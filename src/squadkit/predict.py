@@ -13,13 +13,11 @@ Under ``torchrun`` / ``accelerate launch`` each process predicts a shard of the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import defaults
 from .decode import squad_prediction, squad_text_recoverer, squad_window_nbest
-from .features import WindowSettings
 from .io import atomic_write_json
 from .predictions import (
     EVAL_RESULTS_FILE,
@@ -29,60 +27,29 @@ from .predictions import (
     merge_predictions,
     write_prediction_files,
 )
-from .settings import SettingsInForce, check_options, resolve
-
-
-@dataclass(frozen=True)
-class SquadDecodeSettings:
-    """run_squad's evaluation flags, with its defaults."""
-
-    max_seq_length: int = defaults.MAX_SEQ_LENGTH
-    doc_stride: int = defaults.DOC_STRIDE
-    max_query_length: int = defaults.MAX_QUERY_LENGTH
-    n_best_size: int = defaults.N_BEST_SIZE
-    max_answer_length: int = defaults.MAX_ANSWER_LENGTH
-    null_score_diff_threshold: float = defaults.NULL_SCORE_DIFF_THRESHOLD
-    version_2_with_negative: bool = True
-    legacy: bool = False
-    do_lower_case: bool = False
-    min_confidence: float | None = None  # abstain below this calibrated confidence (calibration.py)
-
-    def validate(self) -> "SquadDecodeSettings":
-        from .calibration import check_min_confidence
-
-        for name in ("n_best_size", "max_answer_length", "max_seq_length", "max_query_length", "doc_stride"):
-            defaults.check_positive_int(getattr(self, name), name)
-        check_min_confidence(self.min_confidence)
-        self.window_settings().validate()
-        return self
-
-    def window_settings(self) -> WindowSettings:
-        return WindowSettings("legacy" if self.legacy else "squad", self.max_seq_length, self.doc_stride, self.max_query_length)
-
-
-_DECODE_FIELDS = {f.name for f in fields(SquadDecodeSettings)}
+from .settings import AnswerSettings, Given, given_options, resolve
 
 
 def decode_settings_for(model, dataset=None, ignore_saved_threshold: bool = False, mode: str = "squad",
-                        **explicit) -> tuple[SquadDecodeSettings, SettingsInForce, list[str]]:
-    """The decode settings for ``model`` in squad (or ask) mode, resolved by ``squadkit.settings.resolve``
-    (explicit > model folder > default), with where each came from and notes worth telling the user.
+                        given: Given | None = None, **explicit) -> tuple[AnswerSettings, list[str]]:
+    """The settings for ``model`` in squad (or ask) mode, resolved by ``squadkit.settings.resolve``
+    (explicit > model folder > default, each with its source), and notes worth telling the user.
 
     ``version_2_with_negative`` not given: SQuAD v1.1 data (no unanswerable question, version
     1.x) is predicted without the empty answer, with a note; else the folder's, else True.
     """
+    given = given if given is not None else given_options(explicit, mode)
     notes = []
     v1_data = dataset is not None and _is_v1_data(dataset)
-    if mode == "squad" and explicit.get("version_2_with_negative") is None and v1_data:
-        explicit = {**explicit, "version_2_with_negative": False}
+    if mode == "squad" and "version_2_with_negative" not in given.values and v1_data:
+        given = given.merged(Given({"version_2_with_negative": False}))
         notes.append(f"{getattr(dataset, 'path', None) or 'the data'} is SQuAD v1.1 (no unanswerable questions): "
                      f"predicting without the empty answer (--version-2-with-negative to allow it)")
     ignore = ("null_score_diff_threshold",) if ignore_saved_threshold else ()
-    out = resolve(model, mode, explicit, ignore_saved=ignore)
+    out = resolve(model, mode, given, ignore_saved=ignore)
     if notes:
         out.sources["version_2_with_negative"] = "data (SQuAD v1.1)"
-    values = {k: v for k, v in out.values.items() if k in _DECODE_FIELDS}
-    return SquadDecodeSettings(**values).validate(), out, notes
+    return out, notes
 
 
 def _is_v1_data(dataset) -> bool:
@@ -94,8 +61,8 @@ def _is_v1_data(dataset) -> bool:
 def predict_squad(
     model,
     examples: Sequence,
-    settings: SquadDecodeSettings = SquadDecodeSettings(),
-    batch_size: int = defaults.CPU_BATCH_SIZE,
+    settings: AnswerSettings = AnswerSettings(),
+    batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
     chunk_size: int = 256,
     progress: Callable[[int], None] | None = None,
@@ -104,19 +71,18 @@ def predict_squad(
 ) -> SquadPredictions:
     """Predict answers for SQuAD examples (objects with ``id``, ``question`` and ``context``).
 
-    ``model`` is anything ``squadkit.backends.load_model`` returns. ``progress(n)`` is called
+    ``model`` is a ``squadkit.model.Model`` (``squadkit.model.load``). ``progress(n)`` is called
     with the number of questions finished after each chunk. With a calibrator in the model's
     settings (and ``calibrate``), every prediction carries its confidence. ``keep_windows``: also keep each
     window's null logits and log normaliser (``SquadPredictions.windows``; ``ask`` normalises over passages).
     """
-    from .calibration import calibrator_of, check_min_confidence
+    from .calibration import check_min_confidence
     from .decode import allowed_tokens
     from .engine import score_pairs
 
-    settings.validate()
-    calibrator = calibrator_of(model) if calibrate else None
+    calibrator = model.calibrator if calibrate else None
     check_min_confidence(settings.min_confidence, calibrated=calibrator is not None)
-    defaults.check_positive_int(batch_size, "batch_size")
+    batch_size = settings.batch_size if batch_size is None else defaults.check_positive_int(batch_size, "batch_size")
     if shard is not None:
         rank, world = shard
         examples = examples[rank::world]
@@ -147,7 +113,7 @@ def predict_squad(
     return out
 
 
-def predict_sharded(model, examples: Sequence, settings: SquadDecodeSettings, batch_size: int, state,
+def predict_sharded(model, examples: Sequence, settings: AnswerSettings, batch_size: int, state,
                     progress: Callable[[int], None] | None = None) -> SquadPredictions | None:
     """``predict_squad`` under a launcher: each process of ``state`` (accelerate's PartialState or an
     Accelerator) predicts its shard of ``examples``; the main process gets them all, in data order;
@@ -185,12 +151,13 @@ def run_predict(
     one merged set of files. Returns the metric's results (or a summary without gold answers) on
     the main process, None on the others. ``note(text)`` receives notes for the user.
     """
-    from .backends import check_backend, load_model
+    from .backends import check_backend
     from .checkpoint import resolve_model_source
+    from .model import load
 
     # everything that can be checked without the model, before the heavy imports and the model
     check_backend(backend)
-    check_options({"batch_size": batch_size, **decode_options}, "squad")
+    given = given_options({"batch_size": batch_size, **decode_options}, "squad")
     check_output_folder(output_dir)
     if isinstance(model, (str, os.PathLike)):
         resolve_model_source(model)
@@ -206,10 +173,9 @@ def run_predict(
     state = PartialState(cpu=_cpu_only(device))
     if device is None and state.num_processes > 1:
         device = str(state.device)
-    qa_model = load_model(model, backend=backend, device=device)
-    settings, in_force, notes = decode_settings_for(qa_model, dataset, ignore_saved_threshold, batch_size=batch_size,
-                                                    **decode_options)
-    batch_size = in_force["batch_size"]  # unless told: the measured best for this backend and precision
+    qa_model = load(model, backend=backend, device=device)
+    settings, notes = decode_settings_for(qa_model, dataset, ignore_saved_threshold, given=given)
+    batch_size = settings.batch_size  # unless told: the measured best for this backend and precision
     if note is not None and state.is_main_process:
         for text in notes:
             note(text)

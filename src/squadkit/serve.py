@@ -337,11 +337,11 @@ def request_limits(qa_or_model: Any, settings: ServeSettings) -> RequestLimits:
             return request_limits(qa, settings)
         return RequestLimits(settings.max_top_k, calibrated=_folder_is_calibrated(qa_or_model))
     values = qa_or_model.settings_in_force().values
-    window = getattr(qa_or_model.model, "window_limit", None) or MAX_WINDOW_LIMIT
+    window = qa_or_model.model.window_limit or MAX_WINDOW_LIMIT
     query = max(defaults.MAX_QUERY_LENGTH, values["max_query_length"])
     shortest = min(query + CONTEXT_ROOM, window)
     return RequestLimits(settings.max_top_k, (shortest, window), query, min(shortest, values["max_seq_length"]) - 1,
-                         getattr(qa_or_model, "calibrator", None) is not None)
+                         qa_or_model.calibrator is not None)
 
 
 def _folder_is_calibrated(model: Any) -> bool:
@@ -518,9 +518,9 @@ def _model_settings(qa: Any) -> dict:
     """The answering settings in force for a request that sets none, and where each came from."""
     if qa is None or not hasattr(qa, "settings_in_force"):
         return {}
-    saved = getattr(qa.model, "settings", None)
-    return {"in_force": qa.settings_in_force().as_dict(), "calibrated": getattr(qa, "calibrator", None) is not None,
-            "saved": saved.to_json() if saved is not None and not saved.is_empty() else None}
+    saved = qa.model.settings
+    return {"in_force": qa.settings_in_force().as_dict(), "calibrated": qa.calibrator is not None,
+            "saved": saved.to_json() if not saved.is_empty() else None}
 
 
 def _model_name(qa_or_model: Any) -> str:
@@ -735,10 +735,8 @@ def _model_file(qa: Any) -> dict:
     model = getattr(qa, "model", None)
     if model is None:
         return {"model_file": None, "precision": None}
-    from .backends import precision_of
-
-    file = getattr(qa, "model_file", None) or getattr(model, "model_file", None)
-    return {"model_file": Path(file).name if file else None, "precision": precision_of(model)}
+    file = model.model_file
+    return {"model_file": Path(file).name if file else None, "precision": model.precision}
 
 
 def _add_no_index_routes(app: FastAPI) -> None:

@@ -1,24 +1,12 @@
 """Every answering setting, named once, and the one resolver that decides its value.
 
-A setting has one name, used as the Python keyword, the HTTP request field and the command-line
-flag (``--`` + the name with dashes): ``max_seq_length`` is ``--max-seq-length`` everywhere.
-Older spellings stay accepted as aliases (transformers' pipeline keywords such as
-``max_seq_len``; earlier squadkit flags such as ``ask --threshold``), so code written against the
-transformers pipeline keeps working, but nothing shows them.
-
-``resolve(model, mode, explicit)`` gives the value of each setting a consumer uses, and where it
-came from: an explicit argument > the model folder (``squadkit.json``) > the default. The
-consumers differ only by *mode*, and how modes differ is data in ``SETTINGS`` below, not code in
-each consumer:
-
-* ``pipeline`` (``QuestionAnswerer``, ``answer``, ``serve``): transformers' decoding. Its
-  ``doc_stride`` is the *overlap* of neighbouring windows (the folder's is run_squad's *step*, so
-  the folder's is not used), its answer-length default is 15 tokens.
-* ``squad`` (``predict``, ``calibrate``, ``train``'s evaluation): run_squad's decoding.
-* ``ask`` (``DocumentQA``, ``ask``, ``/v1/ask``): run_squad's decoding of each retrieved passage.
-
-Every mode takes the same window by default: the folder's, else ``min(model limit, 384)``; a
-window longer than the model can take is refused when asked for explicitly.
+A setting has one name: the Python keyword, the HTTP field and the flag (``--`` + the name with
+dashes). Older spellings (transformers' ``max_seq_len``, ``ask --threshold``) are aliases, translated
+at the edges by ``given_options``, which also checks each value: the one check of input.
+``resolve(model, mode, given)`` then decides every setting of ``mode`` (argument > model folder >
+default) into one frozen ``AnswerSettings``, with where each came from. How the modes differ
+(pipeline: transformers' decoding; squad: run_squad's; ask: run_squad's over retrieved passages,
+with its rule) is data in ``SETTINGS``, not code in the consumers. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -28,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
 from . import defaults
+from .checkpoint import ASK_SCORINGS, SETTINGS_FILE, ModelSettings, check_window_fits
 from .errors import SquadkitError
+from .features import WindowSettings
 
 Mode = Literal["pipeline", "squad", "ask"]
 MODES: tuple[Mode, ...] = ("pipeline", "squad", "ask")
@@ -72,19 +62,25 @@ def _flag(value: Any, name: str) -> None:
         raise SquadkitError(f"{name} must be true or false, got {value!r}", param=name)
 
 
+def _scoring(value: Any, name: str) -> None:
+    if value not in ASK_SCORINGS:
+        raise SquadkitError(f"{name} must be one of {', '.join(ASK_SCORINGS)}, got {value!r}", param=name)
+
+
 _KIND_OF_CHECK = {_positive_int: int, _non_negative_int: int, _passages: int, _finite_number: float,
-                  _non_negative_number: float, _probability: float, _flag: bool}
+                  _non_negative_number: float, _probability: float, _flag: bool, _scoring: str}
 
 
 # ----------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------
 
-Default = Callable[[dict, Any], Any]  # (values resolved so far, model) -> default
+Default = Callable[[dict, Any], Any]  # (values resolved so far, model or None) -> default
+Saved = Callable[[dict, ModelSettings], tuple[str, ...]]  # (values so far, folder) -> folder fields, first set wins
 
 
 def _window_default(values: dict, model: Any) -> int:
-    limit = getattr(model, "window_limit", None)
+    limit = model.window_limit if model is not None else None
     return min(limit, defaults.MAX_SEQ_LENGTH) if limit else defaults.MAX_SEQ_LENGTH
 
 
@@ -94,9 +90,27 @@ def _stride_default(values: dict, model: Any) -> int:
 
 
 def _batch_size_default(values: dict, model: Any) -> int:
-    from .backends import default_batch_size
+    if model is None:
+        return defaults.CPU_BATCH_SIZE
+    return defaults.answer_batch_size(model.backend, model.precision, model.device)
 
-    return default_batch_size(model) if model is not None else defaults.CPU_BATCH_SIZE
+
+def _ask_threshold_fields(values: dict, saved: ModelSettings) -> tuple[str, ...]:
+    """ask's threshold: the folder's ask_threshold stands for the rule it was learned under; for the other
+    rule, the single-passage threshold (raw) or the default (normalized)."""
+    if saved.ask_rule == values["scoring"]:
+        return ("ask_threshold", "null_score_diff_threshold")
+    return ("null_score_diff_threshold",) if values["scoring"] == "raw" else ()
+
+
+def _calibrator_default(values: dict, model: Any) -> str | None:
+    """Which calibrator ``ask`` applies: the folder's ask calibrator under the rule it was fitted with,
+    the single-passage one under the raw rule of a folder without an ask fit, else none."""
+    if model is None:
+        return None
+    if model.settings.ask_rule == values["scoring"]:
+        return "ask" if model.ask_calibrator is not None else None
+    return "single" if values["scoring"] == "raw" and model.calibrator is not None else None
 
 
 def _const(value: Any) -> Default:
@@ -112,9 +126,13 @@ class Setting:
     meaning: str
     defaults: Mapping[str, Default]  # mode -> default; a mode not listed does not use the setting
     default_text: str
-    check: Callable[[Any, str], None] | None = None
+    check: Callable[[Any, str], None] | None = None  # None: derived, never given
     aliases: tuple[str, ...] = ()
-    saved: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # mode -> folder fields, first set wins
+    saved: Mapping[str, tuple[str, ...] | Saved] = field(default_factory=dict)  # mode -> folder fields, first set wins
+
+    def saved_fields(self, mode: str, values: dict, saved: ModelSettings) -> tuple[str, ...]:
+        fields_ = self.saved.get(mode, ())
+        return fields_(values, saved) if callable(fields_) else fields_
 
     @property
     def flag(self) -> str:
@@ -146,13 +164,17 @@ SETTINGS: tuple[Setting, ...] = (
              "ask": _const(defaults.MAX_ANSWER_LENGTH)},
             "the model folder's, else 15 (pipeline) or 30 (squad/ask)",
             _positive_int, ("max_answer_len",), {m: ("max_answer_length",) for m in MODES}),
+    Setting("scoring", "ask: how spans of several passages are scored and the no-answer score taken: raw (logit "
+            "sums, minimum null) or normalized (log-probabilities over every passage read).",
+            {"ask": _const("raw")}, "the model folder's ask_scoring (the rule its ask_threshold was learned under), "
+            "else raw", _scoring, (), {"ask": ("ask_rule",)}),
     Setting("null_score_diff_threshold", "The empty answer wins when null score - best span score exceeds this "
             "(pipeline: log p_null - log p_span, the same quantity).",
             {m: _const(defaults.NULL_SCORE_DIFF_THRESHOLD) for m in MODES},
-            "the model folder's (ask: its ask_threshold first), else 0",
+            "the model folder's (ask: its ask_threshold under the rule it was learned with), else 0",
             _finite_number, ("threshold",),
             {"pipeline": ("null_score_diff_threshold",), "squad": ("null_score_diff_threshold",),
-             "ask": ("ask_threshold", "null_score_diff_threshold")}),
+             "ask": _ask_threshold_fields}),
     Setting("handle_impossible_answer", "Allow the empty answer (abstain).",
             {"pipeline": _const(False)}, "on for a folder trained with --version-2-with-negative, else off",
             _flag, (), {"pipeline": ("version_2_with_negative",)}),
@@ -182,10 +204,123 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "Windows per forward pass.", {m: _batch_size_default for m in MODES},
             "the measured best for the backend: 8 (torch, ONNX fp32), 1 (ONNX int8) on a CPU; 64 on a GPU",
             _positive_int),
+    Setting("calibrator", "ask: the calibrator in force (derived from the rule; not a setting you give).",
+            {"ask": _calibrator_default}, "the folder's ask calibrator under its rule, else its single-passage one "
+            "under raw"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 ALIASES: dict[str, str] = {alias: s.name for s in SETTINGS for alias in s.aliases}
+
+
+# ----------------------------------------------------------------------------------------------
+# input: translated and checked once, at the edge
+# ----------------------------------------------------------------------------------------------
+
+
+def check_setting(name: str, value: Any, as_given: str) -> None:
+    """The one check of one given value (its type and range), naming the setting as the caller spelled it."""
+    BY_NAME[name].check(value, as_given)
+
+
+@dataclass(frozen=True)
+class Given:
+    """Settings a caller gave, under their canonical names, each checked once; with the spelling each
+    was given as (later errors name what the caller typed)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    typed: Mapping[str, str] = field(default_factory=dict)
+
+    def name_of(self, name: str) -> str:
+        return self.typed.get(name, name)
+
+    def merged(self, later: "Given") -> "Given":
+        """These settings, with ``later``'s (e.g. a call's over a pipeline's construction) taking precedence."""
+        return Given({**self.values, **later.values}, {**self.typed, **later.typed})
+
+
+def given_options(options: Mapping[str, Any] | None, mode: Mode, where: str = "") -> Given:
+    """``options`` under their canonical names (None = not given, dropped), each value checked once.
+    Unknown names, derived settings, and two spellings of one setting are refused (one line)."""
+    known = {s.name for s in SETTINGS if mode in s.defaults and s.check is not None}
+    values: dict[str, Any] = {}
+    typed: dict[str, str] = {}
+    for spelled, value in (options or {}).items():
+        name = ALIASES.get(spelled, spelled)
+        if name not in known:
+            raise SquadkitError(f"unknown keyword argument {spelled!r}{' ' + where if where else ''} "
+                                f"(known: {', '.join(sorted(known))})", param=spelled)
+        if value is None:
+            continue
+        if name in values:
+            raise SquadkitError(f"{typed[name]} and {spelled} are the same setting: give one", param=spelled)
+        check_setting(name, value, spelled)
+        values[name], typed[name] = value, spelled
+    given = Given(values, typed)
+    _check_window_shape(values, given)
+    return given
+
+
+def _check_window_shape(values: Mapping[str, Any], given: Given) -> None:
+    """The window's step or overlap must be shorter than the window."""
+    stride, width = values.get("doc_stride"), values.get("max_seq_length")
+    if stride is not None and width is not None and stride >= width:
+        name = given.name_of("doc_stride")
+        raise SquadkitError(f"{name} ({stride}) must be smaller than {given.name_of('max_seq_length')} ({width})",
+                            param=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# the settings in force
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """Every setting of one mode in force, typed, and where each came from (``sources``: "argument",
+    "model folder (...)", "default"). Fields a mode does not use keep their defaults (run_squad's).
+    Made by ``resolve``; one made by hand is checked when made."""
+
+    mode: Mode = "squad"
+    max_seq_length: int = defaults.MAX_SEQ_LENGTH
+    doc_stride: int = defaults.DOC_STRIDE
+    max_query_length: int = defaults.MAX_QUERY_LENGTH
+    max_answer_length: int = defaults.MAX_ANSWER_LENGTH
+    null_score_diff_threshold: float = defaults.NULL_SCORE_DIFF_THRESHOLD
+    handle_impossible_answer: bool = False
+    version_2_with_negative: bool = True
+    top_k: int = 1
+    k: int = defaults.ASK_PASSAGES
+    retrieval_weight: float = 0.0
+    n_best_size: int = defaults.N_BEST_SIZE
+    do_lower_case: bool = False
+    legacy: bool = False
+    align_to_words: bool = True
+    min_confidence: float | None = None
+    batch_size: int = defaults.CPU_BATCH_SIZE
+    scoring: str = "raw"
+    calibrator: str | None = None  # ask: "single", "ask" or None (see SETTINGS)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.sources:  # made by hand: the values are input, checked here once
+            given = given_options({n: getattr(self, n) for n in names_for(self.mode) if BY_NAME[n].check}, self.mode)
+            object.__setattr__(self, "sources", {n: "argument" for n in given.values})
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The mode's settings by name."""
+        return {name: getattr(self, name) for name in names_for(self.mode)}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def as_dict(self) -> dict:
+        return {name: {"value": value, "from": self.sources.get(name, "default")} for name, value in self.values.items()}
+
+    def window_settings(self) -> WindowSettings:
+        mode = "pipeline" if self.mode == "pipeline" else ("legacy" if self.legacy else "squad")
+        return WindowSettings(mode, self.max_seq_length, self.doc_stride, self.max_query_length)
 
 
 def names_for(mode: Mode) -> tuple[str, ...]:
@@ -193,100 +328,49 @@ def names_for(mode: Mode) -> tuple[str, ...]:
     return tuple(s.name for s in SETTINGS if mode in s.defaults)
 
 
-# ----------------------------------------------------------------------------------------------
-# the resolver
-# ----------------------------------------------------------------------------------------------
+def resolve(model: Any, mode: Mode, given: Given | Mapping[str, Any] | None = None, *,
+            ignore_saved: tuple[str, ...] = ()) -> AnswerSettings:
+    """Every setting of ``mode``: given > the model folder (``model.settings``) > the mode's default.
+    ``given`` is a ``Given`` (checked at the edge) or raw options (checked here, once).
+    ``ignore_saved`` skips the folder for those settings.
 
-
-@dataclass
-class SettingsInForce:
-    """The value of each setting in force and where it came from (``--explain``, ``GET /v1/model``)."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
-
-    def as_dict(self) -> dict:
-        return {name: {"value": self.values[name], "from": self.sources[name]} for name in self.values}
-
-
-def canonical_options(options: Mapping[str, Any], mode: Mode, where: str = "") -> tuple[dict, dict]:
-    """``options`` under their canonical names, None values dropped; with the spelling each was given
-    as (errors name what the caller typed). Unknown names and two spellings of one setting are refused."""
-    known = set(names_for(mode))
-    out: dict[str, Any] = {}
-    typed: dict[str, str] = {}
-    for given, value in options.items():
-        name = ALIASES.get(given, given)
-        if name not in known:
-            accepted = ", ".join(sorted(known))
-            raise SquadkitError(f"unknown keyword argument {given!r}{' ' + where if where else ''} "
-                                f"(known: {accepted})", param=given)
-        if value is None:
-            continue
-        if name in out:
-            raise SquadkitError(f"{typed[name]} and {given} are the same setting: give one", param=given)
-        out[name], typed[name] = value, given
-    return out, typed
-
-
-def check_values(values: Mapping[str, Any], typed: Mapping[str, str] | None = None) -> None:
-    """Each value's own check (type and range), naming the setting as given; then the window's shape."""
-    typed = typed or {}
-    for name, value in values.items():
-        check = BY_NAME[name].check
-        if check is not None and value is not None:
-            check(value, typed.get(name, name))
-    stride, width = values.get("doc_stride"), values.get("max_seq_length")
-    if stride is not None and width is not None and stride >= width:
-        raise SquadkitError(f"{typed.get('doc_stride', 'doc_stride')} ({stride}) must be smaller than "
-                            f"{typed.get('max_seq_length', 'max_seq_length')} ({width})",
-                            param=typed.get("doc_stride", "doc_stride"))
-
-
-def check_options(options: Mapping[str, Any], mode: Mode) -> dict:
-    """Validate options before any model loads: canonical names, types and ranges (one-line errors)."""
-    values, typed = canonical_options(options, mode)
-    check_values(values, typed)
-    return values
-
-
-def resolve(model: Any, mode: Mode, explicit: Mapping[str, Any] | None = None, *,
-            ignore_saved: tuple[str, ...] = ()) -> SettingsInForce:
-    """Every setting of ``mode``: explicit (any accepted spelling; None = not given) > the model
-    folder (``model.settings``) > the mode's default. ``ignore_saved`` skips the folder for those.
-
-    Refuses, naming the setting as given: unknown names, bad values, a window longer than the
-    model can take, a min_confidence for a model without a calibrator.
+    Refuses, naming the setting as given: a window longer than the model can take, a min_confidence
+    without a calibrator to apply it.
     """
-    from .checkpoint import SETTINGS_FILE, check_window_fits
-
-    given, typed = canonical_options(explicit or {}, mode)
-    check_values(given, typed)
-    saved = getattr(model, "settings", None)
-    out = SettingsInForce()
+    if not isinstance(given, Given):
+        given = given_options(given, mode)
+    saved = model.settings if model is not None else ModelSettings()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for name in names_for(mode):
         setting = BY_NAME[name]
-        if name in given:
-            out.values[name], out.sources[name] = given[name], "argument"
+        if name in given.values:
+            values[name], sources[name] = given.values[name], "argument"
             continue
-        fields = () if name in ignore_saved else setting.saved.get(mode, ())
-        found = next(((f, getattr(saved, f)) for f in fields if getattr(saved, f, None) is not None), None)
+        fields_ = () if name in ignore_saved else setting.saved_fields(mode, values, saved)
+        found = next(((f, getattr(saved, f)) for f in fields_ if getattr(saved, f) is not None), None)
         if found is not None:
-            out.values[name], out.sources[name] = found[1], f"model folder ({SETTINGS_FILE}: {found[0]})"
+            values[name], sources[name] = found[1], f"model folder ({SETTINGS_FILE}: {found[0]})"
         else:
-            out.values[name], out.sources[name] = setting.defaults[mode](out.values, model), "default"
-    check_values(out.values, typed)
-    width_name = typed.get("max_seq_length", "max_seq_length")
-    check_window_fits(out.values["max_seq_length"], getattr(model, "window_limit", None),
-                      f"model {getattr(model, 'name_or_path', '')}".strip(), param=width_name)
-    if out.values.get("min_confidence") is not None and model is not None:
-        from .calibration import calibrator_of
-
-        if calibrator_of(model) is None:
-            name = typed.get("min_confidence", "min_confidence")
-            raise SquadkitError(f"{name} needs a calibrated model: this one has no calibrator (fit one with "
-                                f"squadkit calibrate)", param=name)
+            values[name], sources[name] = setting.defaults[mode](values, model), "default"
+    out = AnswerSettings(mode, **values, sources=sources)
+    _check_combined(out, given, model)
     return out
+
+
+def _check_combined(settings: AnswerSettings, given: Given, model: Any) -> None:
+    """What only the values together (and the model) decide: the window's shape and length, and a
+    calibrator for min_confidence."""
+    _check_window_shape(settings.values, given)
+    if model is None:
+        return
+    width = given.name_of("max_seq_length")
+    check_window_fits(settings.max_seq_length, model.window_limit, f"model {model.name_or_path or ''}".strip(),
+                      param=width)
+    if settings.min_confidence is None:
+        return
+    calibrated = settings.calibrator is not None if settings.mode == "ask" else model.calibrator is not None
+    if not calibrated:
+        name = given.name_of("min_confidence")
+        raise SquadkitError(f"{name} needs a calibrated model: this one has no calibrator (fit one with "
+                            f"squadkit calibrate)", param=name)

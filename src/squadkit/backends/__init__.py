@@ -1,7 +1,8 @@
-"""Backends: a loaded QA model that turns a padded batch of windows into start and end logits.
+"""Backends: a runner that turns a padded batch of windows into start and end logits.
 
 Everything around a backend (windows, batching, decoding) is shared, so both give the same
-answers. ``load_model`` picks one: ONNX Runtime for an exported folder, torch otherwise.
+answers. ``load_runner`` picks one: ONNX Runtime for an exported folder, torch otherwise; the
+model folder's settings and calibrators are read by ``squadkit.model.load``, not here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..checkpoint import ModelSettings
 from ..defaults import DEFAULT_MODEL
 from ..errors import SquadkitError
 from ..features import Batch
@@ -21,15 +21,16 @@ BACKENDS = ("auto", "torch", "onnx")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class QAModel(Protocol):
-    """What the rest of squadkit needs from a model: a tokenizer, its folder's settings and logits."""
+class Runner(Protocol):
+    """What a backend gives: a tokenizer, where the weights came from, and logits of a batch."""
 
     tokenizer: Any
     name_or_path: str
     backend: str
     device: str
-    settings: ModelSettings
     window_limit: int | None  # the longest window the model can take, in tokens
+    head_sha256: str | None  # the QA head's fingerprint (a calibrator is checked against it)
+    pad_multiple: int
 
     @property
     def input_names(self) -> tuple[str, ...]: ...
@@ -39,18 +40,11 @@ class QAModel(Protocol):
         ...
 
 
-def default_batch_size(model: QAModel) -> int:
-    """Windows per forward pass for ``model`` unless told: the measured best for its backend and precision."""
-    from ..defaults import answer_batch_size
-
-    return answer_batch_size(model.backend, precision_of(model), getattr(model, "device", "cpu"))
-
-
-def precision_of(model: QAModel) -> str:
-    """fp32, bf16, fp16 or int8: what the model computes in."""
-    if getattr(model, "precision", None):
-        return model.precision
-    dtype = str(getattr(getattr(model, "model", None), "dtype", "torch.float32"))
+def precision_of(runner: Runner) -> str:
+    """fp32, bf16, fp16 or int8: what the runner computes in."""
+    if runner.backend == "onnx":
+        return runner.precision
+    dtype = str(runner.model.dtype)
     return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(dtype, "fp32")
 
 
@@ -67,7 +61,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def load_model(
+def load_runner(
     model: Any = None,
     tokenizer=None,
     backend: str = "auto",
@@ -78,9 +72,9 @@ def load_model(
     precision: str = "auto",
     threads: int | None = None,
     providers: list | None = None,
-) -> QAModel:
-    """Any QA model squadkit can run: a hub id, a checkpoint folder, an exported ONNX folder,
-    or an already loaded transformers model (with its tokenizer).
+) -> Runner:
+    """A runner for any QA model squadkit can run: a hub id, a checkpoint folder, an exported ONNX
+    folder, or an already loaded transformers model (with its tokenizer).
 
     ``backend="auto"`` picks ONNX Runtime for an exported folder and torch otherwise.
     ``precision``, ``threads`` and ``providers`` are ONNX Runtime's (torch's threads are process-wide:
@@ -89,8 +83,6 @@ def load_model(
     check_backend(backend)
     if model is None:
         model = DEFAULT_MODEL
-    if hasattr(model, "logits") and hasattr(model, "tokenizer") and hasattr(model, "backend"):
-        return model  # already a squadkit model
     if not isinstance(model, (str, os.PathLike)):
         from .torch import wrap_torch_model
 

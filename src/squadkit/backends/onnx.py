@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import ModelSettings, load_tokenizer, max_window_tokens, read_settings, settings_from_json
+from ..checkpoint import load_tokenizer, max_window_tokens
 from ..errors import SquadkitError, first_line
 from ..features import Batch
 
@@ -88,12 +88,12 @@ class OnnxQAModel:
     name_or_path: str
     model_file: str
     precision: str
-    settings: ModelSettings = field(default_factory=ModelSettings)
     record: dict = field(default_factory=dict)
     window_limit: int | None = None
     threads: int | None = None
     backend: str = "onnx"
     device: str = "cpu"
+    pad_multiple: int = 1
 
     @property
     def head_sha256(self) -> str | None:
@@ -188,11 +188,8 @@ def load_onnx_model(
             f"{file}: not a squadkit QA export (inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
             f"expected input_ids/attention_mask[/token_type_ids] -> start_logits, end_logits)"
         )
-    settings = read_settings(folder)
-    if settings.is_empty() and isinstance(record.get("settings"), dict) and record["settings"]:
-        settings = settings_from_json(record["settings"], f"{folder / RECORD_FILE} (settings)")
     src = record.get("source") or {}
     limit = max_window_tokens(src.get("model_type"), src.get("max_position_embeddings"), src.get("pad_token_id"),
                               getattr(tokenizer, "model_max_length", None))
-    return OnnxQAModel(session, tokenizer, str(folder), str(file), precision, settings, record, limit,
+    return OnnxQAModel(session, tokenizer, str(folder), str(file), precision, record, limit,
                        threads or default_threads())

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..calibration import torch_head_fingerprint
 from ..checkpoint import (
-    ModelSettings,
     check_head_loaded,
     check_qa_checkpoint,
     config_window_limit,
@@ -19,7 +17,6 @@ from ..checkpoint import (
     load_config,
     load_tokenizer,
     quiet_transformers,
-    read_settings,
     resolve_model_source,
 )
 from ..errors import SquadkitError
@@ -41,16 +38,15 @@ def pick_device(device: str | int | None = None) -> str:
 
 @dataclass
 class TorchQAModel:
-    """A transformers QA model on a torch device, with its tokenizer and folder settings."""
+    """A transformers QA model on a torch device, with its tokenizer."""
 
     model: Any
     tokenizer: Any
     name_or_path: str
     device: str = "cpu"
-    settings: ModelSettings = field(default_factory=ModelSettings)
     window_limit: int | None = None
     backend: str = "torch"
-    head_sha256: str | None = None  # fingerprint of the QA head's weights (calibration.torch_head_fingerprint)
+    head_sha256: str | None = None  # fingerprint of the QA head's weights (torch_head_fingerprint)
     # each batch's width rounded up to this (features.padded_width). 1 on every device: unlike training,
     # answering on a GPU gained nothing from 64 (benchmarks/bench_gpu_predict.py: 0.93-1.03x on an H200)
     pad_multiple: int = 1
@@ -126,9 +122,7 @@ def load_torch_model(
         model.to(torch_dtype)
     device = pick_device(device)
     model.to(device).eval()
-    settings = read_settings(source.name if source.is_local else None)
-    return TorchQAModel(model, tokenizer, source.name, device, settings, config_window_limit(config, tokenizer),
-                        head_sha256=head)
+    return TorchQAModel(model, tokenizer, source.name, device, config_window_limit(config, tokenizer), head_sha256=head)
 
 
 def wrap_torch_model(model, tokenizer, device: str | int | None = None) -> TorchQAModel:
@@ -141,6 +135,30 @@ def wrap_torch_model(model, tokenizer, device: str | int | None = None) -> Torch
     name = getattr(config, "_name_or_path", "") or type(model).__name__
     dev = str(next(model.parameters()).device) if device is None else pick_device(device)
     model.to(dev).eval()
-    settings = read_settings(name if name and Path(name).is_dir() else None)
-    head = torch_head_fingerprint(model)
-    return TorchQAModel(model, tokenizer, name, dev, settings, config_window_limit(config, tokenizer), head_sha256=head)
+    return TorchQAModel(model, tokenizer, name, dev, config_window_limit(config, tokenizer),
+                        head_sha256=torch_head_fingerprint(model))
+
+
+def head_fingerprint_from_arrays(weight: np.ndarray, bias: np.ndarray | None) -> str:
+    """sha256 of the QA head: its weight as float32 (2, hidden), then its bias as float32 (2,)."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError("the QA head's weight must be a matrix")
+    if w.shape[0] != 2 and w.shape[1] == 2:
+        w = w.T
+    digest = hashlib.sha256(np.ascontiguousarray(w).tobytes())
+    if bias is not None:
+        digest.update(np.ascontiguousarray(np.asarray(bias, dtype=np.float32)).tobytes())
+    return digest.hexdigest()
+
+
+def torch_head_fingerprint(model) -> str | None:
+    """The fingerprint of a transformers QA model's head (``qa_outputs``), or None when it has none:
+    what a calibrator saved in ``squadkit.json`` is checked against."""
+    params = dict(model.named_parameters())
+    weight = next((v for k, v in params.items() if k.endswith("qa_outputs.weight")), None)
+    bias = next((v for k, v in params.items() if k.endswith("qa_outputs.bias")), None)
+    if weight is None:
+        return None
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return head_fingerprint_from_arrays(to_np(weight), to_np(bias) if bias is not None else None)

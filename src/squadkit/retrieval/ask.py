@@ -5,62 +5,10 @@
     >>> result = dqa.ask("In what country is Normandy located?", k=5, top_k=3)
     >>> result.no_answer, result.answers[0].answer, result.answers[0].document
 
-Ranking and abstaining, and why:
-
-* Each retrieved passage is one SQuAD example, read in squad mode (run_squad's decoding,
-  ``predict_squad``). A span's score is its raw ``start_logit + end_logit``; spans from all
-  passages are ranked on that score. Per-passage probabilities are not comparable: a softmax is
-  normalised inside its own passage, so a passage with one weak candidate would give it a high
-  probability. Logit sums are what run_squad already compares across the windows of one long
-  context, and the retrieved passages are treated exactly as the windows of one document.
-* The same view decides abstention: the no-answer score is the minimum over passages of each
-  passage's null score (CLS start + end logit), as run_squad takes the minimum over windows, and
-  the reader abstains when ``min null - best span score > threshold``, with the threshold saved
-  beside the model (``null_score_diff_threshold`` in ``squadkit.json``, tuned on dev data by
-  ``squadkit train``; 0.0 without one). So a model's threshold means the same here as in
-  ``squadkit predict``.
-* **The retriever's view** (``retrieval_weight``, issue 19): spans are ranked on their score plus
-  ``retrieval_weight`` x their passage's retrieval score, z-scored over the passages read for the
-  question (so bm25, dense and hybrid scores, whatever their scale, count alike; one passage, or
-  passages scored alike, add nothing). This is Multi-passage BERT's passage ranker, with the
-  retriever as the ranker. It only chooses which span is best: the no-answer decision compares
-  the null score with that span's own score, so the threshold keeps its meaning. 0 (the default
-  for a folder without ``ask_retrieval_weight``) ranks on the reader's score alone, as before;
-  ``train --do-eval`` learns the weight with ``ask_threshold`` (the one whose best spans score
-  best on the dev questions, train/ask_eval.py). Measured on the shared dev slice (README): the
-  raw score alone picks worse spans the more passages it reads (span F1 47.5 at k=1, 37.9 at
-  k=10 for a reader trained with passage negatives); with the retriever's view it holds at 47.5-49.1.
-* The other abstain rule (the best span's own passage's null score) measured +1.6 EM there, for
-  the same reason (more abstentions). The minimum over passages is kept: it is the rule the
-  saved threshold was tuned under (windows of one context), and it does not let an irrelevant
-  passage's confident null veto a span found elsewhere; re-measure with a stronger model before
-  switching.
-* Answers carry offsets into the stored document text: ``document_text[start:end] == answer``,
-  exactly, with the passage they were found in.
-* **Passage-normalised scores** (issue 19), for a model folder that holds ``ask_threshold``
-  (written by ``squadkit train --shared-norm`` / ``--passage-negatives`` with ``--do-eval``): a
-  span's score is its log-probability under one softmax over every window of every passage read
-  for the question, ``start + end logit - log Z`` with ``Z`` the sum over windows of each
-  window's start and end normalisers' product (spans live inside one window), which is what
-  ``--shared-norm`` trains; the no-answer score is the log of the summed probability of every
-  window's CLS pair, and the reader abstains when ``no-answer score - best span score >
-  ask_threshold``, a threshold learned reading ``ask_k`` passages per dev question (the
-  training objective's "no answer" is the mass of all CLS tokens of all passages). The threshold
-  follows argument > folder > default; a folder without ``ask_threshold`` answers with the
-  rule above (raw logits, minimum null, ``null_score_diff_threshold``) and says so once.
-* **Which rule a trained folder uses** is learned with its threshold: ``train`` fits a threshold
-  under each rule on the same dev readings and keeps the rule with the better mean F1 reading
-  1, 3, ... ``ask_k`` passages with that threshold (train/ask_eval.py) as
-  ``ask_scoring`` (the span ranking is the same under both; only the no-answer score differs:
-  the minimum of the passages' nulls, or the log of their summed mass). Measured on the shared
-  dev slice (README), a reader trained with passage negatives alone keeps its F1 across k = 1-10
-  under the raw rule, while the summed mass grows with every passage read and makes the
-  normalised rule abstain more the more it reads. ``DocumentQA(scoring=...)`` overrides it.
-* With a calibrator in the model folder (``squadkit calibrate``, issue 12), the result carries
-  ``confidence``: of the best span (``calibration``'s ``answer`` part, on that span's features in
-  its own passage, which is where it is that passage's best span), or of the abstention. The best
-  answer carries it too. ``min_confidence`` is the calibration module's one abstain rule: the
-  reader abstains when the best span's confidence is below it.
+Each passage is read in squad mode; spans of all passages are ranked on one score and the reader
+abstains when the no-answer score beats the best span by more than the threshold. The rule
+(``scoring``), its threshold, ``retrieval_weight`` and the calibrator in force are settings
+(``settings.SETTINGS``, ask mode). Why it ranks and abstains so: docs/ask.md.
 """
 
 from __future__ import annotations
@@ -73,7 +21,7 @@ from typing import Any, Sequence
 
 from ..checkpoint import check_ask_scoring
 from ..errors import SquadkitError
-from ..settings import check_options
+from ..settings import AnswerSettings, given_options, resolve
 from .documents import page_at
 from .index import Index
 from .search import Hit, Retriever, check_k, make_retriever
@@ -184,11 +132,8 @@ class _Example:
 
 
 def reader_threshold(model: Any) -> float:
-    """The no-answer threshold ``ask`` uses for ``model`` when not told: the folder's ``ask_threshold``,
-    else its ``null_score_diff_threshold``, else 0.0 (``settings.resolve`` in ask mode)."""
-    from ..settings import resolve
-
-    return float(resolve(model, "ask")["null_score_diff_threshold"])
+    """The no-answer threshold ``ask`` uses for ``model`` when not told (``settings.resolve`` in ask mode)."""
+    return float(resolve(model, "ask").null_score_diff_threshold)
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -299,21 +244,11 @@ class DocumentQA:
     """
 
     def __init__(self, index: str | os.PathLike | Index | None, model: Any = None, *, qa: Any = None,
-                 retriever: str | Retriever = "bm25", k: int | None = None,
-                 null_score_diff_threshold: float | None = None, max_seq_length: int | None = None,
-                 doc_stride: int | None = None, max_query_length: int | None = None,
-                 max_answer_length: int | None = None, n_best_size: int | None = None, batch_size: int | None = None,
-                 backend: str = "auto", device: str | None = None, scoring: str | None = None,
-                 retrieval_weight: float | None = None, **aliases: Any) -> None:
-        # every setting through the one resolver, in ask mode (explicit > model folder > default);
-        # checked before the index opens or the model loads
-        explicit = dict(k=k, null_score_diff_threshold=null_score_diff_threshold, max_seq_length=max_seq_length,
-                        doc_stride=doc_stride, max_query_length=max_query_length,
-                        max_answer_length=max_answer_length, n_best_size=n_best_size, batch_size=batch_size,
-                        retrieval_weight=retrieval_weight, **aliases)
-        check_options(explicit, "ask")
-        if scoring is not None:
-            check_ask_scoring(scoring, "scoring", param="scoring")
+                 retriever: str | Retriever = "bm25", backend: str = "auto", device: str | None = None,
+                 **options: Any) -> None:
+        # every ask setting (k, the threshold, scoring, retrieval_weight, windows, ...; older spellings too),
+        # checked here once, before the index opens or the model loads
+        self._given = given_options(options, "ask", "to DocumentQA")
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")
@@ -322,60 +257,55 @@ class DocumentQA:
         else:  # any object with search(query, k) -> list[Hit]: e.g. a client of a search engine
             self.index = index if isinstance(index, Index) or index is None else Index(index)
             self.retriever = retriever
-        if qa is None:
-            if model is None:
-                raise SquadkitError("DocumentQA needs a model (a folder or hub id) or a loaded qa")
-            from ..pipeline import QuestionAnswerer
+        if qa is None and model is None:
+            raise SquadkitError("DocumentQA needs a model (a folder or hub id) or a loaded qa")
+        try:
+            from ..model import load
 
-            try:
-                qa = QuestionAnswerer(model, backend=backend, device=device)
-            except BaseException:
-                if self.index is not None and self.index is not index:  # the one opened here: let it go
-                    self.index.close()
-                raise
+            self.model = qa.model if qa is not None else load(model, backend=backend, device=device)
+            self.settings = resolve(self.model, "ask", self._given)
+        except BaseException:
+            if self.index is not None and self.index is not index:  # the one opened here: let it go
+                self.index.close()
+            raise
         self.qa = qa
-        self.model = qa.model
-        from ..predict import decode_settings_for
+        self._note_first_rule()
 
-        self.decode, self.in_force, _ = decode_settings_for(self.model, mode="ask", **explicit)
-        self.k = self.in_force["k"]
-        self.batch_size = self.in_force["batch_size"]
-        self.retrieval_weight = float(self.in_force["retrieval_weight"])
-        self._choose_rule(scoring)
-
-    def _choose_rule(self, scoring: str | None) -> None:
-        """The rule is ``scoring`` (argument) > the folder's ``ask_scoring`` > "normalized" for a folder
-        with ``ask_threshold`` (learned before ``ask_scoring`` existed) > the first rule ("raw", said
-        once). The threshold is the resolver's (argument > the folder's ask_threshold, then its
-        null_score_diff_threshold > 0), except that a folder's ask_threshold only stands for the
-        rule it was learned under: for the other one, the single-passage threshold (raw) or 0
-        (normalized). So is the ask-mode calibrator (``ask_calibration``); a folder without an ask
-        fit keeps its single-passage calibrator under the raw rule."""
-        settings = getattr(self.model, "settings", None)
-        fitted = getattr(settings, "ask_rule", None)
-        self.scoring = scoring or fitted or "raw"
-        self.ask_fitted = fitted == self.scoring  # the folder's ask_threshold and ask_calibration apply
-        self.ask_calibrator = None
-        self.threshold = self.decode.null_score_diff_threshold
-        if self.in_force.sources["null_score_diff_threshold"] != "argument" and not self.ask_fitted:
-            single = getattr(settings, "null_score_diff_threshold", None)
-            self.threshold = float(single) if self.scoring == "raw" and single is not None else 0.0
-        data = getattr(settings, "ask_calibration", None)
-        if self.ask_fitted and data is not None:
-            from ..calibration import Calibrator
-
-            self.ask_calibrator = Calibrator.from_json(data, "ask_calibration")
-        name = str(getattr(self.model, "name_or_path", "") or id(self.model))
-        if fitted is None and scoring is None and name not in _NOTED:
+    def _note_first_rule(self) -> None:
+        """Say once per model folder when ask answers by its first rule because the folder learned none."""
+        name = str(self.model.name_or_path or id(self.model))
+        if self.settings.sources["scoring"] == "default" and name not in _NOTED:
             _NOTED.add(name)
             warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
                           f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
                           f"single-passage threshold, as before", AskNote, stacklevel=3)
 
+    # the settings in force, by their old attribute names
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def scoring(self) -> str:
+        return self.settings.scoring
+
+    @property
+    def threshold(self) -> float:
+        return self.settings.null_score_diff_threshold
+
+    @property
+    def retrieval_weight(self) -> float:
+        return self.settings.retrieval_weight
+
     @property
     def normalized(self) -> bool:
         """Whether this reader ranks on passage-normalised scores (``scoring == "normalized"``)."""
-        return self.scoring == "normalized"
+        return self.settings.scoring == "normalized"
+
+    def settings_for(self, **call_options: Any) -> AnswerSettings:
+        """The settings in force for a call with ``call_options`` (checked once, here)."""
+        call = given_options(call_options, "ask", "to ask")
+        return resolve(self.model, "ask", self._given.merged(call)) if call.values else self.settings
 
     def ask(self, question: str, k: int | None = None, top_k: int = 1,
             min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
@@ -387,30 +317,28 @@ class DocumentQA:
     def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1,
                  min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
                  retrieval_weight: float | None = None) -> list[AskResult]:
-        """``ask`` for many questions, their passages read in shared batches; ``null_score_diff_threshold``
-        and ``retrieval_weight`` replace the reader's for this call."""
-        from ..calibration import calibrator_of, check_min_confidence
-
-        given = check_options({"k": k, "top_k": top_k, "min_confidence": min_confidence,
-                               "null_score_diff_threshold": null_score_diff_threshold,
-                               "retrieval_weight": retrieval_weight}, "ask")
-        k, threshold = given.get("k", self.k), given.get("null_score_diff_threshold")
-        weight = given.get("retrieval_weight")
-        single = self.scoring == "raw" and not self.ask_fitted  # the first rule keeps the single-passage calibrator
-        calibrator = calibrator_of(self.model) if single else self.ask_calibrator
-        check_min_confidence(min_confidence, calibrated=calibrator is not None)
+        """``ask`` for many questions, their passages read in shared batches; the call's settings replace
+        the reader's for this call."""
+        settings = self.settings_for(k=k, top_k=top_k if top_k != 1 else None, min_confidence=min_confidence,
+                                     null_score_diff_threshold=null_score_diff_threshold,
+                                     retrieval_weight=retrieval_weight)
+        calibrator = {"single": self.model.calibrator, "ask": self.model.ask_calibrator}.get(settings.calibrator)
         results = []
-        for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
-            result = self.rank(q, read, top_k=top_k, threshold=threshold, retrieval_weight=weight)
+        for i, (q, read) in enumerate(zip(questions, self.read(questions, settings.k, settings))):
+            result = self.rank(q, read, settings=settings)
             if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
                 best = result.answers[0] if result.answers else None
+                single = settings.calibrator == "single"
                 x = read.features.get(f"{i}:{best.retrieval_rank - 1}") if single and best else result.features
-                _calibrate(result, calibrator, x, min_confidence)
+                _calibrate(result, calibrator, x, settings.min_confidence)
             results.append(result)
         return results
 
-    def read(self, questions: Sequence[str], k: int) -> list["Reading"]:
+    def read(self, questions: Sequence[str], k: int | None = None,
+             settings: AnswerSettings | None = None) -> list["Reading"]:
         """Retrieve ``k`` passages per question and read them (one shared ``predict_squad``)."""
+        settings = settings or self.settings
+        k = settings.k if k is None else k
         from ..predict import predict_squad
 
         for q in questions:
@@ -419,8 +347,7 @@ class DocumentQA:
         all_hits = [self.retriever.search(q, k) for q in questions]
         examples = [_Example(f"{i}:{j}", q, h.text) for i, (q, hits) in enumerate(zip(questions, all_hits))
                     for j, h in enumerate(hits)]
-        preds = predict_squad(self.model, examples, self.decode, batch_size=self.batch_size,
-                              keep_windows=True) if examples else None
+        preds = predict_squad(self.model, examples, settings, keep_windows=True) if examples else None
         out = []
         for i, hits in enumerate(all_hits):
             ids = [f"{i}:{j}" for j in range(len(hits))]
@@ -429,13 +356,15 @@ class DocumentQA:
                                preds.features if preds is not None else {}))
         return out
 
-    def rank(self, question: str, read: "Reading", k: int | None = None, top_k: int = 1,
-             threshold: float | None = None, retrieval_weight: float | None = None) -> AskResult:
-        """Answers from the first ``k`` (default: all) passages of ``read``, by this reader's rule."""
+    def rank(self, question: str, read: "Reading", k: int | None = None, *, threshold: float | None = None,
+             retrieval_weight: float | None = None, settings: AnswerSettings | None = None) -> AskResult:
+        """Answers from the first ``k`` (default: all) passages of ``read``, by the rule of ``settings``
+        (default: this reader's); ``threshold`` and ``retrieval_weight`` replace theirs (train's fits)."""
+        s = settings or self.settings
         n = len(read.hits) if k is None else k
-        return rank_answers(question, read.hits[:n], read.nbests[:n], self.threshold if threshold is None else threshold,
-                            top_k, read.windows[:n], self.scoring,
-                            self.retrieval_weight if retrieval_weight is None else retrieval_weight)
+        return rank_answers(question, read.hits[:n], read.nbests[:n],
+                            s.null_score_diff_threshold if threshold is None else threshold, s.top_k,
+                            read.windows[:n], s.scoring, s.retrieval_weight if retrieval_weight is None else retrieval_weight)
 
     def close(self) -> None:
         if self.index is not None:

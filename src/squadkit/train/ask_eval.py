@@ -171,7 +171,7 @@ def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev
     from ..calibration import NO_SPAN
     from ..decode import NBestEntry
     from ..errors import SquadkitError
-    from ..calibration.dev import fit_calibration
+    from ..calibrate import fit_calibration
     from ..predictions import SquadPredictions
 
     sp = SquadPredictions(predictions=abstaining(preds, odds, threshold))
@@ -179,7 +179,7 @@ def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev
         sp.nbest[ex.id] = [NBestEntry(preds[ex.id], 0.0, 0.0, window=0)] if preds[ex.id] else []
         sp.features[ex.id] = list(r.features) if r.features is not None else list(NO_SPAN)
     try:
-        calibration, _ = fit_calibration(dataset, sp, getattr(qa.model, "head_sha256", None),
+        calibration, _ = fit_calibration(dataset, sp, qa.model.head_sha256,
                                          f"ask on {Path(dev_path).name}")
     except SquadkitError as exc:
         warnings.warn(f"no ask calibrator saved: {exc}", stacklevel=2)

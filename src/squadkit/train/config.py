@@ -165,9 +165,9 @@ class TrainConfig:
         return WindowSettings("squad", self.max_seq_length, self.doc_stride, self.max_query_length)
 
     def decode_settings(self, threshold: float | None = None):
-        from ..predict import SquadDecodeSettings
+        from ..settings import AnswerSettings
 
-        return SquadDecodeSettings(
+        return AnswerSettings(mode="squad",
             max_seq_length=self.max_seq_length, doc_stride=self.doc_stride, max_query_length=self.max_query_length,
             n_best_size=self.n_best_size, max_answer_length=self.max_answer_length,
             null_score_diff_threshold=self.null_score_diff_threshold if threshold is None else threshold,

@@ -515,13 +515,15 @@ def evaluate(accelerator, model, tokenizer, dataset, decode, batch_size: int, sh
     Returns ``(results, predictions)`` on the main process and ``(None, None)`` elsewhere.
     """
     from ..backends.torch import TorchQAModel
+    from ..checkpoint import ModelSettings
+    from ..model import Model
     from ..predict import evaluate_predictions, predict_sharded
     from ..progress import ProgressLines
 
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
-    qa = TorchQAModel(net, tokenizer, getattr(net.config, "_name_or_path", ""), str(accelerator.device))
+    qa = Model(TorchQAModel(net, tokenizer, net.config._name_or_path, str(accelerator.device)), ModelSettings())
     shard_size = len(dataset.examples[accelerator.process_index :: accelerator.num_processes])
     progress = ProgressLines("evaluate", shard_size) if show_progress and accelerator.is_main_process else None
     try:
@@ -704,9 +706,9 @@ def _with_calibration(settings, net, eval_data, preds, predict_path):
     import dataclasses
     import warnings
 
-    from ..calibration import torch_head_fingerprint
+    from ..backends.torch import torch_head_fingerprint
     from ..errors import SquadkitError
-    from ..calibration.dev import fit_calibration
+    from ..calibrate import fit_calibration
 
     source = Path(predict_path).name if predict_path is not None else "dev data"
     try:

@@ -1,7 +1,7 @@
 """Calibrated confidence: features of an answer, the calibrator (fit, apply, save) and the abstain rule.
 
 This package is the one room for calibration: ``calibration`` (this module) holds the features,
-the calibrator and the abstain rule, which decoding uses; ``calibration.dev`` fits a calibrator on
+the calibrator and the abstain rule, which decoding uses; ``squadkit.calibrate`` fits a calibrator on
 a model's dev predictions (``squadkit calibrate``, ``train --do-eval``). How well confidences are
 calibrated (ECE, reliability, risk-coverage) is measured in ``metrics``, which this imports.
 
@@ -41,15 +41,14 @@ match is refused.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import SquadkitError
-from ..metrics import exact_match
+from .errors import SquadkitError
+from .metrics import exact_match
 
 CALIBRATION_FORMAT = "squadkit-calibration"
 CALIBRATION_VERSION = 1
@@ -239,43 +238,9 @@ def fit_calibrator(x: np.ndarray, right: np.ndarray, unanswerable: np.ndarray, w
                       weights_sha256, info)
 
 
-def calibrator_of(model) -> Calibrator | None:
-    """The calibrator saved in a loaded model's folder settings, or None; refuses (one line) a
-    calibrator fitted on other weights than the model's (``model.head_sha256``)."""
-    data = getattr(getattr(model, "settings", None), "calibration", None)
-    if data is None:
-        return None
-    check_fingerprint(model.settings, getattr(model, "head_sha256", None), getattr(model, "name_or_path", "model"))
-    return Calibrator.from_json(data)
-
-
 # ----------------------------------------------------------------------------------------------
 # the fingerprint of the weights a calibrator was fitted with
 # ----------------------------------------------------------------------------------------------
-
-
-def head_fingerprint_from_arrays(weight: np.ndarray, bias: np.ndarray | None) -> str:
-    """sha256 of the QA head: its weight as float32 (2, hidden), then its bias as float32 (2,)."""
-    w = np.asarray(weight, dtype=np.float32)
-    if w.ndim != 2:
-        raise ValueError("the QA head's weight must be a matrix")
-    if w.shape[0] != 2 and w.shape[1] == 2:
-        w = w.T
-    digest = hashlib.sha256(np.ascontiguousarray(w).tobytes())
-    if bias is not None:
-        digest.update(np.ascontiguousarray(np.asarray(bias, dtype=np.float32)).tobytes())
-    return digest.hexdigest()
-
-
-def torch_head_fingerprint(model) -> str | None:
-    """The fingerprint of a transformers QA model's head (``qa_outputs``), or None when it has none."""
-    params = dict(model.named_parameters())
-    weight = next((v for k, v in params.items() if k.endswith("qa_outputs.weight")), None)
-    bias = next((v for k, v in params.items() if k.endswith("qa_outputs.bias")), None)
-    if weight is None:
-        return None
-    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
-    return head_fingerprint_from_arrays(to_np(weight), to_np(bias) if bias is not None else None)
 
 
 def check_fingerprint(settings, fingerprint: str | None, name: str) -> None:

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import SquadkitError
-from ..metrics import calibration_report, correctness_of_final
-from ..predictions import SquadPredictions
-from . import MIN_QUESTIONS, calibration_targets, fit_calibrator
+from .calibration import MIN_QUESTIONS, calibration_targets, fit_calibrator
+from .errors import SquadkitError
+from .metrics import calibration_report, correctness_of_final
+from .predictions import SquadPredictions
 
 
 def calibration_data(dataset, preds: SquadPredictions):
@@ -125,15 +125,16 @@ def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = N
     folder's ``squadkit.json``; returns the report."""
     import dataclasses
 
-    from ..backends import check_backend, load_model
-    from ..checkpoint import write_settings
-    from ..data import load_squad
-    from ..predict import decode_settings_for, predict_squad
-    from ..progress import ProgressLines
-    from ..settings import check_options
+    from .backends import check_backend
+    from .checkpoint import write_settings
+    from .data import load_squad
+    from .model import load
+    from .predict import decode_settings_for, predict_squad
+    from .progress import ProgressLines
+    from .settings import given_options
 
     check_backend(backend)
-    check_options({"batch_size": batch_size}, "squad")
+    given = given_options({"batch_size": batch_size}, "squad")
     folder = Path(os.fspath(model)).expanduser()
     if not folder.is_dir():
         raise SquadkitError(f"{model}: calibrate needs a local model folder (it saves the calibrator there)",
@@ -145,20 +146,19 @@ def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = N
     if len(dataset.examples) < MIN_QUESTIONS:
         raise SquadkitError(f"too few questions to fit a calibrator: {len(dataset.examples)} (at least "
                             f"{MIN_QUESTIONS} are needed)", param="data")
-    qa_model = load_model(str(folder), backend=backend, device=device)
-    settings, in_force, notes = decode_settings_for(qa_model, dataset, batch_size=batch_size)
+    qa_model = load(str(folder), backend=backend, device=device, calibrators=False)  # it refits them
+    settings, notes = decode_settings_for(qa_model, dataset, given=given)
     for text in notes:
         if note is not None:
             note(text)
     progress = ProgressLines("calibrate", len(dataset.examples)) if show_progress else None
     try:
-        preds = predict_squad(qa_model, dataset.examples, settings, batch_size=in_force["batch_size"],
-                              progress=progress, calibrate=False)
+        preds = predict_squad(qa_model, dataset.examples, settings, progress=progress, calibrate=False)
     finally:
         if progress is not None:
             progress.close()
     source = Path(getattr(dataset, "path", None) or "data").name
-    calibration, report = fit_calibration(dataset, preds, getattr(qa_model, "head_sha256", None), source, cross_fit)
+    calibration, report = fit_calibration(dataset, preds, qa_model.head_sha256, source, cross_fit)
     path = write_settings(folder, dataclasses.replace(qa_model.settings, calibration=calibration))
     report["saved"] = str(path)
     return report
