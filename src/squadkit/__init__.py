@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("squadkit")
 
 from .errors import SquadkitError
 

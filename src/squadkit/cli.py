@@ -120,9 +120,9 @@ def with_settings(*names: str) -> Callable:
 
 def _show_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"squadkit {__version__}")
+        typer.echo(f"squadkit {version('squadkit')}")
         raise typer.Exit()
 
 

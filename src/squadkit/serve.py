@@ -770,9 +770,9 @@ async def _load_in_background(state: ServerState, model: Any) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import version
 
-    return __version__
+    return version("squadkit")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ import html.parser
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import SquadkitError
+from .types import Document, SkipFile  # noqa: F401 (their public home was here)
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ""}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -45,17 +46,6 @@ JSON_SUFFIXES = {".json"}
 PDF_SUFFIXES = {".pdf"}
 DOCX_SUFFIXES = {".docx"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES | JSON_SUFFIXES | PDF_SUFFIXES | DOCX_SUFFIXES
-DOCUMENTS_EXTRA = "pip install 'squadkit[documents]'"
-
-
-@dataclass
-class Document:
-    """One document: its name (unique in the index), the text offsets point into, and metadata."""
-
-    name: str
-    text: str
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,10 +54,6 @@ class Passage:
 
     start: int
     end: int
-
-
-class SkipFile(Exception):
-    """A file that cannot be indexed (binary, not UTF-8, unsupported): skipped and named in the summary."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import zipfile
 from typing import Iterator
 from xml.etree import ElementTree
 
-from .documents import DOCUMENTS_EXTRA, Document, SkipFile
+from .types import DOCUMENTS_EXTRA, Document, SkipFile
 
 _LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
                             "\ufb05": "st", "\ufb06": "st"})

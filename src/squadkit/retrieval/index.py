@@ -506,7 +506,7 @@ class IndexWriter:
             self.conn.execute("DELETE FROM meta WHERE key IN ('embedder', 'embedding_dim', 'ann_file')")
             old_embedder = None
         elif self.embedder is None and old_embedder:
-            from .search import SentenceEmbedder
+            from .embedder import SentenceEmbedder
 
             self.embedder = SentenceEmbedder(old_embedder)
         new_embedder = getattr(self.embedder, "name", None)
@@ -639,12 +639,12 @@ class IndexWriter:
 
     def commit(self) -> None:
         """SQLite and the engine, in the order the module docstring gives; then stale engine files go."""
-        from .. import __version__
+        from importlib.metadata import version
 
         self._flush_embeddings()
         if self.embed_missing:
             self.embed_all_missing()
-        meta = {"format": str(INDEX_FORMAT), "squadkit_version": __version__, "settings": self.settings.key(),
+        meta = {"format": str(INDEX_FORMAT), "squadkit_version": version("squadkit"), "settings": self.settings.key(),
                 "complete": "1", "updated": str(time.time()), "generation": str(self.generation),
                 "bm25_dir": self.engine_dir.name, "analyzer": engine.ANALYZER_RECIPE}
         if self.embedder is not None:
