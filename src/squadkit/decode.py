@@ -488,15 +488,20 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple
     return orig_ns_to_s[tok_s_to_ns[start]], orig_ns_to_s[tok_s_to_ns[end]] + 1
 
 
-def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool):
+def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
     """``text_of_span`` of squad mode: run_squad's text recovery, for any window.
 
     The span's tokens are turned back into a string and projected by ``get_final_text`` onto
     the whitespace words they came from, as run_squad did (so its answers, e.g. whole words
     with their punctuation where the projection fails, are reproduced). The words are found
     from the tokens' character offsets, which works for fast-tokenizer and legacy windows alike.
+    With ``whole_words`` a span that starts or ends inside a word of the context is widened to
+    the whole word(s) (``squadkit.words``), its text the context's, whitespace-joined as run_squad's.
     """
     from .features import whitespace_words
+    from .words import WordBounds
+
+    bounds = WordBounds.of(context) if whole_words else None
 
     words, word_starts, word_ends = whitespace_words(context)
     starts_arr = np.asarray(word_starts, dtype=np.int64)
@@ -518,6 +523,11 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool):
             joined_to_context.append(word_ends[w])  # the joining space
         char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
         char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+        if bounds is not None and char_end > char_start:
+            wide_start, wide_end = bounds.widen(np.array([char_start]), np.array([char_end]))
+            if (wide_start[0], wide_end[0]) != (char_start, char_end):
+                char_start, char_end = int(wide_start[0]), int(wide_end[0])
+                return " ".join(context[char_start:char_end].split()), char_start, char_end
         return orig_text[a:b], char_start, char_end
 
     return text_of_span
