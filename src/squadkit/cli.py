@@ -296,6 +296,14 @@ def note(text: str) -> None:
     typer.echo(f"note: {text}", err=True)
 
 
+def note_why_empty(answer: dict | None) -> None:
+    """One line on stderr when ``answer`` is empty: why, and what to pass to get the span (abstain.py)."""
+    from .abstain import Abstention
+
+    if answer and answer.get("abstained"):
+        note(Abstention(**answer["abstained"]).sentence())
+
+
 def print_json(obj, compact: bool = False) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False) if compact else json.dumps(obj, indent=2, ensure_ascii=False))
 
@@ -498,8 +506,11 @@ def answer(
         answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done, **settings)[0]
     finally:
         progress.close()
-    result = answers if in_force.values["top_k"] > 1 else (
-        answers[0] if answers else {"score": 0.0, "start": 0, "end": 0, "answer": ""})
+    from .pipeline import empty_answer, say_where_threshold_came_from
+
+    result = answers if in_force.values["top_k"] > 1 else (answers[0] if answers else empty_answer(in_force.values))
+    say_where_threshold_came_from([result], in_force)
+    note_why_empty(result[0] if isinstance(result, list) and result else result)
     if explain:
         result = {"answer": result, "settings": in_force.as_dict(), "model": qa.model.name_or_path,
                   "backend": qa.model.backend, **model_files(qa.model)}
@@ -855,7 +866,9 @@ def ask_cmd(
     top_k, min_confidence = settings.pop("top_k"), settings.pop("min_confidence")
     dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **settings)
     result = dqa.ask(question, top_k=top_k or 1, min_confidence=min_confidence)
-    print_json(result.to_dict(with_passages=show_passages))
+    out = result.to_dict(with_passages=show_passages)
+    note_why_empty(out)
+    print_json(out)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

@@ -184,7 +184,7 @@ def pipeline_answers(
 
     answers.sort(key=rank, reverse=True)
     if calibrator is None:
-        return answers[:top_k]
+        return say_why_empty(answers[:top_k], answers, null, null_score_diff_threshold)
     best_span = next((a for a in answers if a is not null), None)
     null_x = feats[id(best_span)][1] if best_span is not None else np.asarray(NO_SPAN)
     ranked = answers[: top_k + 1]  # enough for the abstain rule to replace one
@@ -194,7 +194,25 @@ def pipeline_answers(
         for a, c in zip(spans_, conf):
             a["confidence"] = float(c)
     null["confidence"] = float(calibrator.abstain_confidence(null_x)[0])
-    return apply_min_confidence(ranked, null, min_confidence)[:top_k]
+    return say_why_empty(apply_min_confidence(ranked, null, min_confidence)[:top_k], answers, null,
+                         null_score_diff_threshold, min_confidence)
+
+
+def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: float,
+                  min_confidence: float | None = None) -> list[dict]:
+    """``out``, its empty answer (when it ranks first) given ``abstained`` (``squadkit.abstain``): the best
+    span of ``ranked`` and its margin, log p_null - log p_span, the pipeline's form of run_squad's rule."""
+    from .abstain import why_empty
+
+    if out and out[0] is null:
+        best = next((a for a in ranked if a is not null), None)
+        margin = None
+        if best is not None and best["score"] > 0 and null["score"] > 0:
+            margin = math.log(null["score"]) - math.log(best["score"])
+        null["abstained"] = why_empty(None if best is None else best["answer"], margin, threshold,
+                                      confidence=None if best is None else best.get("confidence"),
+                                      min_confidence=min_confidence).to_dict()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

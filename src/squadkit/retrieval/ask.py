@@ -71,7 +71,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..checkpoint import check_ask_scoring
+from ..abstain import Abstention, why_empty
+from ..checkpoint import SETTINGS_FILE, check_ask_scoring
 from ..errors import SquadkitError
 from ..settings import check_options
 from .documents import page_at
@@ -121,6 +122,8 @@ class AskResult:
     scoring: str = "raw"  # "raw" (logit sums, min null) or "normalized" (log-probabilities over all passages)
     retrieval_weight: float = 0.0  # answers are ordered by score + this x their passage's z-scored retrieval score
     features: list[float] | None = field(default=None, repr=False)  # calibration features of the best span
+    threshold_from: str | None = None  # where ``threshold`` came from: argument, model folder or default
+    min_confidence: float | None = None  # the abstain rule's cut on the calibrated confidence, when given
 
     @property
     def answer(self) -> str:
@@ -147,7 +150,19 @@ class AskResult:
             out["retrieval_weight"] = self.retrieval_weight
         if with_passages:
             out["passages"] = [h.to_dict() for h in self.passages]
+        why = self.abstained
+        if why is not None:
+            out["abstained"] = why.to_dict()
         return out
+
+    @property
+    def abstained(self) -> "Abstention | None":
+        """Why the answer is "" (``squadkit.abstain``); None when there is an answer."""
+        if not self.no_answer and self.answers:
+            return None
+        best = self.answers[0] if self.answers else None
+        return why_empty(best.answer if best else None, self.null_margin, self.threshold, self.threshold_from,
+                         best.confidence if best else None, self.min_confidence)
 
 
 def _calibrate(result: AskResult, calibrator, x, min_confidence: float | None) -> None:
@@ -373,6 +388,17 @@ class DocumentQA:
                           f"single-passage threshold, as before", AskNote, stacklevel=3)
 
     @property
+    def threshold_from(self) -> str:
+        """Where this reader's threshold came from (``_choose_rule``): as ``SettingsInForce.sources`` says."""
+        source = self.in_force.sources["null_score_diff_threshold"]
+        if source == "argument" or self.ask_fitted:
+            return source
+        single = getattr(getattr(self.model, "settings", None), "null_score_diff_threshold", None)
+        if self.scoring == "raw" and single is not None:
+            return f"model folder ({SETTINGS_FILE}: null_score_diff_threshold)"
+        return "default"
+
+    @property
     def normalized(self) -> bool:
         """Whether this reader ranks on passage-normalised scores (``scoring == "normalized"``)."""
         return self.scoring == "normalized"
@@ -402,6 +428,8 @@ class DocumentQA:
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, k))):
             result = self.rank(q, read, top_k=top_k, threshold=threshold, retrieval_weight=weight)
+            result.threshold_from = "argument" if threshold is not None else self.threshold_from
+            result.min_confidence = min_confidence
             if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
                 best = result.answers[0] if result.answers else None
                 x = read.features.get(f"{i}:{best.retrieval_rank - 1}") if single and best else result.features
