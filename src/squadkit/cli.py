@@ -477,7 +477,7 @@ def _read_context(context: Optional[str], context_file: Optional[Path]) -> str:
 
 @command()
 @with_settings("top_k", "handle_impossible_answer", "null_score_diff_threshold", "max_answer_length", "max_seq_length",
-               "doc_stride", "max_query_length", "batch_size", "min_confidence")
+               "doc_stride", "max_query_length", "batch_size", "min_confidence", "align_to_words")
 def answer(
     settings: dict,
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
@@ -829,7 +829,8 @@ def index_cmd(
 def search_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     query: str = typer.Argument(..., metavar="QUERY"),
-    k: Optional[int] = setting_option("k"),
+    k: Optional[int] = typer.Option(None, "--k", "-k", show_default=False,
+                                    help=f"How many passages to return (1-{D.MAX_PASSAGES}). [default: {D.ASK_PASSAGES}]"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
     """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
@@ -843,7 +844,7 @@ def search_cmd(
 
 @command("ask", no_args_is_help=True)
 @with_settings("k", "top_k", "null_score_diff_threshold", "retrieval_weight", "max_answer_length", "max_seq_length",
-               "doc_stride", "max_query_length", "batch_size", "min_confidence")
+               "doc_stride", "max_query_length", "batch_size", "min_confidence", "n_best_size", "do_lower_case")
 def ask_cmd(
     settings: dict,
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),

@@ -677,6 +677,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, errors = _validation_summary(list(exc.errors()))
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):  # not JSON text: 400, as documented
+            return error_response(400, "body: cannot be read as JSON text (send UTF-8 JSON)", detail=errors)
         return error_response(422, message, detail=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -383,9 +383,9 @@ class DocumentQA:
         name = str(getattr(self.model, "name_or_path", "") or id(self.model))
         if fitted is None and scoring is None and name not in _NOTED:
             _NOTED.add(name)
-            warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
-                          f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
-                          f"single-passage threshold, as before", AskNote, stacklevel=3)
+            warnings.warn(f"{name or 'the model'} has no ask rule (ask_threshold): squadkit train learns one only with "
+                          f"--passage-negatives or --shared-norm and --do-eval; ask ranks raw span scores and "
+                          f"abstains on the single-passage threshold", AskNote, stacklevel=3)
 
     @property
     def threshold_from(self) -> str:
