@@ -341,7 +341,7 @@ def test_a_folder_without_ask_threshold_answers_as_before_and_says_so_once(colle
 
     model = _with_settings(tiny_bert, tmp_path / "old", null_score_diff_threshold=0.25)
     importlib.import_module("squadkit.retrieval.ask")._NOTED.discard(str(model))
-    with pytest.warns(AskNote, match="has no ask_threshold"):
+    with pytest.warns(AskNote, match="has no ask rule .*only with --passage-negatives or --shared-norm and --do-eval"):
         dqa = DocumentQA(collection, model=str(model))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second reader of the same folder says nothing
@@ -351,6 +351,8 @@ def test_a_folder_without_ask_threshold_answers_as_before_and_says_so_once(colle
     result = dqa.ask(q, k=3, top_k=3)
     read = dqa.read([q], 3)[0]
     today = rank_answers(q, read.hits, read.nbests, 0.25, 3)  # the first rule: raw logit sums, min null
+    assert dqa.threshold_from == "model folder (squadkit.json: null_score_diff_threshold)"
+    today.threshold_from = result.threshold_from
     assert result.scoring == "raw" and "scoring" not in result.to_dict()
     assert result.to_dict() == today.to_dict()
     assert result.null_score == min(e.start_logit + e.end_logit for nb in read.nbests for e in nb if e.text == "")

@@ -296,6 +296,14 @@ def note(text: str) -> None:
     typer.echo(f"note: {text}", err=True)
 
 
+def note_why_empty(answer: dict | None) -> None:
+    """One line on stderr when ``answer`` is empty: why, and what to pass to get the span (abstain.py)."""
+    from .abstain import Abstention
+
+    if answer and answer.get("abstained"):
+        note(Abstention(**answer["abstained"]).sentence())
+
+
 def print_json(obj, compact: bool = False) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False) if compact else json.dumps(obj, indent=2, ensure_ascii=False))
 
@@ -467,7 +475,7 @@ def _read_context(context: Optional[str], context_file: Optional[Path]) -> str:
 
 @command()
 @with_settings("top_k", "handle_impossible_answer", "null_score_diff_threshold", "max_answer_length", "max_seq_length",
-               "doc_stride", "max_query_length", "batch_size", "min_confidence")
+               "doc_stride", "max_query_length", "batch_size", "min_confidence", "align_to_words")
 def answer(
     settings: dict,
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
@@ -496,8 +504,11 @@ def answer(
         answers = qa.answer_pairs([(question, text)], window_progress=progress.set_done)[0]
     finally:
         progress.close()
-    result = answers if in_force.values["top_k"] > 1 else (
-        answers[0] if answers else {"score": 0.0, "start": 0, "end": 0, "answer": ""})
+    from .pipeline import empty_answer, say_where_threshold_came_from
+
+    result = answers if in_force.values["top_k"] > 1 else (answers[0] if answers else empty_answer(in_force))
+    say_where_threshold_came_from([result], in_force)
+    note_why_empty(result[0] if isinstance(result, list) and result else result)
     if explain:
         result = {"answer": result, "settings": in_force.as_dict(), "model": qa.model.name_or_path,
                   "backend": qa.model.backend, **model_files(qa.model)}
@@ -506,7 +517,8 @@ def answer(
 
 @command()
 @with_settings("batch_size", "null_score_diff_threshold", "n_best_size", "max_answer_length", "max_seq_length",
-               "doc_stride", "max_query_length", "legacy", "do_lower_case", "version_2_with_negative", "min_confidence")
+               "doc_stride", "max_query_length", "legacy", "do_lower_case", "version_2_with_negative", "min_confidence",
+               "whole_words")
 def predict(
     settings: dict,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
@@ -816,7 +828,8 @@ def index_cmd(
 def search_cmd(
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
     query: str = typer.Argument(..., metavar="QUERY"),
-    k: Optional[int] = setting_option("k"),
+    k: Optional[int] = typer.Option(None, "--k", "-k", show_default=False,
+                                    help=f"How many passages to return (1-{D.MAX_PASSAGES}). [default: {D.ASK_PASSAGES}]"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
     """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
@@ -829,8 +842,9 @@ def search_cmd(
 
 
 @command("ask", no_args_is_help=True)
-@with_settings("k", "top_k", "null_score_diff_threshold", "scoring", "retrieval_weight", "max_answer_length", "max_seq_length",
-               "doc_stride", "max_query_length", "batch_size", "min_confidence")
+@with_settings("k", "top_k", "null_score_diff_threshold", "scoring", "retrieval_weight", "max_answer_length",
+               "max_seq_length", "doc_stride", "max_query_length", "batch_size", "min_confidence", "n_best_size",
+               "do_lower_case", "whole_words")
 def ask_cmd(
     settings: dict,
     index: Path = typer.Argument(..., metavar="INDEX", help="An index built by squadkit index."),
@@ -847,8 +861,9 @@ def ask_cmd(
 
     # the settings are checked once, then the index opens, then the model loads
     dqa = DocumentQA(index, model, retriever=retriever, backend=backend, device=device, **settings)
-    result = dqa.ask(question)
-    print_json(result.to_dict(with_passages=show_passages))
+    out = dqa.ask(question).to_dict(with_passages=show_passages)
+    note_why_empty(out)
+    print_json(out)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:

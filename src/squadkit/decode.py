@@ -184,7 +184,7 @@ def pipeline_answers(
 
     answers.sort(key=rank, reverse=True)
     if calibrator is None:
-        return answers[:top_k]
+        return say_why_empty(answers[:top_k], answers, null, null_score_diff_threshold)
     best_span = next((a for a in answers if a is not null), None)
     null_x = feats[id(best_span)][1] if best_span is not None else np.asarray(NO_SPAN)
     ranked = answers[: top_k + 1]  # enough for the abstain rule to replace one
@@ -194,7 +194,25 @@ def pipeline_answers(
         for a, c in zip(spans_, conf):
             a["confidence"] = float(c)
     null["confidence"] = float(calibrator.abstain_confidence(null_x)[0])
-    return apply_min_confidence(ranked, null, min_confidence)[:top_k]
+    return say_why_empty(apply_min_confidence(ranked, null, min_confidence)[:top_k], answers, null,
+                         null_score_diff_threshold, min_confidence)
+
+
+def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: float,
+                  min_confidence: float | None = None) -> list[dict]:
+    """``out``, its empty answer (when it ranks first) given ``abstained`` (``squadkit.abstain``): the best
+    span of ``ranked`` and its margin, log p_null - log p_span, the pipeline's form of run_squad's rule."""
+    from .abstain import why_empty
+
+    if out and out[0] is null:
+        best = next((a for a in ranked if a is not null), None)
+        margin = None
+        if best is not None and best["score"] > 0 and null["score"] > 0:
+            margin = math.log(null["score"]) - math.log(best["score"])
+        null["abstained"] = why_empty(None if best is None else best["answer"], margin, threshold,
+                                      confidence=None if best is None else best.get("confidence"),
+                                      min_confidence=min_confidence).to_dict()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,15 +506,20 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple
     return orig_ns_to_s[tok_s_to_ns[start]], orig_ns_to_s[tok_s_to_ns[end]] + 1
 
 
-def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool):
+def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
     """``text_of_span`` of squad mode: run_squad's text recovery, for any window.
 
     The span's tokens are turned back into a string and projected by ``get_final_text`` onto
     the whitespace words they came from, as run_squad did (so its answers, e.g. whole words
     with their punctuation where the projection fails, are reproduced). The words are found
     from the tokens' character offsets, which works for fast-tokenizer and legacy windows alike.
+    With ``whole_words`` a span that starts or ends inside a word of the context is widened to
+    the whole word(s) (``squadkit.words``), its text the context's, whitespace-joined as run_squad's.
     """
     from .features import whitespace_words
+    from .words import WordBounds
+
+    bounds = WordBounds.of(context) if whole_words else None
 
     words, word_starts, word_ends = whitespace_words(context)
     starts_arr = np.asarray(word_starts, dtype=np.int64)
@@ -518,6 +541,11 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool):
             joined_to_context.append(word_ends[w])  # the joining space
         char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
         char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+        if bounds is not None and char_end > char_start:
+            wide_start, wide_end = bounds.widen(np.array([char_start]), np.array([char_end]))
+            if (wide_start[0], wide_end[0]) != (char_start, char_end):
+                char_start, char_end = int(wide_start[0]), int(wide_end[0])
+                return " ".join(context[char_start:char_end].split()), char_start, char_end
         return orig_text[a:b], char_start, char_end
 
     return text_of_span

@@ -148,7 +148,8 @@ class QuestionAnswerer:
         in_force = self.settings_in_force(**options)
         results = self._answer(pairs, in_force)
         if in_force.top_k == 1:
-            results = [r[0] if r else {"score": 0.0, "start": 0, "end": 0, "answer": ""} for r in results]
+            results = [r[0] if r else empty_answer(in_force) for r in results]
+        say_where_threshold_came_from(results, in_force)
         return results[0] if single else results
 
     def answer_pairs(self, pairs: Iterable[tuple[str, str]], *, chunk_size: int = 256, progress=None,
@@ -159,7 +160,9 @@ class QuestionAnswerer:
         called with the number of pairs finished after each chunk, ``window_progress(done, total)``
         after each batch of windows (see ``engine.score_pairs``).
         """
-        return self._answer(pairs, self.settings_in_force(**options), chunk_size, progress, window_progress)
+        settings = self.settings_in_force(**options)
+        return say_where_threshold_came_from(self._answer(pairs, settings, chunk_size, progress, window_progress),
+                                             settings)
 
     def _answer(self, pairs: Iterable[tuple[str, str]], o: AnswerSettings, chunk_size: int = 256, progress=None,
                 window_progress=None) -> list[list[dict]]:
@@ -187,6 +190,24 @@ class QuestionAnswerer:
             for item in score_pairs(self.model, questions, contexts, o.window_settings(), reduce, o.batch_size,
                                     chunk_size, progress, window_progress)
         ]
+
+
+def empty_answer(in_force: AnswerSettings) -> dict:
+    """The answer when no span was found at all (top_k 1): "" with why (``abstained``, reason no_span)."""
+    from .abstain import why_empty
+
+    why = why_empty(None, None, in_force["null_score_diff_threshold"])
+    return {"score": 0.0, "start": 0, "end": 0, "answer": "", "abstained": why.to_dict()}
+
+
+def say_where_threshold_came_from(results: list, settings: AnswerSettings) -> list:
+    """Each empty answer's ``abstained`` gets ``threshold_from``: where the threshold in force came from."""
+    source = settings.sources.get("null_score_diff_threshold")
+    for result in results:
+        for answer in result if isinstance(result, list) else [result]:
+            if "abstained" in answer:
+                answer["abstained"]["threshold_from"] = source
+    return results
 
 
 def pipeline(task: str = "question-answering", model: Any = None, tokenizer: Any = None, **kwargs) -> QuestionAnswerer:

@@ -101,7 +101,8 @@ def predict_squad(
     for item in score_pairs(model, questions, contexts, settings.window_settings(), reduce, batch_size, chunk_size,
                             progress):
         example = examples[item.index]
-        text_of_span = squad_text_recoverer(model.tokenizer, example.context, settings.do_lower_case)
+        text_of_span = squad_text_recoverer(model.tokenizer, example.context, settings.do_lower_case,
+                                            whole_words=settings.whole_words and not legacy)
         out.add(example.id, squad_prediction(
             item.windows, item.reduced, text_of_span, n_best_size=settings.n_best_size,
             max_answer_length=settings.max_answer_length, version_2_with_negative=settings.version_2_with_negative,

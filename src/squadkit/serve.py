@@ -299,6 +299,19 @@ class NotReadyBody(ErrorBody):
 # ---------------------------------------------------------------------------------------------
 
 
+class Abstained(BaseModel):
+    """Why the answer is "" (squadkit.abstain): null_score_above_threshold, min_confidence or no_span; the
+    best span rejected and its margin (no-answer score minus its score), the threshold and where it came from."""
+
+    reason: str
+    best_span: Optional[str] = None
+    margin: Optional[float] = None
+    threshold: float
+    threshold_from: Optional[str] = None
+    confidence: Optional[float] = None
+    min_confidence: Optional[float] = None
+
+
 class Answer(BaseModel):
     """One answer span, as the pipeline gives it; ``answer == ""`` with ``start == end`` means no answer."""
 
@@ -309,6 +322,7 @@ class Answer(BaseModel):
     # with a calibrated model (squadkit calibrate): the probability that this answer is an exact match
     # (for "": that the question has no answer); absent otherwise
     confidence: Optional[float] = None
+    abstained: Optional[Abstained] = None  # with answer "": why
 
 
 @dataclass(frozen=True)
@@ -663,6 +677,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, errors = _validation_summary(list(exc.errors()))
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):  # not JSON text: 400, as documented
+            return error_response(400, "body: cannot be read as JSON text (send UTF-8 JSON)", detail=errors)
         return error_response(422, message, detail=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -197,6 +197,9 @@ SETTINGS: tuple[Setting, ...] = (
             {m: ("do_lower_case",) for m in ALL_SQUAD}),
     Setting("legacy", "Windows and answer texts exactly as run_squad built them.",
             {"squad": _const(False)}, "off", _flag),
+    Setting("whole_words", "Widen an answer that starts or ends inside a word of the context (letters and digits) "
+            "to the whole word(s); never with legacy (run_squad's texts).", {m: _const(True) for m in ALL_SQUAD},
+            "on", _flag),
     Setting("align_to_words", "Widen answers to whole words (transformers' pipeline).",
             {"pipeline": _const(True)}, "on", _flag),
     Setting("min_confidence", "Answer \"\" unless the calibrated confidence is at least this (a calibrated model).",
@@ -296,6 +299,7 @@ class AnswerSettings:
     do_lower_case: bool = False
     legacy: bool = False
     align_to_words: bool = True
+    whole_words: bool = True
     min_confidence: float | None = None
     batch_size: int = defaults.CPU_BATCH_SIZE
     scoring: str = "raw"

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from ..abstain import Abstention, why_empty
 from ..checkpoint import check_ask_scoring
 from ..errors import SquadkitError
 from ..settings import AnswerSettings, given_options, resolve
@@ -69,6 +70,8 @@ class AskResult:
     scoring: str = "raw"  # "raw" (logit sums, min null) or "normalized" (log-probabilities over all passages)
     retrieval_weight: float = 0.0  # answers are ordered by score + this x their passage's z-scored retrieval score
     features: list[float] | None = field(default=None, repr=False)  # calibration features of the best span
+    threshold_from: str | None = None  # where ``threshold`` came from: argument, model folder or default
+    min_confidence: float | None = None  # the abstain rule's cut on the calibrated confidence, when given
 
     @property
     def answer(self) -> str:
@@ -95,7 +98,19 @@ class AskResult:
             out["retrieval_weight"] = self.retrieval_weight
         if with_passages:
             out["passages"] = [h.to_dict() for h in self.passages]
+        why = self.abstained
+        if why is not None:
+            out["abstained"] = why.to_dict()
         return out
+
+    @property
+    def abstained(self) -> "Abstention | None":
+        """Why the answer is "" (``squadkit.abstain``); None when there is an answer."""
+        if not self.no_answer and self.answers:
+            return None
+        best = self.answers[0] if self.answers else None
+        return why_empty(best.answer if best else None, self.null_margin, self.threshold, self.threshold_from,
+                         best.confidence if best else None, self.min_confidence)
 
 
 def _calibrate(result: AskResult, calibrator, x, min_confidence: float | None) -> None:
@@ -276,9 +291,14 @@ class DocumentQA:
         name = str(self.model.name_or_path or id(self.model))
         if self.settings.sources["scoring"] == "default" and name not in _NOTED:
             _NOTED.add(name)
-            warnings.warn(f"{name or 'the model'} has no ask_threshold (trained before squadkit train --shared-norm "
-                          f"/ --passage-negatives learned one): ask ranks raw span scores and abstains on the "
-                          f"single-passage threshold, as before", AskNote, stacklevel=3)
+            warnings.warn(f"{name or 'the model'} has no ask rule (ask_threshold): squadkit train learns one only with "
+                          f"--passage-negatives or --shared-norm and --do-eval; ask ranks raw span scores and "
+                          f"abstains on the single-passage threshold", AskNote, stacklevel=3)
+
+    @property
+    def threshold_from(self) -> str:
+        """Where this reader's threshold came from (argument, model folder or default)."""
+        return self.settings.sources["null_score_diff_threshold"]
 
     # the settings in force, by their old attribute names
     @property
@@ -326,6 +346,8 @@ class DocumentQA:
         results = []
         for i, (q, read) in enumerate(zip(questions, self.read(questions, settings.k, settings))):
             result = self.rank(q, read, settings=settings)
+            result.threshold_from = settings.sources["null_score_diff_threshold"]
+            result.min_confidence = settings.min_confidence
             if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
                 best = result.answers[0] if result.answers else None
                 single = settings.calibrator == "single"

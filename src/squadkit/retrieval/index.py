@@ -228,6 +228,13 @@ class DocumentRecord:
         return {"id": self.id, "name": self.name, "title": self.title, "text": self.text,
                 "metadata": self.metadata, "pages": pages}
 
+    def __getitem__(self, key: str):
+        """``record["text"]``: the record read as its ``to_dict()`` (the JSON of GET /v1/documents/{id})."""
+        return self.to_dict()[key]
+
+    def keys(self):
+        return self.to_dict().keys()
+
 
 class Index:
     """A read handle on an index (safe to share between threads: calls are serialised).

@@ -34,6 +34,7 @@ ASK_OVERLAP = 32
 RETRIEVAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the grid ask_retrieval_weight is chosen from
 NO_SPAN_ODDS = 1e9  # the no-answer odds of a question with no span (or no null score): abstain at any threshold
 ASK_CHECK_KS = (1, 3, 5, 10)  # the rule must hold reading these many passages too (those below ask_k)
+ASK_MIN_AUC = 0.6  # below this answerable-vs-unanswerable AUC the fit is refused (as train's note on the dev AUC)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class AskFit:
     calibration: dict | None = None
     scoring: str = "normalized"
     retrieval_weight: float = 0.0
+    refused: str | None = None  # why the fit is not saved (the folder keeps the single-passage rule)
 
 
 @dataclass
@@ -112,6 +114,20 @@ def score_at(dataset, preds: dict, odds: dict, threshold: float) -> dict:
     return dict(evaluate(dataset, abstaining(preds, odds, threshold), report_missing=None))
 
 
+def refuse_at_chance(dataset, odds: dict, threshold: float, rule: str) -> tuple[float, str | None]:
+    """The answerable-vs-unanswerable AUC of ``odds`` (ask's no-answer margins) and, below ASK_MIN_AUC,
+    one line saying the fit is refused: its best-F1 threshold would abstain on nearly everything held out."""
+    from ..metrics import no_answer_auc
+
+    auc = float(no_answer_auc(dataset, odds))
+    if not auc < ASK_MIN_AUC:  # also NaN: one kind of question only, nothing to refuse on
+        return auc, None
+    answered = 100.0 * sum(odds[e.id] <= threshold for e in dataset.examples) / max(len(dataset.examples), 1)
+    return auc, (f"ask's no-answer score ({rule} rule) tells answerable from unanswerable dev questions no better "
+                 f"than chance (AUC {auc:.2f} < {ASK_MIN_AUC}; its threshold {threshold:.2f} answers {answered:.1f}%): "
+                 f"no ask threshold saved, ask keeps the single-passage rule (raw scores, null_score_diff_threshold)")
+
+
 def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, batch_size: int | None = None,
             device: str | None = None, index_path: Path | None = None) -> AskFit:
     """Ask every dev question of ``dev_path`` over its + ``train_path``'s paragraphs; the best-F1 threshold."""
@@ -161,7 +177,11 @@ def fit_ask(model_dir: Path, dev_path: Path, train_path: Path | None, k: int, ba
                                         "mean_f1_by_scoring": {rule: f.mean_f1 for rule, f in fits.items()},
                                         "span_f1_by_retrieval_weight": {str(w): f for w, f in span_f1.items()}},
                  scoring=scoring, retrieval_weight=weight)
-    fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
+    fit.results["answerable_auc"], fit.refused = refuse_at_chance(dataset, odds, threshold, rule_name)
+    if fit.refused is None:
+        fit.calibration = _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold, dev_path)
+    else:
+        fit.results["refused"] = fit.refused
     return fit
 
 

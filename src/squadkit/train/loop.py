@@ -730,10 +730,13 @@ def _with_ask_threshold(config, settings, output_dir: Path, predict_path, train_
     start = time.perf_counter()
     fit = fit_ask(output_dir, predict_path, train_path, config.ask_k, batch_size=config.per_gpu_eval_batch_size,
                   device=str(accelerator.device))
-    settings = dataclasses.replace(settings, ask_threshold=fit.threshold, ask_k=fit.k, ask_threshold_from=fit.source,
-                                   ask_calibration=fit.calibration, ask_scoring=fit.scoring,
-                                   ask_retrieval_weight=fit.retrieval_weight)
-    write_settings(output_dir, settings)
+    if fit.refused is not None:
+        warn_main(accelerator, fit.refused)
+    else:
+        settings = dataclasses.replace(settings, ask_threshold=fit.threshold, ask_k=fit.k, ask_threshold_from=fit.source,
+                                       ask_calibration=fit.calibration, ask_scoring=fit.scoring,
+                                       ask_retrieval_weight=fit.retrieval_weight)
+        write_settings(output_dir, settings)
     atomic_write_json(output_dir / ASK_EVAL_FILE, {**fit.results, "seconds": round(time.perf_counter() - start, 1)})
     with open(output_dir / LOG_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"event": "ask_threshold", **fit.results}) + "\n")
