@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -194,6 +195,9 @@ def test_predict_writes_run_squad_files_and_scores(tiny_bert, tmp_path):
                 assert CONTEXT[e["start"] : e["end"]] == e["text"]
         # "" is predicted exactly when the null odds exceed the threshold 0.0
         assert (predictions[qid] == "") == (null_odds[qid] > 0.0)
+    null_probs = json.loads((out / "null_probs.json").read_text())  # the probabilities evaluate -n expects
+    assert list(null_probs) == list(null_odds)
+    assert all(null_probs[q] == pytest.approx(1 / (1 + math.exp(-null_odds[q]))) for q in null_odds)
     results = json.loads((out / "eval_results.json").read_text())
     assert results["total"] == 3 and results["HasAns_total"] == 2 and results["NoAns_total"] == 1
     assert "best_f1_thresh" in results

@@ -70,6 +70,36 @@ def test_na_prob_threshold_and_best_keys(files):
     assert all(other[k] == out[k] for k in BEST_KEYS)
 
 
+def test_null_odds_get_a_note_and_a_probability_reading(files, tmp_path):
+    """Null odds (logit differences) given to -n: the official numbers as given, plus one line saying
+    that -t thresholds them as they are; --na-prob-logits (a sigmoid) keeps the headline of no -n."""
+    import math
+
+    na = json.loads(files["na"].read_text())
+    odds = {q: (v - 0.5) * 12.0 for q, v in na.items()}  # like null_odds.json: about -6 to +6
+    (tmp_path / "odds.json").write_text(json.dumps(odds))
+    plain = json.loads(run(files["data"], files["preds"]).stdout)
+    result = run(files["data"], files["preds"], "-n", tmp_path / "odds.json")
+    assert result.exit_code == 0, result.stderr
+    as_given = json.loads(result.stdout)
+    dataset = __import__("squadkit.data").data.load_squad(files["data"])
+    assert as_given == evaluate(dataset, load_predictions(files["preds"]), odds, 1.0, report_missing=None)
+    assert as_given["exact"] != plain["exact"]  # thresholded at 1.0 as given: the headline moves
+    notes = [line for line in result.stderr.splitlines() if "outside 0..1" in line]
+    above = sum(v > 1.0 for v in odds.values())
+    assert len(notes) == 1 and "-t 1 " in notes[0] and f"{above} of 626" in notes[0]
+    assert "null_probs.json" in notes[0] and "--na-prob-logits" in notes[0]
+    result = run(files["data"], files["preds"], "-n", tmp_path / "odds.json", "--na-prob-logits")
+    assert result.exit_code == 0 and "outside 0..1" not in result.stderr
+    probs = json.loads(result.stdout)
+    assert {k: probs[k] for k in V2_KEYS} == plain  # probabilities never reach -t 1.0
+    for key in ("best_exact", "best_f1"):
+        assert probs[key] == as_given[key]  # the sigmoid keeps the order
+        thresh = as_given[key + "_thresh"]
+        assert probs[key + "_thresh"] == pytest.approx(1 / (1 + math.exp(-thresh)))
+    assert "outside 0..1" not in run(files["data"], files["preds"], "-n", files["na"]).stderr  # probabilities
+
+
 def test_out_file_is_compact(files, tmp_path):
     target = tmp_path / "sub" / "eval.json"
     result = run(files["data"], files["preds"], "-n", files["na"], "-o", target)

@@ -323,8 +323,9 @@ def test_crash_during_the_first_build_is_never_read_as_an_index(tmp_path):
     _crash_index(folder, idx, after_docs=5)
     result = runner.invoke(app, ["search", str(idx), "paris"])
     assert result.exit_code == 2
-    assert result.output.strip().count("\n") == 0 and "not a squadkit index" in result.output
-    assert build_index([folder], idx).files_added == 10  # a fresh build over it works
+    assert result.output.strip().count("\n") == 0 and "first build that never finished" in result.output
+    assert f"squadkit index PATH... --output {idx}" in result.output and "--rebuild" not in result.output
+    assert build_index([folder], idx).files_added == 10  # the plain re-run the message gives works
     assert len(search(idx, "paris", k=20)) == 10
 
 

@@ -361,9 +361,13 @@ def evaluate_cmd(
     data_file: Path = typer.Argument(..., metavar="DATA", help="SQuAD v1.1 / v2.0 data file (e.g. dev-v2.0.json)."),
     pred_file: Path = typer.Argument(..., metavar="PREDS", help="Predictions: a JSON object of question id to answer text."),
     na_prob_file: Optional[Path] = typer.Option(
-        None, "--na-prob-file", "-n", metavar="FILE", help="Model estimates of the probability of no answer (id -> number)."),
+        None, "--na-prob-file", "-n", metavar="FILE", help="Model estimates of the probability of no answer (id -> number; predict's null_probs.json)."),
     na_prob_thresh: float = typer.Option(
         1.0, "--na-prob-thresh", "-t", metavar="X", help='Predict "" where the no-answer probability is strictly above X (with --na-prob-file).'),
+    na_prob_logits: bool = typer.Option(
+        False, "--na-prob-logits",
+        help="The --na-prob-file holds null odds (logit differences, as predict's null_odds.json and run_squad's): "
+             "score their sigmoid, a probability (the same best_* scores; -t then in probability units)."),
     out_file: Optional[Path] = typer.Option(
         None, "--output", "-o", metavar="FILE",
         help="Write the metrics here as compact JSON (default: indented JSON on stdout; the official script's --out-file)."),
@@ -411,7 +415,7 @@ def evaluate_cmd(
 
     start = time.perf_counter()
     out = metrics.evaluate_files(data_file, pred_file, na_prob_file, na_prob_thresh, best_always, out_image_dir,
-                                 report_missing=report_missing, report_note=note)
+                                 report_missing=report_missing, report_note=note, na_prob_logits=na_prob_logits)
     if confidence_file is not None:
         out["confidence"] = _confidence_report(data_file, pred_file, confidence_file, cutoffs, confidence_images)
     if compare_file is not None:
@@ -523,7 +527,7 @@ def predict(
     settings: dict,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP, show_default=False),
     data: Path = typer.Option(..., "--data", "-d", help="SQuAD file (nested v1.1/v2.0 JSON, or flat JSON/JSONL)."),
-    output_dir: Path = typer.Option(..., "--output", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json."),
+    output_dir: Path = typer.Option(..., "--output", "-o", help="Folder for predictions.json, nbest_predictions.json, null_odds.json, null_probs.json."),
     backend: str = typer.Option("auto", help="torch, onnx, or auto (ONNX for an exported folder)."),
     ignore_saved_threshold: bool = typer.Option(False, "--ignore-saved-threshold/--use-saved-threshold", help="Use 0.0 rather than the threshold saved beside the model."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),

@@ -56,6 +56,8 @@ __all__ = [
     "evaluate",
     "load_predictions",
     "load_na_probs",
+    "null_probabilities",
+    "na_prob_scale_note",
     "evaluate_files",
     "paired_bootstrap",
     "roc_auc",
@@ -602,6 +604,9 @@ def evaluate(
         na_probs = {k: 0.0 for k in predictions}
     else:
         _check_na_probs(na_probs, exact_raw, na_prob_name)
+        scale_note = na_prob_scale_note({q: na_probs[q] for q in exact_raw}, na_prob_thresh, na_prob_name)
+        if scale_note and report_note is not None:
+            report_note(scale_note)
 
     exact_thresh = apply_no_ans_threshold(exact_raw, na_probs, qid_to_has_ans, na_prob_thresh)
     f1_thresh = apply_no_ans_threshold(f1_raw, na_probs, qid_to_has_ans, na_prob_thresh)
@@ -658,6 +663,30 @@ def load_na_probs(path: Union[str, os.PathLike]) -> dict[str, float]:
     return obj
 
 
+def null_probabilities(null_odds: Mapping[str, float]) -> dict[str, float]:
+    """Null odds (null score minus the best span's, a logit difference) as the null's probability
+    against the best span: the logistic sigmoid, same keys and order. Monotone, so the official
+    ``best_*`` scores and precision-recall curves are those of the odds; only thresholds change scale
+    (a null-odds threshold ``t`` is probability ``sigmoid(t)``)."""
+    qids = list(null_odds)
+    x = np.fromiter((float(null_odds[q]) for q in qids), dtype=np.float64, count=len(qids))
+    probs = np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + exp(-x)) without overflow
+    return {q: float(v) for q, v in zip(qids, probs)}
+
+
+def na_prob_scale_note(na_probs: Mapping[str, float], na_prob_thresh: float, name: str) -> Optional[str]:
+    """One line when ``na_probs`` are not probabilities (a value outside 0..1, e.g. null odds): the
+    official script thresholds them at ``-t`` as given, which changes exact/f1; None otherwise."""
+    values = [float(v) for v in na_probs.values()]
+    if not values or all(0.0 <= v <= 1.0 for v in values):
+        return None
+    above = sum(v > na_prob_thresh for v in values)
+    return (f"{name}: values are outside 0..1 ({min(values):g} to {max(values):g}: null odds are logit differences, "
+            f"not probabilities); the official script thresholds them at -t {na_prob_thresh:g} as given, so exact/f1 "
+            f"count {above} of {len(values)} questions as abstaining; for probabilities use predict's null_probs.json "
+            f"or --na-prob-logits (a sigmoid; the same best_* scores)")
+
+
 def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
              float: "a number", type(None): "null"}
@@ -673,13 +702,18 @@ def evaluate_files(
     out_image_dir: Optional[Union[str, os.PathLike]] = None,
     report_missing: Optional[Callable[[str], None]] = print,
     report_note: Optional[Callable[[str], None]] = None,
+    na_prob_logits: bool = False,
 ) -> "OrderedDict[str, Any]":
-    """:func:`evaluate` on files, as the official script's ``main``: errors name the file at fault."""
+    """:func:`evaluate` on files, as the official script's ``main``: errors name the file at fault.
+    ``na_prob_logits``: the na-prob file holds null odds (logit differences), turned into
+    probabilities first (:func:`null_probabilities`)."""
     from .data import load_squad
 
     dataset = load_squad(data_file)
     preds = load_predictions(pred_file)
     na_probs = load_na_probs(na_prob_file) if na_prob_file is not None else None
+    if na_probs is not None and na_prob_logits:
+        na_probs = null_probabilities(na_probs)
     return evaluate(dataset, preds, na_probs, na_prob_thresh, best_always, out_image_dir,
                     report_missing=report_missing, report_note=report_note, pred_name=str(pred_file),
                     na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")

@@ -2,7 +2,7 @@
 
 ``SquadPredictions`` holds, per question id, the final text, the n-best list, the null odds and
 (with a calibrator) the confidence; ``write_prediction_files`` writes ``predictions.json``,
-``nbest_predictions.json``, ``null_odds.json`` (and ``confidence.json``) atomically, in run_squad's
+``nbest_predictions.json``, ``null_odds.json`` (and ``null_probs.json``, ``confidence.json``) atomically, in run_squad's
 layout; ``merge_predictions`` puts the shards of a launcher run back in data order;
 ``evaluate_predictions`` scores them with the official metric.
 """
@@ -86,6 +86,7 @@ def merge_predictions(parts: Iterable[SquadPredictions], order: Sequence[str]) -
 PREDICTIONS_FILE = "predictions.json"
 NBEST_FILE = "nbest_predictions.json"
 NULL_ODDS_FILE = "null_odds.json"
+NULL_PROBS_FILE = "null_probs.json"  # sigmoid of the null odds: a probability of no answer, for evaluate -n
 CONFIDENCE_FILE = "confidence.json"
 
 
@@ -105,7 +106,9 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
 
 
 def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
-    """Write run_squad's three files (indent 4, as it did), each atomically."""
+    """Write run_squad's three files (indent 4, as it did), each atomically, and ``null_probs.json``."""
+    from .metrics import null_probabilities
+
     out_dir = Path(out_dir)
     paths = {
         "predictions": out_dir / f"{prefix}{PREDICTIONS_FILE}",
@@ -116,6 +119,8 @@ def write_prediction_files(preds: SquadPredictions, out_dir: str | os.PathLike, 
     atomic_write_json(paths["nbest"], preds.nbest_json())
     if preds.null_odds:
         atomic_write_json(paths["null_odds"], preds.null_odds)
+        paths["null_probs"] = out_dir / f"{prefix}{NULL_PROBS_FILE}"  # the official script's -n expects these
+        atomic_write_json(paths["null_probs"], null_probabilities(preds.null_odds))
     else:
         del paths["null_odds"]
     if preds.confidence:  # question id -> calibrated confidence of its final prediction

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import SquadkitError, first_line
-from . import ann, engine
+from . import ann, debris, engine
 from .documents import (
     Document,
     SkipFile,
@@ -149,17 +149,22 @@ def unreadable(path: str | os.PathLike, exc: BaseException) -> SquadkitError:
     return SquadkitError(f"{path}: not a squadkit index ({first_line(exc)})")
 
 
-def read_meta(conn: sqlite3.Connection, path: str | os.PathLike, writing: bool = False) -> dict[str, str]:
+def read_meta(conn: sqlite3.Connection, path: str | os.PathLike, writing: bool = False,
+              rebuilding: bool = False) -> dict[str, str]:
     """The index's meta rows, after checking that it is a complete index of a format this version reads
-    (``writing``: also format 1, which a writer moves over to the current engine)."""
+    (``writing``: also format 1, which a writer moves over to the current engine; ``rebuilding``: also
+    an incomplete one, which ``--rebuild`` replaces)."""
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table')")}
         meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else None
     except sqlite3.DatabaseError as exc:
         raise unreadable(path, exc) from None
+    if meta is None and not tables:  # what a first build killed before its commit leaves
+        raise SquadkitError(f"{path}: an empty index file (a first build that never finished); "
+                            f"build it with: squadkit index PATH... --output {path}")
     if meta is None:
-        raise SquadkitError(f"{path}: not a squadkit index, or one whose first build never finished (no meta table); "
-                            f"build it with: squadkit index PATH... --output {path} --rebuild")
+        raise SquadkitError(f"{path}: not a squadkit index (a SQLite file without squadkit's tables); "
+                            f"give the file squadkit index --output wrote")
     try:
         fmt = int(meta.get("format", "0"))
     except ValueError:
@@ -167,7 +172,7 @@ def read_meta(conn: sqlite3.Connection, path: str | os.PathLike, writing: bool =
     if fmt > INDEX_FORMAT:
         raise SquadkitError(f"{path}: index format {fmt} was written by a newer squadkit "
                             f"({meta.get('squadkit_version', '?')}); this one reads format {INDEX_FORMAT}")
-    if fmt < 1 or meta.get("complete") != "1":
+    if (fmt < 1 or meta.get("complete") != "1") and not rebuilding:
         raise SquadkitError(f"{path}: incomplete squadkit index (no finished build recorded); "
                             f"rebuild it: squadkit index PATH... --output {path} --rebuild")
     if fmt == 1 and not writing:
@@ -450,41 +455,65 @@ class IndexWriter:
         ``embedder``: the sentence embedder; None keeps the index's own (``dense=False`` drops them).
         ``progress``: called with the number of passages each time some are added."""
         self.path = Path(path)
+        self.created_dirs = debris.missing_parents(self.path)  # a failed first build removes them again
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if rebuild:
             _remove_if_damaged(self.path)
-        self.conn = connect(self.path, create=True)
         self.embedder = embedder
         self.progress = progress
         self._embed_queue: list[tuple[int, str]] = []
         self.embedded_pids: list[int] = []  # this run's, for updating the graph rather than building it again
         self.removed_pids: list[int] = []
         self.tw: Any = None
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")  # one writer; readers keep the last committed index
-        except sqlite3.OperationalError as exc:
-            self.conn.close()
-            raise SquadkitError(f"{self.path}: cannot write the index ({exc}); is another squadkit index running?") from None
-        except sqlite3.DatabaseError as exc:
-            self.conn.close()
-            raise unreadable(self.path, exc) from None
+        self.first_build = self.committed = False
+        self.conn = self._begin()
         try:
             self._open(settings, rebuild, dense)
         except BaseException:
             self._abort()
             raise
 
+    def _begin(self) -> sqlite3.Connection:
+        """A connection holding the write lock (one writer; readers keep the last committed index), on
+        the file still at the path: a failed first build of another writer removes its file while
+        holding the lock (``debris``), and then this one starts again on a new file."""
+        for _ in range(5):
+            conn = connect(self.path, create=True)
+            inode = None
+            try:
+                inode = debris.file_id(self.path)
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if inode is not None and not debris.same_file(self.path, inode):
+                    continue  # SQLite saw its file removed while it waited: again, on the new one
+                raise SquadkitError(f"{self.path}: cannot write the index ({exc}); "
+                                    "is another squadkit index running?") from None
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise unreadable(self.path, exc) from None
+            except OSError:  # removed between the open and the lock: again
+                conn.close()
+                continue
+            if debris.same_file(self.path, inode):
+                return conn
+            conn.rollback()
+            conn.close()
+        raise SquadkitError(f"{self.path}: cannot write the index (the file keeps being replaced); "
+                            "is another squadkit index running?")
+
     def _open(self, settings: IndexSettings | dict | None, rebuild: bool, dense: bool | None) -> None:
         try:
             tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
             raise unreadable(self.path, exc) from None
+        self.first_build = not tables  # a failure removes the file again (``debris``)
         existing: dict[str, str] = {}
         if "meta" in tables:
-            existing = read_meta(self.conn, self.path, writing=True)
+            existing = read_meta(self.conn, self.path, writing=True, rebuilding=rebuild)
         elif tables:
             raise SquadkitError(f"{self.path}: exists and is not a squadkit index; choose another --output")
-        if rebuild and existing:
+        if rebuild and "meta" in tables:
             for table in ("passages_fts", "embeddings", "passages", "documents", "files", "meta", "bm25_pending"):
                 self.conn.execute(f"DROP TABLE IF EXISTS {table}")
             existing = {}
@@ -664,9 +693,11 @@ class IndexWriter:
             meta["bm25_files"] = json.dumps(_commit_engine(self.engine_dir, tw))
             self._write_meta(meta)
             self.conn.execute("COMMIT")
+            self.committed = True
         else:  # the named folder: SQLite (with the log) first, then the engine, then the log goes
             self._write_meta(meta)
             self.conn.execute("COMMIT")
+            self.committed = True
             if self.changed:
                 sums = _commit_engine(self.engine_dir, tw)
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -692,16 +723,29 @@ class IndexWriter:
                              added=self.embedded_pids, removed=self.removed_pids)
 
     def _abort(self) -> None:
+        """Roll back; a failed full build's engine folder goes, and a failed first build's files (``debris``),
+        removed while the write lock is held."""
         if self.tw is not None:
             try:
                 self.tw.rollback()
             except BaseException:  # noqa: BLE001 - a damaged engine: the SQLite rollback still matters
                 pass
             self.tw = None
+        first = self.first_build and not self.committed
+        if getattr(self, "fresh", False) and not self.committed:
+            self.engine = None
+            debris.remove_engine(self.engine_dir)
+        if first:
+            debris.remove_first_build(self.path)
         try:
             self.conn.rollback()
+        except sqlite3.Error:
+            if not first:  # the file is gone: nothing is left to roll back
+                raise
         finally:
             self.conn.close()
+            if first:
+                debris.remove_rest(self.path, self.created_dirs)
 
     def close(self) -> None:
         self.conn.close()
