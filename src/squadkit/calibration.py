@@ -245,7 +245,7 @@ def fit_calibrator(x: np.ndarray, right: np.ndarray, unanswerable: np.ndarray, w
 
 def check_fingerprint(settings, fingerprint: str | None, name: str) -> None:
     """Refuse a folder whose calibrator was fitted with other weights (one line)."""
-    data = getattr(settings, "calibration", None)
+    data = settings.calibration
     if data is None or fingerprint is None:
         return
     saved = data.get("weights_sha256") if isinstance(data, dict) else None

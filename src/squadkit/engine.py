@@ -59,8 +59,8 @@ def score_pairs(
         windows = build_windows(model.tokenizer, questions[lo:hi], contexts[lo:hi], settings, first_example_index=lo)
         reduced: list = [None] * len(windows)
         done = 0
-        for batch in iter_batches(windows, batch_size, pad_id, multiple=getattr(model, "pad_multiple", 1),
-                                  limit=getattr(model, "window_limit", None)):
+        for batch in iter_batches(windows, batch_size, pad_id, multiple=model.pad_multiple,
+                                  limit=model.window_limit):
             start, end = model.logits(batch)
             rows = [windows[i] for i in batch.window_indices]
             for i, r in zip(batch.window_indices, reduce(start, end, batch, rows)):

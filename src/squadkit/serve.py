@@ -728,12 +728,12 @@ def _add_health_routes(app: FastAPI, state: "ServerState") -> None:
     async def model_info() -> dict:
         """What is served: the model, the file and precision it runs, its backend and device, and this
         server's settings."""
-        model = getattr(state.qa, "model", None)
+        model = state.qa.model if state.qa is not None else None
         return {
             "model": state.model_name,
-            **_model_file(state.qa),
-            "backend": getattr(model, "backend", None) if model is not None else settings.backend,
-            "device": str(getattr(state.qa, "device", None) or settings.device or "") or None,
+            **_model_file(model),
+            "backend": model.backend if model is not None else settings.backend,
+            "device": str((model.device if model is not None else None) or settings.device or "") or None,
             "ready": state.ready,
             "stats": {"micro_batches": getattr(state.batcher, "batches_run", 0),
                       "pairs_answered": getattr(state.batcher, "pairs_answered", 0),
@@ -745,10 +745,9 @@ def _add_health_routes(app: FastAPI, state: "ServerState") -> None:
         }
 
 
-def _model_file(qa: Any) -> dict:
+def _model_file(model: Any) -> dict:
     """The file the model runs from (``model.int8.onnx`` or ``model.onnx`` for an export; None for a
     torch checkpoint, whose folder is ``model``) and the precision it computes in."""
-    model = getattr(qa, "model", None)
     if model is None:
         return {"model_file": None, "precision": None}
     file = model.model_file

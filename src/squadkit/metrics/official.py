@@ -32,37 +32,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import SquadkitError
-from .io import read_json
-
-__all__ = [
-    "normalize_answer",
-    "get_tokens",
-    "compute_exact",
-    "compute_f1",
-    "gold_answers_from",
-    "make_qid_to_has_ans",
-    "is_squad_v1",
-    "get_raw_scores",
-    "apply_no_ans_threshold",
-    "make_eval_dict",
-    "merge_eval",
-    "find_best_thresh",
-    "find_all_best_thresh",
-    "precision_recall_eval",
-    "run_precision_recall_analysis",
-    "histogram_na_prob",
-    "evaluate_v1",
-    "evaluate",
-    "load_predictions",
-    "load_na_probs",
-    "null_probabilities",
-    "na_prob_scale_note",
-    "evaluate_files",
-    "paired_bootstrap",
-    "roc_auc",
-    "no_answer_auc",
-]
+from ..errors import SquadkitError
+from .plots import make_image_dir, new_figure, plot_pr_curve, require_matplotlib, save_figure
 
 Score = Union[int, float]
 GoldInput = Union[Mapping[str, Sequence[str]], Any]  # a mapping qid -> raw answer texts, or a SquadDataset
@@ -359,7 +330,7 @@ def precision_recall_eval(
     terms = precisions[1:] * (recalls[1:] - recalls[:-1])
     avg_prec = float(np.cumsum(terms)[-1]) if terms.size else 0.0
     if out_image:
-        _plot_pr_curve(precisions, recalls, out_image, title or "")
+        plot_pr_curve(precisions, recalls, out_image, title or "")
     return {"ap": 100.0 * avg_prec}
 
 
@@ -375,7 +346,7 @@ def run_precision_recall_analysis(
 
     The oracle curve scores every answerable question 1: the best a na-prob ranking could do.
     """
-    _make_image_dir(out_image_dir)
+    make_image_dir(out_image_dir)
     num_true_pos = sum(1 for v in qid_to_has_ans.values() if v)
     if num_true_pos == 0:
         return
@@ -409,72 +380,17 @@ def histogram_na_prob(
     weights = np.ones_like(x) / float(len(x))
     in_unit = bool(np.all((x >= 0.0) & (x <= 1.0)))
     lo, hi = (0.0, 1.0) if in_unit else (float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0)
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.hist(x, weights=weights, bins=20, range=(lo, hi))
     ax.set_xlabel("Model probability of no-answer" if in_unit else "No-answer score (values outside 0..1: own range)")
     ax.set_ylabel("Proportion of dataset")
     ax.set_title(f"Histogram of no-answer probability: {name}")
-    _save_figure(fig, Path(image_dir) / f"na_prob_hist_{name}.png")
+    save_figure(fig, Path(image_dir) / f"na_prob_hist_{name}.png")
     if in_unit:
         return None
     return (f"na-prob values are outside 0..1 (e.g. null odds); the {name} histogram spans their own range "
             f"[{lo:g}, {hi:g}]")
-
-
-# ---------------------------------------------------------------------------------------------
-# plotting helpers (matplotlib is optional and imported only here)
-# ---------------------------------------------------------------------------------------------
-
-
-def _require_matplotlib() -> None:
-    """Fail early, with the install hint, when images are asked for and matplotlib is absent."""
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-    except ImportError:
-        raise SquadkitError("writing precision-recall images needs matplotlib: "
-                            "pip install 'squadkit[plot]'") from None
-
-
-def _new_figure():
-    """A figure on the Agg canvas, outside pyplot's global state (safe in threads, no display needed)."""
-    _require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure()
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_figure(fig, path: Path) -> None:
-    """Save as PNG atomically: a reader sees the old image or the new one, never half of one."""
-    from .io import atomic_open
-
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png")
-
-
-def _plot_pr_curve(precisions: np.ndarray, recalls: np.ndarray, out_image, title: str) -> None:
-    """The official step plot of precision against recall, filled below."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
-    ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.set_xlim([0.0, 1.05])
-    ax.set_ylim([0.0, 1.05])
-    ax.set_title(title)
-    _save_figure(fig, Path(out_image))
-
-
-def _make_image_dir(out_image_dir) -> None:
-    try:
-        Path(out_image_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SquadkitError(f"{out_image_dir}: cannot create the image folder: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,10 +432,10 @@ def evaluate_v1(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, s
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_na_prob_value(qid: str, value: Any, name: str) -> None:
+def check_na_prob_value(qid: str, value: Any, name: str) -> None:
     """A number that can be ordered: bools and strings are refused, and so is NaN (it breaks the sort)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SquadkitError(f"{name}: no-answer probability for {qid!r} must be a number, got {_json_type(value)}")
+        raise SquadkitError(f"{name}: no-answer probability for {qid!r} must be a number, got {json_type(value)}")
     if isinstance(value, float) and math.isnan(value):
         raise SquadkitError(f"{name}: no-answer probability for {qid!r} is NaN")
 
@@ -531,7 +447,7 @@ def _check_na_probs(na_probs: Mapping[str, float], qids: Iterable[str], name: st
         raise SquadkitError(f"{name}: no no-answer probability for {len(missing)} question(s) that have a "
                             f"prediction (first: {missing[0]})")
     for qid in qids:
-        _check_na_prob_value(qid, na_probs[qid], name)
+        check_na_prob_value(qid, na_probs[qid], name)
 
 
 def evaluate(
@@ -585,12 +501,12 @@ def evaluate(
     if not isinstance(predictions, Mapping):
         raise SquadkitError(f"{pred_name}: expected a mapping of question id to answer text")
     if na_probs is not None and out_image_dir is not None:
-        _require_matplotlib()
+        require_matplotlib()
 
     bad = next((q for q in gold_answers if q in predictions and not isinstance(predictions[q], str)), None)
     if bad is not None:
         raise SquadkitError(f"{pred_name}: prediction for {bad!r} must be a string, "
-                            f"got {_json_type(predictions[bad])}")
+                            f"got {json_type(predictions[bad])}")
     if not any(qid in predictions for qid in gold_answers):  # checked first: no flood of "Missing" lines
         raise SquadkitError(f"{pred_name}: none of the {len(gold_answers)} questions in the data has a prediction")
     exact_raw, f1_raw = get_raw_scores(gold_answers, predictions, report_missing)
@@ -628,52 +544,6 @@ def evaluate(
     return out_eval
 
 
-# ---------------------------------------------------------------------------------------------
-# files
-# ---------------------------------------------------------------------------------------------
-
-
-def load_predictions(path: Union[str, os.PathLike]) -> dict[str, str]:
-    """Read a predictions file: a JSON object mapping question id to answer text ('' = no answer)."""
-    obj = read_json(path, "predictions file")
-    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
-        raise SquadkitError(f"{path}: this is a SQuAD data file, not predictions; did you swap the files? "
-                            f"The data file comes first: squadkit evaluate DATA PREDS")
-    if not isinstance(obj, dict):
-        raise SquadkitError(f"{path}: predictions must be a JSON object of question id to answer text, "
-                            f"got {_json_type(obj)}")
-    for qid, text in obj.items():
-        if not isinstance(text, str):
-            raise SquadkitError(f"{path}: prediction for {qid!r} must be a string, got {_json_type(text)}")
-    return obj
-
-
-def load_na_probs(path: Union[str, os.PathLike]) -> dict[str, float]:
-    """Read a na-prob file: a JSON object mapping question id to a number (NaN is refused: it cannot be ordered).
-
-    Values are kept as read (an ``int`` stays an ``int``), because the official script reports the
-    best threshold as the file's own value.
-    """
-    obj = read_json(path, "na-prob file")
-    if not isinstance(obj, dict):
-        raise SquadkitError(f"{path}: na-prob file must be a JSON object of question id to number, "
-                            f"got {_json_type(obj)}")
-    for qid, value in obj.items():
-        _check_na_prob_value(qid, value, str(path))
-    return obj
-
-
-def null_probabilities(null_odds: Mapping[str, float]) -> dict[str, float]:
-    """Null odds (null score minus the best span's, a logit difference) as the null's probability
-    against the best span: the logistic sigmoid, same keys and order. Monotone, so the official
-    ``best_*`` scores and precision-recall curves are those of the odds; only thresholds change scale
-    (a null-odds threshold ``t`` is probability ``sigmoid(t)``)."""
-    qids = list(null_odds)
-    x = np.fromiter((float(null_odds[q]) for q in qids), dtype=np.float64, count=len(qids))
-    probs = np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + exp(-x)) without overflow
-    return {q: float(v) for q, v in zip(qids, probs)}
-
-
 def na_prob_scale_note(na_probs: Mapping[str, float], na_prob_thresh: float, name: str) -> Optional[str]:
     """One line when ``na_probs`` are not probabilities (a value outside 0..1, e.g. null odds): the
     official script thresholds them at ``-t`` as given, which changes exact/f1; None otherwise."""
@@ -687,217 +557,7 @@ def na_prob_scale_note(na_probs: Mapping[str, float], na_prob_thresh: float, nam
             f"or --na-prob-logits (a sigmoid; the same best_* scores)")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
              float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def evaluate_files(
-    data_file: Union[str, os.PathLike],
-    pred_file: Union[str, os.PathLike],
-    na_prob_file: Optional[Union[str, os.PathLike]] = None,
-    na_prob_thresh: float = 1.0,
-    best_always: bool = False,
-    out_image_dir: Optional[Union[str, os.PathLike]] = None,
-    report_missing: Optional[Callable[[str], None]] = print,
-    report_note: Optional[Callable[[str], None]] = None,
-    na_prob_logits: bool = False,
-) -> "OrderedDict[str, Any]":
-    """:func:`evaluate` on files, as the official script's ``main``: errors name the file at fault.
-    ``na_prob_logits``: the na-prob file holds null odds (logit differences), turned into
-    probabilities first (:func:`null_probabilities`)."""
-    from .data import load_squad
-
-    dataset = load_squad(data_file)
-    preds = load_predictions(pred_file)
-    na_probs = load_na_probs(na_prob_file) if na_prob_file is not None else None
-    if na_probs is not None and na_prob_logits:
-        na_probs = null_probabilities(na_probs)
-    return evaluate(dataset, preds, na_probs, na_prob_thresh, best_always, out_image_dir,
-                    report_missing=report_missing, report_note=report_note, pred_name=str(pred_file),
-                    na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")
-
-
-# ---------------------------------------------------------------------------------------------
-# how well the no-answer score separates, whatever the threshold
-# ---------------------------------------------------------------------------------------------
-
-
-def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
-    """P(a positive scores above a negative), ties counted half (ROC AUC; 0.5 = chance); NaN when
-    either side is empty. Ranks, not pairs: O(n log n)."""
-    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
-    if not pos.size or not neg.size:
-        return float("nan")
-    _, inverse, counts = np.unique(np.concatenate([pos, neg]), return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks, averaged over ties
-    rank_sum = float(mean_rank[inverse[: pos.size]].sum())
-    return (rank_sum - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
-
-
-def no_answer_auc(gold: GoldInput, na_probs: Mapping[str, float]) -> float:
-    """How well ``na_probs`` (higher: more likely unanswerable; null odds work too) rank the answerable
-    questions of ``gold`` below the unanswerable ones: ROC AUC, whatever the threshold (0.5 = chance).
-
-    Why: F1 at the best threshold hides a score that cannot tell the two apart; on data with many
-    unanswerable questions such a model's best threshold simply abstains almost always."""
-    has_ans = make_qid_to_has_ans(gold_answers_from(gold))
-    missing = next((qid for qid in has_ans if qid not in na_probs), None)
-    if missing is not None:
-        raise SquadkitError(f"no_answer_auc: na_probs has no value for question {missing!r}", param="na_probs")
-    return roc_auc([-float(na_probs[q]) for q, h in has_ans.items() if h],
-                   [-float(na_probs[q]) for q, h in has_ans.items() if not h])
-
-
-# ---------------------------------------------------------------------------------------------
-# comparing two systems on the same questions
-# ---------------------------------------------------------------------------------------------
-
-
-def paired_bootstrap(gold: GoldInput, preds_a: Mapping[str, str], preds_b: Mapping[str, str],
-                     metric: str = "f1", resamples: int = 2000, confidence: float = 0.95,
-                     seed: int = 0, names: tuple[str, str] = ("preds_a", "preds_b")) -> dict[str, float]:
-    """``metric`` (``"f1"`` or ``"exact"``, in points) of ``preds_a`` minus that of ``preds_b``, with a
-    paired bootstrap interval: the questions are drawn with replacement ``resamples`` times and the
-    same draw scores both systems, so the interval is of the difference itself.
-
-    Why: on a dev set of a few hundred questions a one-point gap is often noise; the interval says
-    whether it is (it excludes 0 when the gap holds at that confidence). Both must predict every
-    question of ``gold`` (``names`` name them in that error); the interval is the percentile one,
-    seeded (the same numbers every run).
-    """
-    if metric not in ("f1", "exact"):
-        raise SquadkitError(f"paired_bootstrap: metric must be 'f1' or 'exact', not {metric!r}", param="metric")
-    if resamples < 1 or not 0 < confidence < 1:
-        raise SquadkitError(f"paired_bootstrap: resamples must be >= 1 and confidence in (0, 1), "
-                            f"not {resamples!r} and {confidence!r}", param="resamples")
-    gold_answers = gold_answers_from(gold)
-    for name, preds in zip(names, (preds_a, preds_b)):
-        missing = next((qid for qid in gold_answers if qid not in preds), None)
-        if missing is not None:
-            raise SquadkitError(f"paired_bootstrap: {name} has no prediction for question {missing!r}", param=name)
-    per_question = []
-    for preds in (preds_a, preds_b):
-        exact, f1 = get_raw_scores(gold_answers, preds, report_missing=None)
-        per_question.append(np.fromiter((float((f1 if metric == "f1" else exact)[q]) for q in gold_answers),
-                                        dtype=np.float64, count=len(gold_answers)))
-    diff = 100.0 * (per_question[0] - per_question[1])
-    if diff.size == 0:
-        raise SquadkitError("paired_bootstrap: no questions to compare", param="gold")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // diff.size)  # resamples per draw: bounded memory on the full dev set too
-    means = np.concatenate([diff[rng.integers(0, diff.size, size=(min(chunk, resamples - done), diff.size))].mean(axis=1)
-                            for done in range(0, resamples, chunk)])
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
-            "questions": int(diff.size), "resamples": int(resamples), "confidence": float(confidence)}
-
-
-# ---------------------------------------------------------------------------------------------
-# calibrated confidence (``evaluate --confidence``): ECE, reliability, risk-coverage, precision at cut-offs
-# ---------------------------------------------------------------------------------------------
-
-
-def calibration_report(confidence: np.ndarray, correct: np.ndarray, bins: int = 10,
-                       cutoffs: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
-    """ECE (equal-width bins), the reliability table, precision/coverage at cut-offs, and the
-    risk-coverage curve (answers sorted by confidence, most confident first)."""
-    c = np.asarray(confidence, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64)
-    n = c.shape[0]
-    if n == 0:
-        raise SquadkitError("no questions with a confidence to report on", param="confidence")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(c, edges[1:-1], right=True), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            gap = abs(float(c[m].mean()) - float(y[m].mean()))
-            ece += m.sum() / n * gap
-            table.append({"bin": [round(float(edges[b]), 6), round(float(edges[b + 1]), 6)], "count": int(m.sum()),
-                          "mean_confidence": float(c[m].mean()), "accuracy": float(y[m].mean())})
-    at = {}
-    for cut in cutoffs:
-        m = c >= cut
-        at[f"{cut:g}"] = {"coverage": float(m.mean()), "answered": int(m.sum()),
-                          "precision": float(y[m].mean()) if m.any() else None}
-    order = np.argsort(-c, kind="stable")
-    hits = np.cumsum(y[order])
-    k = np.arange(1, n + 1)
-    coverage = k / n
-    risk = 1.0 - hits / k
-    aurc = float(risk.mean())
-    return {"questions": n, "accuracy": float(y.mean()), "ece": float(ece), "bins": bins, "reliability": table,
-            "at_confidence": at, "aurc": aurc,
-            "risk_coverage": {"coverage": coverage.tolist(), "risk": risk.tolist()}}
-
-
-def correctness_of_final(predictions: Mapping[str, str], gold: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """The official exact match of each final prediction (``exact_match``): on an unanswerable question
-    any prediction that normalizes to "" ("", "the", ".") is right, as ``evaluate-v2.0.py`` counts it."""
-    return {qid: exact_match(gold.get(qid, []), pred) for qid, pred in predictions.items()}
-
-
-RELIABILITY_IMAGE = "reliability.png"
-RISK_COVERAGE_IMAGE = "risk_coverage.png"
-
-
-def confidence_report(dataset, preds: Mapping[str, str], confidence: Mapping[str, float],
-                      cutoffs: Sequence[float] = (0.5, 0.7, 0.9), out_image_dir=None,
-                      confidence_name: str = "confidence") -> dict:
-    """How well ``confidence`` (question id -> probability that its prediction is an exact match)
-    is calibrated on ``dataset``: see ``calibration_report``; images with ``out_image_dir``."""
-    if not isinstance(confidence, Mapping):
-        raise SquadkitError(f"{confidence_name}: must be a JSON object of question id to confidence", param="confidence")
-    for qid, value in confidence.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SquadkitError(f"{confidence_name}: confidence of {qid!r} must be a number, got {value!r}",
-                                param="confidence")
-    gold = {e.id: [a.text for a in e.answers] for e in dataset.examples}
-    qids = [q for q in gold if q in preds and q in confidence]
-    if not qids:
-        raise SquadkitError(f"{confidence_name}: no question has both a prediction and a confidence", param="confidence")
-    bad = next((q for q in qids if not 0.0 <= float(confidence[q]) <= 1.0), None)
-    if bad is not None:
-        raise SquadkitError(f"{confidence_name}: confidence of {bad} is {confidence[bad]!r}, not in [0, 1]",
-                            param="confidence")
-    correct_map = correctness_of_final({q: preds[q] for q in qids}, gold)
-    conf = np.array([float(confidence[q]) for q in qids])
-    correct = np.array([correct_map[q] for q in qids], dtype=float)
-    report = calibration_report(conf, correct, cutoffs=cutoffs)
-    curve = report.pop("risk_coverage")
-    if out_image_dir is not None:
-        _make_image_dir(out_image_dir)
-        _plot_reliability(report, Path(out_image_dir) / RELIABILITY_IMAGE)
-        _plot_risk_coverage(curve, Path(out_image_dir) / RISK_COVERAGE_IMAGE)
-    return report
-
-
-def _plot_reliability(report: dict, path: Path) -> None:
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    for row in report["reliability"]:
-        lo, hi = row["bin"]
-        ax.bar(lo, row["accuracy"], width=hi - lo, align="edge", color="b", alpha=0.3, edgecolor="b")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    ax.set_xlabel("Confidence")
-    ax.set_ylabel("Exact match")
-    ax.set_xlim([0.0, 1.0])
-    ax.set_ylim([0.0, 1.0])
-    ax.set_title(f"Reliability (ECE {report['ece']:.3f})")
-    _save_figure(fig, path)
-
-
-def _plot_risk_coverage(curve: dict, path: Path) -> None:
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot(curve["coverage"], curve["risk"], color="b")
-    ax.set_xlabel("Coverage (answered, most confident first)")
-    ax.set_ylabel("Risk (1 - exact match)")
-    ax.set_xlim([0.0, 1.0])
-    ax.set_ylim([0.0, 1.05])
-    ax.set_title("Risk-coverage")
-    _save_figure(fig, path)
