@@ -244,10 +244,12 @@ def test_invalid_requests_are_422_naming_the_field(server, body, field):
     assert payload["error"].startswith(payload["detail"][0]["field"])
 
 
-def test_invalid_json_is_422(server):
+def test_a_body_that_is_not_json_text_is_400(server):
+    """As the README's table and the schema say: 400 for a body that cannot be read as JSON text (422 is
+    for JSON that breaks the schema)."""
     url, _ = server
     response = httpx.post(url + "/v1/answer", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
+    assert response.status_code == 400 and response.json()["error"].startswith("body:")
     assert response.json()["detail"][0]["field"] == "body"
 
 

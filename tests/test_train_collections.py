@@ -238,9 +238,12 @@ def test_collections_training_resumes_as_if_never_stopped(tmp_path, one_thread):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
-def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
+def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread, monkeypatch):
     from squadkit.checkpoint import read_settings
+    from squadkit.train import ask_eval
+    from squadkit.train.config import TrainWarning
 
+    monkeypatch.setattr(ask_eval, "ASK_MIN_AUC", -1.0)  # the fit's mechanics; a tiny model's AUC is near chance
     base = make_task_model(tmp_path / "base", hidden=32)
     data = write_task_data(tmp_path / "train.json", 10, seed=1)
     dev = write_task_data(tmp_path / "dev.json", 10, seed=2)
@@ -273,6 +276,15 @@ def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread):
     assert all(span_f1[w] < max(span_f1.values()) for w in RETRIEVAL_WEIGHTS if w < settings.ask_retrieval_weight)
     assert settings.training["negative_windows"] == result.negative_windows > 0
     assert "ask_threshold" in (tmp_path / "out" / "README.md").read_text()
+    assert "refused" not in asked and 0.0 <= asked["answerable_auc"] <= 1.0
+    # a fit at chance is refused: one line, no ask threshold saved, ask keeps the single-passage rule
+    monkeypatch.setattr(ask_eval, "ASK_MIN_AUC", 1.01)
+    with pytest.warns(TrainWarning, match="no better than chance .* no ask threshold saved"):
+        train(_cfg(tmp_path, base, data, "refused", passage_negatives=1, shared_norm=True, do_eval=True,
+                   predict_file=str(dev), ask_k=3))
+    refused = read_settings(tmp_path / "refused")
+    assert refused.ask_threshold is None and refused.ask_scoring is None and refused.null_score_diff_threshold is not None
+    assert "single-passage rule" in json.loads((tmp_path / "refused" / "ask_eval_results.json").read_text())["refused"]
     # the plain recipe learns none: its folder keeps today's keys
     train(_cfg(tmp_path, base, data, "plain", do_eval=True, predict_file=str(dev)))
     assert read_settings(tmp_path / "plain").ask_threshold is None
