@@ -825,12 +825,20 @@ def search_cmd(
     k: Optional[int] = setting_option("k"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
-    """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
-    from .retrieval.search import search
+    """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}.
+    A query of stop words only finds none, with a note."""
+    import warnings
+
+    from .retrieval.search import StopWordsOnly, finds_nothing, search, stop_words_note
     from .settings import check_options
 
     k = check_options({"k": k}, "ask").get("k", D.ASK_PASSAGES)
-    for hit in search(index, query, k=k, retriever=retriever):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StopWordsOnly)  # said below, once, as a note
+        hits = search(index, query, k=k, retriever=retriever)
+    if finds_nothing(query, retriever):
+        note(stop_words_note(query))
+    for hit in hits:
         print_json(hit.to_dict(), compact=True)
 
 
