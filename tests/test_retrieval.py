@@ -367,7 +367,7 @@ def test_bad_indexes_and_bad_input_are_one_line_errors(tmp_path):
     with pytest.raises(SquadkitError):
         Index(tmp_path / "x.sqlite")
     assert search(idx, "queen london", k=1)[0].document.endswith("kings.txt")
-    # a stop-word-only question still searches (with those words)
+    # a stop-word-only question finds nothing, with a note (test_search_reads.py)
     assert runner.invoke(app, ["search", str(idx), "who was it"]).exit_code == 0
 
 
@@ -581,6 +581,8 @@ def test_serve_ask_endpoint(docs_index, tiny_bert):
         # a question without a word to search for finds nothing: the reader abstains (the schema cannot
         # state "has a word" the way Python's regex reads it, so it is not a refusal over HTTP)
         r = client.post("/v1/ask", json={"question": "?!"})
+        assert r.status_code == 200 and r.json()["no_answer"] is True and r.json()["answers"] == []
+        r = client.post("/v1/ask", json={"question": "the of and"})  # stop words only: nothing retrieved
         assert r.status_code == 200 and r.json()["no_answer"] is True and r.json()["answers"] == []
         # the schema offers only the retrievers this index supports
         r = client.post("/v1/ask", json={"question": "x", "retriever": "dense"})

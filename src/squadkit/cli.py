@@ -836,12 +836,20 @@ def search_cmd(
                                     help=f"How many passages to return (1-{D.MAX_PASSAGES}). [default: {D.ASK_PASSAGES}]"),
     retriever: str = typer.Option("bm25", "--retriever", help="bm25, dense or hybrid (dense needs an index built with --dense)."),
 ) -> None:
-    """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}."""
-    from .retrieval.search import search
+    """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}.
+    A query of stop words only finds none, with a note."""
+    import warnings
+
+    from .retrieval.search import StopWordsOnly, finds_nothing, search, stop_words_note
     from .settings import given_options
 
     k = given_options({"k": k}, "ask").values.get("k", D.ASK_PASSAGES)
-    for hit in search(index, query, k=k, retriever=retriever):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StopWordsOnly)  # said below, once, as a note
+        hits = search(index, query, k=k, retriever=retriever)
+    if finds_nothing(query, retriever):
+        note(stop_words_note(query))
+    for hit in hits:
         print_json(hit.to_dict(), compact=True)
 
 

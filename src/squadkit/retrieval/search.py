@@ -23,6 +23,14 @@ Why these choices:
   engine's document frequencies, so stemming and case folding match the index exactly, and the
   cost does not grow with the collection. Weights chosen with FTS5 on half of the shared train
   slice's questions and kept for Tantivy (README, "Ask your documents", for the measurements).
+  A fourth bonus, for the share of a candidate document's title and file name the question names
+  (``TITLE_WEIGHT``, ``name_keys``): in a small collection IDF cannot tell a question's subject
+  ("Normandy") from its framing words ("country", "located"), and a page repeating the framing
+  words outranked the document named after the subject ("normans.pdf"). Words match by the first
+  ``TITLE_KEY_CHARS`` characters of their stems, so "Normandy" names "normans" (the stemmer keeps
+  "normandi" and "norman" apart). Titles come from SQLite, so an index of any age has them.
+* **A query of stop words only** ("the of and") finds nothing (``content_words``): every passage
+  matches such words, so any ranking of them is noise; ``search`` warns (``StopWordsOnly``).
 * **Dense** is exact inner product over normalised embeddings (numpy) below ``ann.EXACT_BELOW``
   passages and an HNSW graph (``ann``, usearch) above, where exact search reads every vector.
 * **Hybrid** adds the two scores, BM25 scaled by the query's best BM25 score, half and half
@@ -31,6 +39,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -109,11 +118,32 @@ def has_words(query: str) -> bool:
 
 def query_words(query: str) -> list[str]:
     """The query's words, lower-cased, without English stop words (all of them for a question of stop
-    words only); a SquadkitError when it has no word."""
+    words only: FTS5's former rule, kept for ``fts_query``); a SquadkitError when it has no word."""
+    return content_words(query) or [w.lower() for w in _WORDS.findall(query)]
+
+
+def content_words(query: str) -> list[str]:
+    """The query's words, lower-cased, without English stop words: what BM25 searches for. Empty for a
+    query of stop words only ("the of and"), which finds nothing; a SquadkitError when it has no word."""
     words = [w.lower() for w in _WORDS.findall(query)]
     if not words:
         raise SquadkitError(f"the query has no words to search for: {query!r}")
-    return [w for w in words if w not in STOP_WORDS] or words
+    return [w for w in words if w not in STOP_WORDS]
+
+
+def stop_words_note(query: str) -> str:
+    """The one line said where a query of stop words only finds nothing."""
+    return f"the query has only stop words, nothing to search for: {query!r}; no passages (add a content word)"
+
+
+class StopWordsOnly(UserWarning):
+    """``search`` found nothing because the query has no content word (``content_words``)."""
+
+
+def finds_nothing(query: str, kind: str = "bm25") -> bool:
+    """Whether ``query`` has words but none to search for, so the ``kind`` retriever returns no passage
+    (bm25 and hybrid; dense embeds any text)."""
+    return kind != "dense" and has_words(query) and not content_words(query)
 
 
 def _match_expression(words: list[str]) -> str:
@@ -140,6 +170,36 @@ def query_terms(words: list[str]) -> list[str]:
     return list(dict.fromkeys(t for w in words for t in stem.analyze(w)))
 
 
+TITLE_KEY_CHARS = 6  # words match a title's by their stems' first characters (module docstring)
+
+
+def name_keys(text: str) -> set[str]:
+    """The keys of ``text``'s words (a title, a file name, a question's content words): each content
+    word's stem cut to ``TITLE_KEY_CHARS`` characters."""
+    stem, exact = _analyzers()
+    return {t[:TITLE_KEY_CHARS] for w in exact.analyze(text) if w not in STOP_WORDS for t in stem.analyze(w)}
+
+
+def document_name(title: str, name: str) -> str:
+    """A document's title and file name (its last part, extension dropped), as one text; a record of a
+    file (a SQuAD paragraph, a JSON line: a name with '#') is named by its title alone."""
+    if "#" in name:
+        return title
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{title} {base.rsplit('.', 1)[0] if '.' in base else base}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _document_keys(title: str, name: str) -> frozenset[str]:
+    return frozenset(name_keys(document_name(title, name)))
+
+
+def title_share(question_keys: set[str], title: str, name: str) -> float:
+    """The share of a document's title and file name keys the question holds (0 to 1)."""
+    keys = _document_keys(title, name)
+    return len(keys & question_keys) / len(keys) if keys else 0.0
+
+
 def _within(first: Sequence[int], second: Sequence[int], window: int) -> bool:
     """Does a position in ``second`` follow one in ``first`` by 1..``window`` tokens?"""
     return any(0 < b - a <= window for a in first for b in second)
@@ -161,6 +221,7 @@ PROXIMITY_WINDOW = 3  # a question's neighbouring words count as together at mos
 PROXIMITY_WEIGHT = 0.4  # the bonus for all pairs together, relative to the query's best BM25 score
 SENTENCE_WEIGHT = 0.6  # the bonus for a sentence holding every question word, on the same scale
 EXACT_WEIGHT = 0.5  # the weight of BM25 over the question's words as written (unstemmed), on the same scale
+TITLE_WEIGHT = 1.5  # the bonus for a document whose title and file name the question names in full, same scale
 BM25_K1, BM25_B = 1.2, 0.75  # the engine's constants (Tantivy's, as FTS5's were)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
 
@@ -203,7 +264,9 @@ class BM25Retriever:
         self.proximity = proximity
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
-        words = query_words(query)
+        words = content_words(query)
+        if not words:
+            return []
         depth = max(k, PROXIMITY_DEPTH) if self.proximity else k  # re-ranking needs its candidates
         scored = self.index.bm25(query_terms(words), depth)
         if self.proximity and scored:
@@ -246,10 +309,21 @@ class BM25Retriever:
         exact_idf = {word: idf.get(stem, 0.0) for word, stem in tokens.stem_of.items()}
         exact = _bm25_scores(exact_tf, length, exact_idf)
         top_exact = max(exact) or 1.0
+        named = self._named(words, [texts.get(pid) for pid, _ in head])
         head = [(pid, score + PROXIMITY_WEIGHT * sum(idf[a] + idf[b] for a, b in together[i]) / total
-                 + SENTENCE_WEIGHT * coverage[i] + EXACT_WEIGHT * exact[i] / top_exact)
+                 + SENTENCE_WEIGHT * coverage[i] + EXACT_WEIGHT * exact[i] / top_exact + TITLE_WEIGHT * named[i])
                 for i, (pid, score) in enumerate(head)]
         return sorted(head, key=lambda item: -item[1]) + tail
+
+    @staticmethod
+    def _named(words: list[str], records: list) -> list[float]:
+        """Per candidate, ``title_share`` of its document (once per document)."""
+        asked = name_keys(" ".join(words))
+        shares: dict[tuple[str, str], float] = {}
+        for r in records:
+            if r is not None and (r.title, r.document) not in shares:
+                shares[(r.title, r.document)] = title_share(asked, r.title, r.document)
+        return [0.0 if r is None else shares[(r.title, r.document)] for r in records]
 
     def _tokenize(self, query: str, texts: list[str]) -> _Tokens:
         """The query (row 0) and ``texts`` (rows 1..) tokenized by the engine's own analyzer: once as
@@ -358,6 +432,8 @@ class HybridRetriever:
 
     def scored_ids(self, query: str, k: int) -> list[tuple[int, float]]:
         depth = max(self.depth, k)
+        if finds_nothing(query):
+            return []
         try:
             lexical = self.bm25.scored_ids(query, depth)
         except SquadkitError:  # no searchable words: the dense side may still find something
@@ -396,8 +472,13 @@ def make_retriever(index: Index, kind: str = "bm25", embedder: SentenceEmbedder 
 
 
 def search(index: str | Index, query: str, k: int = 5, retriever: str = "bm25") -> list[Hit]:
-    """The ``k`` best passages for ``query`` in the index at ``index`` (a path or an open Index)."""
+    """The ``k`` best passages for ``query`` in the index at ``index`` (a path or an open Index); none,
+    with a ``StopWordsOnly`` warning, for a query of stop words only (bm25, hybrid)."""
     check_k(k)
+    if finds_nothing(query, retriever):
+        import warnings
+
+        warnings.warn(stop_words_note(query), StopWordsOnly, stacklevel=2)
     if isinstance(index, Index):
         return make_retriever(index, retriever).search(query, k)
     with Index(index) as opened:
