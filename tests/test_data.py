@@ -16,12 +16,12 @@ from squadkit.data import (
     Answer,
     SquadDataWarning,
     dataset_from_records,
-    dataset_stats,
     examples_from_records,
     iter_contexts,
     load_squad,
 )
 from squadkit.errors import SquadkitError
+from squadkit.stats import dataset_stats
 
 runner = CliRunner()
 

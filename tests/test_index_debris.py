@@ -17,7 +17,7 @@ from squadkit.errors import SquadkitError
 from squadkit.retrieval import Index, build_index, search
 from squadkit.retrieval import engine
 from squadkit.retrieval import index as ix
-from squadkit.retrieval.index import IndexWriter
+from squadkit.retrieval.writer import IndexWriter
 
 runner = CliRunner()
 

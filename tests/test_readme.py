@@ -40,13 +40,9 @@ def _flags(command) -> set[str]:
 
 
 def _accepts(command, flag: str) -> bool:
-    """Whether ``command`` takes ``flag``: listed, or a hidden spelling its parser maps to a listed one
-    (run_squad's snake_case, older names: cli.SquadkitCommand)."""
-    from squadkit.cli import CLI_ALIASES
-
-    known = _flags(command) | {"--help", "-h"}
-    kebab = flag.replace("_", "-")
-    return flag in known or getattr(command, "aliases", {}).get(kebab, CLI_ALIASES.get(kebab, kebab)) in known
+    """Whether ``command`` takes ``flag``: shown, or a hidden spelling it also declares (run_squad's
+    snake_case, older names: cli.options)."""
+    return flag in _flags(command) | {"--help", "-h"}
 
 
 def _table(header: str) -> list[list[str]]:

@@ -128,12 +128,12 @@ def test_python_api_errors_name_the_keyword_and_the_cli_the_flag(tiny_bert):
 
 def test_only_squadkits_own_errors_are_bad_input(monkeypatch, tmp_path):
     """Anything else is a bug and must show as one, not as 'error: ...' with exit code 2."""
-    import squadkit.metrics
+    import squadkit.metrics.files
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(squadkit.metrics, "evaluate_files", broken)
+    monkeypatch.setattr(squadkit.metrics.files, "evaluate_files", broken)
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert isinstance(res.exception, KeyError)
 

@@ -30,7 +30,7 @@ from squadkit.retrieval import (
     split_passages,
 )
 from squadkit.retrieval.documents import SkipFile, read_documents, regex_token_offsets, tokenizer_offsets_fn
-from squadkit.retrieval.index import INDEX_FORMAT
+from squadkit.retrieval.store import INDEX_FORMAT
 from squadkit.retrieval.search import fts_query
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -264,13 +264,13 @@ def test_index_settings_change_resplits_everything(tmp_path):
 
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
-    from squadkit.retrieval import index as ix
-    real_connect = ix.connect
+    from squadkit.retrieval import index as ix, writer
+    real_connect = writer.connect
     def tiny_cache(*a, **k):  # spill every page to disk at once, so the crash leaves a real half-write
         conn = real_connect(*a, **k)
         conn.execute("PRAGMA cache_size=2")
         return conn
-    ix.connect = tiny_cache
+    writer.connect = tiny_cache
     real_add = ix.IndexWriter.add_document
     count = 0
     def add(self, doc, file_id=None):

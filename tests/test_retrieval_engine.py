@@ -40,12 +40,12 @@ def _state(idx: Path, query: str) -> list[tuple[str, int, int]]:
 # A writer killed (as kill -9: os._exit, no cleanup) at a chosen step; argv: folder, index, step, rebuild
 CRASH_AT = textwrap.dedent("""
     import os, sys
-    from squadkit.retrieval import index as ix, engine
+    from squadkit.retrieval import index as ix, engine, writer
     step = sys.argv[3]
     def die(*a, **k):
         os._exit(17)
     if step == "between-commits":  # incremental: SQLite committed (with the log), the engine not yet
-        ix._commit_engine = die
+        writer._commit_engine = die
     elif step == "before-log-cleared":  # incremental: both committed, the log not yet cleared
         engine.file_sums = die
     elif step == "fresh-before-sqlite":  # a full build: the new engine committed, SQLite not yet

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from squadkit.checkpoint import ModelSettings
-from squadkit.cli import CLI_ALIASES, app
+from squadkit.cli import app
 from squadkit.errors import SquadkitError
 from squadkit.settings import ALIASES, BY_NAME, SETTINGS, given_options, resolve
 
@@ -36,7 +36,27 @@ def _commands() -> dict:
 
 
 def _visible_options(cmd):
-    return [p for p in cmd.params if p.param_type_name == "option" and not p.hidden]
+    """The options --help lists, each with only the spellings it shows (the rest are accepted, hidden)."""
+    import copy
+
+    out = []
+    for p in cmd.params:
+        if p.param_type_name == "option" and not p.hidden:
+            shown = copy.copy(p)
+            shown.opts, shown.secondary_opts = (list(x) for x in cmd.shown.get(p.name, (p.opts, p.secondary_opts)))
+            out.append(shown)
+    return out
+
+
+def _hidden_spellings(cmd) -> dict[str, str]:
+    """Every accepted spelling --help does not show, and the option it belongs to."""
+    out = {}
+    for p in cmd.params:
+        shown = set().union(*cmd.shown.get(p.name, ((), ())))
+        for opt in (*p.opts, *p.secondary_opts):
+            if opt not in shown:
+                out[opt] = p.name
+    return out
 
 
 def test_every_command_is_walked():
@@ -60,8 +80,9 @@ def test_no_setting_has_two_visible_spellings():
     """A flag shown in --help is never an alias of another, and a setting's flag is its one name."""
     for name, cmd in _commands().items():
         for option in _visible_options(cmd):
+            hidden = _hidden_spellings(cmd)
             for opt in option.opts + option.secondary_opts:
-                assert opt not in CLI_ALIASES, f"{name}: {opt} is an old spelling of {CLI_ALIASES[opt]}"
+                assert opt not in hidden, f"{name}: {opt} is an old spelling of --{hidden[opt]}"
             setting = BY_NAME.get(option.name)
             if setting is not None and name != "train":  # train keeps run_squad's flags (same names)
                 assert setting.flag in option.opts, f"{name}: --{option.name} is not spelled {setting.flag}"

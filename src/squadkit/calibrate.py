@@ -119,7 +119,7 @@ def report_summary(report: dict) -> dict:
 
 def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = None, device: str | None = None,
                   strict: bool = False, show_progress: bool = False, cross_fit: bool = True,
-                  note: Callable[[str], None] | None = None) -> dict:
+                  note: Callable[[str], None] | None = None, given=None) -> dict:
     """``squadkit calibrate``: predict ``data`` with the model folder's settings (squad mode of
     ``settings.resolve``, as ``predict``), fit the calibrator on the predictions and save it in the
     folder's ``squadkit.json``; returns the report."""
@@ -134,7 +134,8 @@ def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = N
     from .settings import given_options
 
     check_backend(backend)
-    given = given_options({"batch_size": batch_size}, "squad")
+    if given is None:  # else checked where it came in (the CLI)
+        given = given_options({"batch_size": batch_size}, "squad")
     folder = Path(os.fspath(model)).expanduser()
     if not folder.is_dir():
         raise SquadkitError(f"{model}: calibrate needs a local model folder (it saves the calibrator there)",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import defaults
 from .decode import squad_prediction, squad_text_recoverer, squad_window_nbest
@@ -142,6 +142,8 @@ def run_predict(
     strict: bool = False,
     show_progress: bool = False,
     note: Callable[[str], None] | None = None,
+    given: Given | None = None,
+    names: Mapping[str, str] | None = None,
     **decode_options,
 ) -> dict | None:
     """``squadkit predict``: load model and data, predict, write the files, score when possible.
@@ -158,8 +160,9 @@ def run_predict(
 
     # everything that can be checked without the model, before the heavy imports and the model
     check_backend(backend)
-    given = given_options({"batch_size": batch_size, **decode_options}, "squad")
-    check_output_folder(output_dir)
+    if given is None:  # else checked where it came in (the CLI)
+        given = given_options({"batch_size": batch_size, **decode_options}, "squad")
+    check_output_folder(output_dir, (names or {}).get("output_dir", "output_dir"))
     if isinstance(model, (str, os.PathLike)):
         resolve_model_source(model)
     from .data import load_squad

@@ -90,17 +90,18 @@ NULL_PROBS_FILE = "null_probs.json"  # sigmoid of the null odds: a probability o
 CONFIDENCE_FILE = "confidence.json"
 
 
-def check_output_folder(out_dir: str | os.PathLike) -> Path:
-    """The folder the files go to, refused at once (before any work) where it cannot be one."""
+def check_output_folder(out_dir: str | os.PathLike, name: str = "output_dir") -> Path:
+    """The folder the files go to, refused at once (before any work) where it cannot be one; ``name``: how
+    the caller spelled the parameter."""
     from .errors import SquadkitError
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise SquadkitError(f"{out_dir}: exists and is not a folder; give output_dir a folder for the prediction files",
+        raise SquadkitError(f"{out_dir}: exists and is not a folder; give {name} a folder for the prediction files",
                             param="output_dir")
     parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise SquadkitError(f"{out_dir}: cannot create the output_dir folder here ({parent} is not writable)",
+        raise SquadkitError(f"{out_dir}: cannot create the {name} folder here ({parent} is not writable)",
                             param="output_dir")
     return out_dir
 

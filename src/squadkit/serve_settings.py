@@ -51,34 +51,38 @@ class ServeSettings:
     log_level: str = field(default="info", metadata=_flag("uvicorn log level: critical, error, warning, info, debug."))
     access_log: bool = field(default=True, metadata=_flag("Log every request."))
 
-    def validate(self) -> "ServeSettings":
-        """Refuse settings that cannot work, naming the setting (a SquadkitError, so the CLI says one line)."""
+    def validate(self, names: Optional[dict] = None) -> "ServeSettings":
+        """Refuse settings that cannot work, naming each as the caller spelled it (``names``: the CLI's flags)."""
+        def n(field_name: str) -> str:
+            return (names or {}).get(field_name, field_name)
+
         positive_ints = ("max_batch_size", "max_queue", "max_body_bytes", "max_context_chars",
                          "max_question_chars", "max_batch_items", "max_top_k", "retry_after_s")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SquadkitError(f"{name} must be an integer >= 1, got {value!r}", param=name)
+                raise SquadkitError(f"{n(name)} must be an integer >= 1, got {value!r}", param=name)
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise SquadkitError(f"batch_size must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
+            raise SquadkitError(f"{n('batch_size')} must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise SquadkitError(f"threads must be an integer >= 1, got {self.threads!r}", param="threads")
+            raise SquadkitError(f"{n('threads')} must be an integer >= 1, got {self.threads!r}", param="threads")
         if not 0 <= self.port <= 65535:
-            raise SquadkitError(f"port must be between 0 and 65535, got {self.port}", param="port")
+            raise SquadkitError(f"{n('port')} must be between 0 and 65535, got {self.port}", param="port")
         if self.max_wait_ms < 0:
-            raise SquadkitError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}", param="max_wait_ms")
+            raise SquadkitError(f"{n('max_wait_ms')} must be >= 0, got {self.max_wait_ms}", param="max_wait_ms")
         if self.request_timeout_s <= 0:
-            raise SquadkitError(f"request_timeout_s must be > 0, got {self.request_timeout_s}", param="request_timeout_s")
+            raise SquadkitError(f"{n('request_timeout_s')} must be > 0, got {self.request_timeout_s}", param="request_timeout_s")
         if self.max_batch_items > self.max_queue:
             raise SquadkitError(
-                f"max_batch_items ({self.max_batch_items}) cannot exceed max_queue ({self.max_queue}): "
+                f"{n('max_batch_items')} ({self.max_batch_items}) cannot exceed "
+                f"{n('max_queue')} ({self.max_queue}): "
                 "such a batch could never be admitted", param="max_batch_items"
             )
         if self.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
-            raise SquadkitError(f"log_level must be critical, error, warning, info, debug or trace, got {self.log_level!r}",
+            raise SquadkitError(f"{n('log_level')} must be critical, error, warning, info, debug or trace, got {self.log_level!r}",
                                 param="log_level")
         if self.backend not in ("auto", "torch", "onnx"):
-            raise SquadkitError(f"backend must be 'auto', 'torch' or 'onnx', got {self.backend!r}", param="backend")
+            raise SquadkitError(f"{n('backend')} must be 'auto', 'torch' or 'onnx', got {self.backend!r}", param="backend")
         return self
 
     def public(self) -> dict:

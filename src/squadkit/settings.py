@@ -242,23 +242,26 @@ class Given:
         return Given({**self.values, **later.values}, {**self.typed, **later.typed})
 
 
-def given_options(options: Mapping[str, Any] | None, mode: Mode, where: str = "") -> Given:
+def given_options(options: Mapping[str, Any] | None, mode: Mode, where: str = "",
+                  spelled: Mapping[str, str] | None = None) -> Given:
     """``options`` under their canonical names (None = not given, dropped), each value checked once.
-    Unknown names, derived settings, and two spellings of one setting are refused (one line)."""
+    Unknown names, derived settings, and two spellings of one setting are refused (one line).
+    ``spelled``: how the caller spelled each name (the CLI's flags), for errors."""
     known = {s.name for s in SETTINGS if mode in s.defaults and s.check is not None}
     values: dict[str, Any] = {}
     typed: dict[str, str] = {}
-    for spelled, value in (options or {}).items():
-        name = ALIASES.get(spelled, spelled)
+    for key, value in (options or {}).items():
+        name = ALIASES.get(key, key)
+        as_given = (spelled or {}).get(key, key)
         if name not in known:
-            raise SquadkitError(f"unknown keyword argument {spelled!r}{' ' + where if where else ''} "
-                                f"(known: {', '.join(sorted(known))})", param=spelled)
+            raise SquadkitError(f"unknown keyword argument {key!r}{' ' + where if where else ''} "
+                                f"(known: {', '.join(sorted(known))})", param=key)
         if value is None:
             continue
         if name in values:
-            raise SquadkitError(f"{typed[name]} and {spelled} are the same setting: give one", param=spelled)
-        check_setting(name, value, spelled)
-        values[name], typed[name] = value, spelled
+            raise SquadkitError(f"{typed[name]} and {as_given} are the same setting: give one", param=key)
+        check_setting(name, value, as_given)
+        values[name], typed[name] = value, as_given
     given = Given(values, typed)
     _check_window_shape(values, given)
     return given

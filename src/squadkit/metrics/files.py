@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from ..errors import SquadkitError
+from ..errors import SquadkitError, first_line
 from ..io import read_json
 from .official import check_na_prob_value, evaluate, json_type
 
@@ -81,3 +83,49 @@ def evaluate_files(
                     na_prob_name=str(na_prob_file) if na_prob_file is not None else "na_probs")
 
 
+
+
+def confidences_beside(pred_file: Path) -> tuple[Optional[Path], list[str]]:
+    """predict's confidence.json beside its predictions.json (read unasked), with the notes to say so:
+    where it was found, and whether it scores the calibrator's own data (predict's eval_results.json)."""
+    found = Path(pred_file).parent / "confidence.json"
+    if not (found.is_file() and Path(pred_file).name.endswith("predictions.json")):
+        return None, []
+    notes = [f"reading the confidences from {found} (predict's output beside {Path(pred_file).name})"]
+    try:
+        saved = json.loads((found.parent / "eval_results.json").read_text(encoding="utf-8")).get("confidence") or {}
+    except (OSError, ValueError, AttributeError):
+        saved = {}
+    if saved.get("in_sample"):
+        cross = saved.get("ece_cross_fit")
+        notes.append("these predictions are of the data the calibrator was fitted on: the ECE is in-sample "
+                     "(optimistic)" + (f"; cross-fitted it was {cross:.3f}" if isinstance(cross, (int, float)) else ""))
+    return found, notes
+
+
+def confidence_report_of_files(data_file: Path, pred_file: Path, confidence_file: Path, cutoffs: tuple[float, ...],
+                               image_dir: Optional[Path]) -> dict:
+    """``evaluate --confidence``: how well the confidences in ``confidence_file`` are calibrated."""
+    from ..data import load_squad
+    from .reports import confidence_report
+
+    try:
+        confidence = json.loads(Path(confidence_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SquadkitError(f"{confidence_file}: cannot read the confidences: {first_line(exc)}",
+                            param="confidence_file") from None
+    return confidence_report(load_squad(data_file), load_predictions(pred_file), confidence, cutoffs=cutoffs,
+                             out_image_dir=image_dir, confidence_name=str(confidence_file))
+
+
+def compare_files(data_file: Path, pred_file: Path, other_file: Path) -> dict:
+    """``evaluate --compare``: PREDS minus FILE on every question of DATA, F1 and exact, with paired-bootstrap
+    intervals."""
+    from ..data import load_squad
+    from .reports import paired_bootstrap
+
+    dataset = load_squad(data_file)
+    preds, other = load_predictions(pred_file), load_predictions(other_file)
+    names = (str(pred_file), str(other_file))
+    return {"file": str(other_file), **{metric: paired_bootstrap(dataset, preds, other, metric=metric, names=names)
+                                        for metric in ("f1", "exact")}}

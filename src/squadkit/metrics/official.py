@@ -450,6 +450,20 @@ def _check_na_probs(na_probs: Mapping[str, float], qids: Iterable[str], name: st
         check_na_prob_value(qid, na_probs[qid], name)
 
 
+def _check_predictions(gold_answers: Mapping[str, Sequence[str]], predictions: Any, pred_name: str) -> None:
+    """Refuse data without questions, predictions that are not texts, and predictions for no question."""
+    if not gold_answers:
+        raise SquadkitError("the data has no questions")
+    if not isinstance(predictions, Mapping):
+        raise SquadkitError(f"{pred_name}: expected a mapping of question id to answer text")
+    bad = next((q for q in gold_answers if q in predictions and not isinstance(predictions[q], str)), None)
+    if bad is not None:
+        raise SquadkitError(f"{pred_name}: prediction for {bad!r} must be a string, "
+                            f"got {json_type(predictions[bad])}")
+    if not any(qid in predictions for qid in gold_answers):  # checked first: no flood of "Missing" lines
+        raise SquadkitError(f"{pred_name}: none of the {len(gold_answers)} questions in the data has a prediction")
+
+
 def evaluate(
     gold: GoldInput,
     predictions: Mapping[str, str],
@@ -463,52 +477,15 @@ def evaluate(
     pred_name: str = "predictions",
     na_prob_name: str = "na_probs",
 ) -> "OrderedDict[str, Any]":
-    """The official ``evaluate-v2.0.py`` result for ``predictions`` on ``gold``, as an ordered dict.
-
-    Keys, in the official order: ``exact, f1, total``, ``HasAns_exact, HasAns_f1, HasAns_total``
-    and ``NoAns_*`` (each group only when that subset is non-empty), then ``best_exact,
-    best_exact_thresh, best_f1, best_f1_thresh`` when ``na_probs`` is given (or ``best_always``),
-    then ``pr_exact_ap, pr_f1_ap, pr_oracle_ap`` when ``out_image_dir`` and ``na_probs`` are given
-    and some question is answerable. For SQuAD v1.1 data (see :func:`is_squad_v1`) a last key
-    ``"v1.1"`` holds ``{"exact_match", "f1"}`` as ``evaluate-v1.1.py`` reports them; it is a
-    sub-object because v1.1's ``f1`` name would collide with v2's (the two F1s differ only when
-    an answer normalizes to nothing).
-
-    Deviations from the official script, each where it would crash:
-
-    * questions without a prediction are reported through ``report_missing`` (default
-      :func:`print`, i.e. stdout like the official script; the CLI passes a stderr writer; None
-      silences) and left out of every total: the numbers are the official ones on the data
-      restricted to predicted questions (the official script raises KeyError later). Predictions
-      for ids not in the data are ignored. No prediction for any question is a SquadkitError.
-    * ``na_probs`` must cover every predicted question (the official script raises KeyError);
-      extra keys are ignored.
-
-    ``na_probs=None`` means every no-answer probability is 0.0, as in the official script; then
-    the ``best_*`` keys are reported only with ``best_always=True``, which reproduces
-    transformers' ``squad_evaluate`` (run_squad), which always ran the threshold search: its
-    model cards show ``best_exact`` at threshold 0.0, possibly above ``exact`` (e.g. by 1/11873)
-    because the all-zero walk un-abstains questions in prediction order.
-
-    The precision-recall curves (``pr_exact.png, pr_f1.png, pr_oracle.png``) and the histograms
-    (``na_prob_hist_hasAns.png, na_prob_hist_noAns.png``) go to ``out_image_dir`` only with
-    ``na_probs``, as in the official script, where ``-p`` without ``-n`` silently does nothing;
-    here too it does nothing (the CLI prints a note). Needs matplotlib (extra ``plot``).
+    """The official ``evaluate-v2.0.py`` result for ``predictions`` on ``gold``, as an ordered dict, in the
+    official key order (``best_*`` with ``na_probs`` or ``best_always``; ``pr_*`` with images; ``"v1.1"`` for
+    SQuAD v1.1 data). Questions without a prediction go to ``report_missing`` and out of every total, where
+    the official script would crash; images need matplotlib. The keys and every deviation: docs/metrics.md.
     """
     gold_answers = gold_answers_from(gold)
-    if not gold_answers:
-        raise SquadkitError("the data has no questions")
-    if not isinstance(predictions, Mapping):
-        raise SquadkitError(f"{pred_name}: expected a mapping of question id to answer text")
+    _check_predictions(gold_answers, predictions, pred_name)
     if na_probs is not None and out_image_dir is not None:
         require_matplotlib()
-
-    bad = next((q for q in gold_answers if q in predictions and not isinstance(predictions[q], str)), None)
-    if bad is not None:
-        raise SquadkitError(f"{pred_name}: prediction for {bad!r} must be a string, "
-                            f"got {json_type(predictions[bad])}")
-    if not any(qid in predictions for qid in gold_answers):  # checked first: no flood of "Missing" lines
-        raise SquadkitError(f"{pred_name}: none of the {len(gold_answers)} questions in the data has a prediction")
     exact_raw, f1_raw = get_raw_scores(gold_answers, predictions, report_missing)
 
     # Everything below runs on the data restricted to the predicted questions (data order kept).

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from .ask import Answer, AskResult, DocumentQA, ask, rank_answers, reader_threshold
 from .documents import Document, Passage, split_passages
-from .index import DocumentRecord, Index, IndexReport, IndexSettings, build_index, index_documents
+from .index import build_index, index_documents
+from .store import DocumentRecord, Index, IndexReport, IndexSettings
 from .search import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Retriever, SentenceEmbedder, make_retriever, search
 
 __all__ = [

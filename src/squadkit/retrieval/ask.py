@@ -22,9 +22,9 @@ from typing import Any, Sequence
 from ..abstain import Abstention, why_empty
 from ..checkpoint import check_ask_scoring
 from ..errors import SquadkitError
-from ..settings import AnswerSettings, given_options, resolve
+from ..settings import AnswerSettings, Given, given_options, resolve
 from .documents import page_at
-from .index import Index
+from .store import Index
 from .search import Hit, Retriever, check_k, make_retriever
 
 _NOTED: set[str] = set()  # model folders already told they have no ask_threshold (once per process)
@@ -175,59 +175,51 @@ def retrieval_prior(hits: Sequence[Hit], weight: float) -> list[float]:
     return [weight * (h.score - mean) / spread for h in hits]
 
 
-def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
-                 top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
-                 scoring: str | None = None, retrieval_weight: float = 0.0) -> AskResult:
-    """Rank the reader's spans of every retrieved passage and decide whether to abstain.
+Span = tuple[float, int, int, int, int]  # (score, passage index, start, end in the passage, tokens)
 
-    ``nbests[j]`` is the n-best list (``NBestEntry``: text, start_logit, end_logit, start, end in
-    passage characters, "" for the null answer) of passage ``hits[j]``. ``windows`` holds each
-    passage's windows' (CLS start, CLS end, log normaliser) (``predict_squad(keep_windows=True)``).
-    ``scoring`` is the rule (``checkpoint.ASK_SCORINGS``): "normalized" (needs ``windows``; the default when
-    they are given) or "raw" (the default without); with ``windows`` either rule also gives the
-    calibration features of the best span. ``retrieval_weight`` orders the spans by score +
-    ``retrieval_prior``. See the module docstring.
-    """
-    check_k(top_k, "top_k")
-    scoring = scoring or ("raw" if windows is None else "normalized")
-    check_ask_scoring(scoring, "scoring", param="scoring")
-    if scoring == "normalized" and windows is None:
-        raise SquadkitError("scoring normalized needs the passages' windows (predict_squad(keep_windows=True))",
-                            param="scoring")
-    spans: list[tuple[float, int, int, int, int]] = []  # (score, passage index, start, end, tokens)
-    nulls: list[float] = []
+
+def _spans_and_nulls(hits: Sequence[Hit], nbests: Sequence[Sequence[Any]]) -> tuple[list[Span], list[float | None]]:
+    """Every passage's candidate spans with their raw score, and each passage's null score (CLS start + end)."""
+    spans: list[Span] = []
     passage_nulls: list[float | None] = [None] * len(hits)
     for j, (hit, nbest) in enumerate(zip(hits, nbests)):
         for e in nbest:
             if e.text == "" and e.start is None:
-                nulls.append(e.start_logit + e.end_logit)
                 passage_nulls[j] = e.start_logit + e.end_logit
             elif e.start is not None and e.end is not None and 0 <= e.start < e.end <= len(hit.text):
                 spans.append((e.start_logit + e.end_logit, j, e.start, e.end, e.tokens or 1))
-    null_score = min(nulls) if nulls else None
-    log_z = _normalizer(windows) if windows is not None else 0.0
-    if scoring == "normalized":  # log-probabilities under one softmax over all passages' windows
-        spans = [(score - log_z, *rest) for score, *rest in spans]
-        cls = [[w[0] + w[1] for w in ws] for ws in windows]
-        passage_nulls = [(_logsumexp(c) - log_z) if c else None for c in cls]
-        flat = [x for c in cls for x in c]
-        null_score = _logsumexp(flat) - log_z if flat else None
-    prior = retrieval_prior(hits, retrieval_weight)
-    spans.sort(key=lambda s: -(s[0] + prior[s[1]]))
+    return spans, passage_nulls
+
+
+def _normalized(spans: list[Span], windows: Sequence[Sequence[tuple]], log_z: float):
+    """Spans as log-probabilities under one softmax over every window of every passage; each passage's and
+    the question's no-answer log-probability."""
+    cls = [[w[0] + w[1] for w in ws] for ws in windows]
+    flat = [x for c in cls for x in c]
+    return ([(score - log_z, *rest) for score, *rest in spans], [(_logsumexp(c) - log_z) if c else None for c in cls],
+            _logsumexp(flat) - log_z if flat else None)
+
+
+def _answers(spans: list[Span], hits: Sequence[Hit], prior: Sequence[float]) -> tuple[list[Answer], list[float]]:
+    """The spans as answers, best first by score + their passage's prior, each span once (passages overlap)."""
     answers: list[Answer] = []
-    ranked: list[float] = []  # each answer's ranking score: score + its passage's prior
+    ranked: list[float] = []  # each answer's ranking score
     seen: set[tuple[str, int, int]] = set()
-    best_tokens = spans[0][4] if spans else None
-    for score, j, s, e, _ in spans:
+    for score, j, s, e, _ in sorted(spans, key=lambda span: -(span[0] + prior[span[1]])):
         hit = hits[j]
         key = (hit.document, hit.start + s, hit.start + e)
-        if key in seen:  # the same span read in two overlapping passages
+        if key in seen:
             continue
         seen.add(key)
         ranked.append(score + prior[j])
         answers.append(Answer(hit.text[s:e], score, 0.0, hit.document, hit.title, hit.start + s, hit.start + e,
                               hit.text, hit.start, hit.end, hit.score, j + 1, page=page_at(hit.metadata, hit.start + s),
                               document_id=hit.document_id))
+    return answers, ranked
+
+
+def _set_probabilities(answers: list[Answer], ranked: list[float], null_score: float | None, scoring: str) -> None:
+    """Each answer's probability: its own (normalized), or a softmax over the ranking scores and the null (raw)."""
     scores = ranked + ([null_score] if null_score is not None else [])
     if scoring == "normalized":
         for a in answers:
@@ -237,6 +229,34 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
         total = sum(math.exp(x - top) for x in scores)
         for a, x in zip(answers, ranked):
             a.probability = math.exp(x - top) / total
+
+
+def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[Any]], threshold: float,
+                 top_k: int = 1, windows: Sequence[Sequence[tuple]] | None = None,
+                 scoring: str | None = None, retrieval_weight: float = 0.0) -> AskResult:
+    """Rank the reader's spans of every retrieved passage and decide whether to abstain.
+
+    ``nbests[j]`` is the n-best list (``NBestEntry``) of passage ``hits[j]``; ``windows`` each passage's
+    windows' (CLS start, CLS end, log normaliser) (``predict_squad(keep_windows=True)``). ``scoring`` is
+    "normalized" (needs ``windows``; their default) or "raw"; ``retrieval_weight`` orders spans by score +
+    ``retrieval_prior``. Why: docs/ask.md.
+    """
+    check_k(top_k, "top_k")
+    scoring = scoring or ("raw" if windows is None else "normalized")
+    check_ask_scoring(scoring, "scoring", param="scoring")
+    if scoring == "normalized" and windows is None:
+        raise SquadkitError("scoring normalized needs the passages' windows (predict_squad(keep_windows=True))",
+                            param="scoring")
+    spans, passage_nulls = _spans_and_nulls(hits, nbests)
+    nulls = [n for n in passage_nulls if n is not None]
+    null_score = min(nulls) if nulls else None
+    log_z = _normalizer(windows) if windows is not None else 0.0
+    if scoring == "normalized":
+        spans, passage_nulls, null_score = _normalized(spans, windows, log_z)
+    prior = retrieval_prior(hits, retrieval_weight)
+    best_tokens = max(spans, key=lambda span: span[0] + prior[span[1]])[4] if spans else None
+    answers, ranked = _answers(spans, hits, prior)
+    _set_probabilities(answers, ranked, null_score, scoring)
     result = AskResult(question, not answers, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
                        scoring=scoring, retrieval_weight=float(retrieval_weight))
     result.no_answer = result.no_answer or (result.null_margin is not None and result.null_margin > threshold)
@@ -260,10 +280,12 @@ class DocumentQA:
 
     def __init__(self, index: str | os.PathLike | Index | None, model: Any = None, *, qa: Any = None,
                  retriever: str | Retriever = "bm25", backend: str = "auto", device: str | None = None,
-                 **options: Any) -> None:
+                 given: Given | None = None, **options: Any) -> None:
         # every ask setting (k, the threshold, scoring, retrieval_weight, windows, ...; older spellings too),
-        # checked here once, before the index opens or the model loads
+        # checked here once (``given``: already checked where it came in), before the index opens or the model loads
         self._given = given_options(options, "ask", "to DocumentQA")
+        if given is not None:
+            self._given = given.merged(self._given)
         if isinstance(retriever, str):
             if index is None:
                 raise SquadkitError("DocumentQA needs an index (or a retriever object)")

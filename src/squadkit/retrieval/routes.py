@@ -21,7 +21,7 @@ from ..defaults import MAX_PASSAGES
 from ..errors import SquadkitError
 from ..http_contract import ANSWERING_ERRORS, error_response, error_responses, json_int, json_number, text
 from .ask import AskResult, DocumentQA
-from .index import Index
+from .store import Index
 from .search import has_words
 
 

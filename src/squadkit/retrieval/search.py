@@ -52,7 +52,7 @@ from ..errors import SquadkitError
 from . import ann, engine
 from .embedder import SentenceEmbedder, default_embedder_path  # noqa: F401 (their public home was here)
 from .documents import page_at
-from .index import Index
+from .store import Index
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 RRF_K = 60

@@ -9,6 +9,26 @@ from ..checkpoint import SETTINGS_FILE, ModelSettings
 from .config import TrainConfig
 
 
+def _ask_lines(config: TrainConfig, settings: ModelSettings) -> list[str]:
+    """The card's section on asking a collection, for a folder with a learned ask rule."""
+    if settings.ask_threshold is None:
+        return []
+    return ["", "## Asking a collection (`squadkit ask`)", "",
+          f"Trained for collections (passage negatives: {config.passage_negatives} per question; shared "
+          f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` "
+          + ("scores spans as log-probabilities under one softmax over every passage it reads and abstains "
+             "when the no-answer mass of all passages"
+             if settings.ask_rule == "normalized" else
+             "ranks spans across passages on their logit sums and abstains when the lowest null score of "
+             "the passages")
+          + f" beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold` for "
+          f"`ask_scoring` {settings.ask_rule}, "
+          f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."
+          + (f" Spans are ranked on their score + {settings.ask_retrieval_weight:g} x their passage's "
+             f"retrieval score, z-scored over the passages read (`ask_retrieval_weight`)."
+             if settings.ask_retrieval_weight else "")]
+
+
 def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path | None, results: dict | None,
                stats: dict | None, global_step: int, settings: ModelSettings) -> str:
     """Base model, data, the command, the results, and how the saved settings are used (true to the code)."""
@@ -44,21 +64,7 @@ def model_card(config: TrainConfig, train_path: Path | None, predict_path: Path 
         f"`squadkit predict` answers \"\" when the null score minus the best span's score exceeds {threshold:.4f} "
         f"(run_squad's rule), with windows stepping by {config.doc_stride} tokens.",
     ]
-    if settings.ask_threshold is not None:
-        lines += ["", "## Asking a collection (`squadkit ask`)", "",
-                  f"Trained for collections (passage negatives: {config.passage_negatives} per question; shared "
-                  f"normalization: {'on' if config.shared_norm else 'off'}). `squadkit ask` "
-                  + ("scores spans as log-probabilities under one softmax over every passage it reads and abstains "
-                     "when the no-answer mass of all passages"
-                     if settings.ask_rule == "normalized" else
-                     "ranks spans across passages on their logit sums and abstains when the lowest null score of "
-                     "the passages")
-                  + f" beats the best span by more than {settings.ask_threshold:.4f} (`ask_threshold` for "
-                  f"`ask_scoring` {settings.ask_rule}, "
-                  f"{settings.ask_threshold_from}); it reads {settings.ask_k} passages unless told."
-                  + (f" Spans are ranked on their score + {settings.ask_retrieval_weight:g} x their passage's "
-                     f"retrieval score, z-scored over the passages read (`ask_retrieval_weight`)."
-                     if settings.ask_retrieval_weight else "")]
+    lines += _ask_lines(config, settings)
     lines += _calibration_lines(settings)
     if v2:
         lines += ["",

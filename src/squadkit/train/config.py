@@ -109,49 +109,56 @@ class TrainConfig:
     quiet: bool = _f(False, "No log lines on the terminal (log.jsonl is still written).")
     command: str | None = _f(None, "", cli=False)  # the command line, for the model card
     interrupt_at_step: int | None = _f(None, "", cli=False)  # test hook: stop after this step as if killed
+    # how the caller spelled each field (the CLI: the flag typed), so errors name it; the field's name where absent
+    names: dict = field(default_factory=dict, metadata={"help": "", "cli": False})
+
+    def name_of(self, field_name: str) -> str:
+        """How the caller spelled ``field_name`` (the CLI's flag as typed), for errors."""
+        return self.names.get(field_name, field_name)
 
     def validate(self) -> "TrainConfig":
-        """One-line errors for values run_squad would only trip over mid-run."""
+        """One-line errors for values run_squad would only trip over mid-run, naming each as the caller spelled it."""
+        n = self.name_of
         for name in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps",
                      "max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
                      "logging_steps"):
-            defaults.check_positive_int(getattr(self, name), name)
+            defaults.check_positive_int(getattr(self, name), n(name))
         if self.pad_to_multiple_of is not None:
-            defaults.check_positive_int(self.pad_to_multiple_of, "pad_to_multiple_of")
+            defaults.check_positive_int(self.pad_to_multiple_of, n("pad_to_multiple_of"))
         for name in ("warmup_steps", "save_steps", "eval_steps"):
-            defaults.check_positive_int(getattr(self, name), name, minimum=0)
+            defaults.check_positive_int(getattr(self, name), n(name), minimum=0)
         for name in ("learning_rate", "adam_epsilon"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise SquadkitError(f"{name} must be a positive number, got {value!r}", param=name)
+                raise SquadkitError(f"{n(name)} must be a positive number, got {value!r}", param=name)
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise SquadkitError(f"{name} must be a non-negative number, got {value!r}", param=name)
+                raise SquadkitError(f"{n(name)} must be a non-negative number, got {value!r}", param=name)
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise SquadkitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}", param="warmup_ratio")
+            raise SquadkitError(f"{n('warmup_ratio')} must be in [0, 1), got {self.warmup_ratio!r}", param="warmup_ratio")
         if self.save_total_limit is not None:
-            defaults.check_positive_int(self.save_total_limit, "save_total_limit")
+            defaults.check_positive_int(self.save_total_limit, n("save_total_limit"))
         if self.do_train and self.max_steps <= 0 and not self.num_train_epochs > 0:
-            raise SquadkitError(f"num_train_epochs must be positive (or give max_steps), got {self.num_train_epochs!r}",
+            raise SquadkitError(f"{n('num_train_epochs')} must be positive (or give {n('max_steps')}), got {self.num_train_epochs!r}",
                                 param="num_train_epochs")
         if self.bf16 and self.fp16:
-            raise SquadkitError("give at most one of bf16 and fp16", param="fp16")
+            raise SquadkitError(f"give at most one of {n('bf16')} and {n('fp16')}", param="fp16")
         if not (self.do_train or self.do_eval):
-            raise SquadkitError("nothing to do: give do_train and/or do_eval")
+            raise SquadkitError(f"nothing to do: give {n('do_train')} and/or {n('do_eval')}")
         if self.load_best_model_at_end and not self.eval_steps:
-            raise SquadkitError("load_best_model_at_end needs eval_steps (evaluation during training)",
+            raise SquadkitError(f"{n('load_best_model_at_end')} needs {n('eval_steps')} (evaluation during training)",
                                 param="load_best_model_at_end")
         if self.load_best_model_at_end and not self.keep_best:
-            raise SquadkitError("load_best_model_at_end needs keep_best (the best weights are loaded from "
+            raise SquadkitError(f"{n('load_best_model_at_end')} needs {n('keep_best')} (the best weights are loaded from "
                                 "checkpoint-best)", param="load_best_model_at_end")
         if self.eval_steps and not self.predict_file and not self.data_dir:
-            raise SquadkitError("eval_steps needs a predict_file to evaluate on", param="eval_steps")
-        defaults.check_positive_int(self.passage_negatives, "passage_negatives", minimum=0)
+            raise SquadkitError(f"{n('eval_steps')} needs a {n('predict_file')} to evaluate on", param="eval_steps")
+        defaults.check_positive_int(self.passage_negatives, n("passage_negatives"), minimum=0)
         if not isinstance(self.ask_k, int) or isinstance(self.ask_k, bool) or not 1 <= self.ask_k <= defaults.MAX_PASSAGES:
-            raise SquadkitError(f"ask_k must be an integer from 1 to {defaults.MAX_PASSAGES}, got {self.ask_k!r}", param="ask_k")
+            raise SquadkitError(f"{n('ask_k')} must be an integer from 1 to {defaults.MAX_PASSAGES}, got {self.ask_k!r}", param="ask_k")
         if self.doc_stride >= self.max_seq_length:
-            raise SquadkitError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_length "
+            raise SquadkitError(f"{n('doc_stride')} ({self.doc_stride}) must be smaller than {n('max_seq_length')} "
                                 f"({self.max_seq_length})", param="doc_stride")
         self.window_settings().validate()
         return self
@@ -237,3 +244,15 @@ class TrainResult:
     features_cache: Path | None = None
     features_cached: bool = False  # True when tokenization was skipped thanks to the cache
     is_main_process: bool = True  # under a launcher, only the main process writes and reports
+
+    def summary(self) -> dict:
+        """What ``squadkit train`` prints: the run's outcome as JSON-ready values."""
+        return {
+            "output_dir": str(self.output_dir), "global_step": self.global_step, "train_loss": self.train_loss,
+            "samples_per_second": self.samples_per_second, "examples_used": self.examples_used,
+            "examples_skipped": self.examples_skipped, "train_windows": self.train_windows,
+            "features_cache": str(self.features_cache) if self.features_cache else None,
+            "features_cached": self.features_cached, "null_score_diff_threshold": self.null_score_diff_threshold,
+            "eval_results": self.eval_results, "best_metric": self.best_metric, "best_step": self.best_step,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        }

@@ -111,18 +111,9 @@ def features_cache_path(folder: str | os.PathLike, data_file: str | os.PathLike,
     return Path(folder) / f"squadkit-features-{h.hexdigest()[:24]}.npz"
 
 
-def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings, version_2_with_negative: bool,
-                        source: str = "training data", chunk_size: int = 2000, passage_negatives: int = 0,
-                        seed: int = 42, grouped: bool = False) -> TrainFeatures:
-    """Windows with start/end labels for the first answer of each question (as run_squad).
-
-    Answers whose text is not at their offset, and (without version_2_with_negative) questions
-    with no answer, are skipped and counted; an error when nothing usable is left.
-
-    ``passage_negatives`` N > 0 adds N negative paragraphs per question (train/negatives.py) as
-    unanswerable windows; with N > 0 or ``grouped`` (shared normalization) the windows are ordered
-    question by question and ``group_offsets`` says where each question's windows are.
-    """
+def _usable_examples(examples: Sequence, version_2_with_negative: bool, source: str):
+    """(the examples trained on, their answer's character span or None, ids whose answer is not at its offset,
+    how many unanswerable questions were left out); an error when none is left."""
     kept, spans = [], []
     mismatched, unanswerable = [], 0
     for ex in examples:
@@ -146,6 +137,22 @@ def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings,
             why.append(f"{unanswerable} unanswerable question(s) without --version-2-with-negative")
         raise SquadkitError(f"{source}: no usable training examples out of {len(examples)}"
                             + (f" ({'; '.join(why)})" if why else ""))
+    return kept, spans, mismatched, unanswerable
+
+
+def make_train_features(examples: Sequence, tokenizer, settings: WindowSettings, version_2_with_negative: bool,
+                        source: str = "training data", chunk_size: int = 2000, passage_negatives: int = 0,
+                        seed: int = 42, grouped: bool = False) -> TrainFeatures:
+    """Windows with start/end labels for the first answer of each question (as run_squad).
+
+    Answers whose text is not at their offset, and (without version_2_with_negative) questions
+    with no answer, are skipped and counted; an error when nothing usable is left.
+
+    ``passage_negatives`` N > 0 adds N negative paragraphs per question (train/negatives.py) as
+    unanswerable windows; with N > 0 or ``grouped`` (shared normalization) the windows are ordered
+    question by question and ``group_offsets`` says where each question's windows are.
+    """
+    kept, spans, mismatched, unanswerable = _usable_examples(examples, version_2_with_negative, source)
     pieces = []
     for lo in range(0, len(kept), chunk_size):
         chunk = kept[lo:lo + chunk_size]

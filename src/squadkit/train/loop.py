@@ -593,10 +593,10 @@ def make_accelerator(config: TrainConfig):
 
     cuda = torch.cuda.is_available() and not config.no_cuda
     if config.fp16 and not cuda:
-        raise SquadkitError("fp16 needs a CUDA GPU and none is in use here; use bf16 (CPU autocast) or neither",
+        raise SquadkitError(f"{config.name_of('fp16')} needs a CUDA GPU and none is in use here; use bf16 (CPU autocast) or neither",
                             param="fp16")
     if config.bf16 and cuda and not torch.cuda.is_bf16_supported():
-        raise SquadkitError("bf16: this GPU does not support bfloat16; use fp16", param="bf16")
+        raise SquadkitError(f"{config.name_of('bf16')}: this GPU does not support bfloat16; use fp16", param="bf16")
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
     return Accelerator(mixed_precision=precision, cpu=config.no_cuda or not cuda)
 
@@ -663,9 +663,9 @@ def _check_inputs(config: TrainConfig) -> tuple[Path, Path | None, Path | None, 
     output_dir = Path(config.output_dir)
     train_path, predict_path = config.resolved_path("train_file"), config.resolved_path("predict_file")
     if config.do_train and train_path is None:
-        raise SquadkitError("do_train needs a train_file", param="train_file")
+        raise SquadkitError(f"{config.name_of('do_train')} needs a {config.name_of('train_file')}", param="train_file")
     if config.do_eval and predict_path is None:
-        raise SquadkitError("do_eval needs a predict_file", param="predict_file")
+        raise SquadkitError(f"{config.name_of('do_eval')} needs a {config.name_of('predict_file')}", param="predict_file")
     for p, param in ((train_path if config.do_train else None, "train_file"),
                      (predict_path if (config.do_eval or config.eval_steps) else None, "predict_file")):
         if p is not None and not p.is_file():
@@ -693,7 +693,7 @@ def _config_and_tokenizer(config: TrainConfig, accelerator, source, resume, hub:
         if (config.tokenizer_name and resume is None) else source
     tokenizer = load_tokenizer(tok_source, **hub, **({"do_lower_case": True} if config.do_lower_case else {}))
     check_window_fits(config.max_seq_length, config_window_limit(model_config, tokenizer),
-                      f"model {config.model_name_or_path}", param="max_seq_length")
+                      f"model {config.model_name_or_path}", param=config.name_of("max_seq_length"))
     if config.do_lower_case and not _lowercases(tokenizer):
         warn_main(accelerator, f"--do_lower_case has no effect on {type(tokenizer).__name__}: this tokenizer keeps case "
                                f"(as with run_squad's RoBERTa); it only changes how answer texts are projected back")
