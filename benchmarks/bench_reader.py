@@ -156,8 +156,8 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         t0 = time.perf_counter()
         readings = dqa.read(questions, max(ks))
         seconds = time.perf_counter() - t0
-        weight = dqa.retrieval_weight
-        base = f"{dqa.scoring} rule, {'ask_threshold' if dqa.ask_fitted else 'threshold'} {dqa.threshold:.2f}"
+        weight = dqa.settings.retrieval_weight
+        base = f"{dqa.settings.scoring} rule, {'ask_threshold' if (dqa.settings.sources['null_score_diff_threshold'].endswith('ask_threshold)')) else 'threshold'} {dqa.settings.null_score_diff_threshold:.2f}"
         fit_k = 5 if 5 in ks else ks[-1]
 
         ranked: dict[tuple[int, float], tuple[dict, dict]] = {}  # (k, weight) -> best spans and their odds
@@ -170,7 +170,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         def ask_rows(label: str, retrieval_weight: float, timed: bool) -> None:
             for k in ks:
                 preds, odds = predicted(k, retrieval_weight)
-                add(f"ask, bm25, k={k} ({label})", abstaining(preds, odds, dqa.threshold),
+                add(f"ask, bm25, k={k} ({label})", abstaining(preds, odds, dqa.settings.null_score_diff_threshold),
                     seconds * k / max(ks) if timed else None, odds, key=("ask" if timed else "ask, fitted weight", k))
 
         def span_rows(retrieval_weight: float) -> None:  # the spans alone: does reading more pick worse ones?
@@ -190,7 +190,7 @@ def bench_model(name: str, folder: str, dataset, ks: list[int], workdir: Path, r
         off_topic.extend(off_topic_rows(name, dqa, readings, dataset, [k for k in ks if k < max(ks)],
                                         lambda k: predicted(k, weight)[1]))
         # the same reader under the other rule, its threshold fitted here at k=5 (as train fits one)
-        other = "normalized" if dqa.scoring == "raw" else "raw"
+        other = "normalized" if dqa.settings.scoring == "raw" else "raw"
         other_dqa = DocumentQA(index, qa=qa, k=max(ks), scoring=other)
         preds, odds, _ = ask_predictions(other_dqa, readings, dataset, fit_k)
         threshold = float(evaluate(dataset, preds, na_probs=odds, report_missing=None)["best_f1_thresh"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -270,7 +271,7 @@ def test_rounding_batch_widths_changes_no_prediction(tiny_bert):
     settings = AnswerSettings(max_seq_length=32, doc_stride=8)
     runs = {}
     for multiple in (1, 64):
-        model.runner.pad_multiple = multiple
+        model = dataclasses.replace(model, pad_multiple=multiple)
         preds = predict_squad(model, examples, settings, batch_size=3)
         qa = pipeline("question-answering", model=model)
         answers = qa(question=[e.question for e in examples], context=[e.context for e in examples], top_k=3)

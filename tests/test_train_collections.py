@@ -358,12 +358,14 @@ def test_a_folder_without_ask_threshold_answers_as_before_and_says_so_once(colle
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second reader of the same folder says nothing
         again = DocumentQA(collection, model=str(model))
-    assert dqa.threshold == again.threshold == reader_threshold(dqa.model) == 0.25 and not dqa.normalized
+    threshold = dqa.settings.null_score_diff_threshold
+    assert threshold == again.settings.null_score_diff_threshold == reader_threshold(dqa.model) == 0.25
+    assert dqa.settings.scoring == "raw"
     q = "where was the queen born"
     result = dqa.ask(q, k=3, top_k=3)
     read = dqa.read([q], 3)[0]
     today = rank_answers(q, read.hits, read.nbests, 0.25, 3)  # the first rule: raw logit sums, min null
-    assert dqa.threshold_from == "model folder (squadkit.json: null_score_diff_threshold)"
+    assert dqa.settings.sources["null_score_diff_threshold"] == "model folder (squadkit.json: null_score_diff_threshold)"
     today.threshold_from = result.threshold_from
     assert result.scoring == "raw" and "scoring" not in result.to_dict()
     assert result.to_dict() == today.to_dict()
@@ -377,8 +379,8 @@ def test_ask_threshold_precedence_and_normalised_scores(collection, tiny_bert, t
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no note for a folder with ask_threshold
         folder = DocumentQA(collection, model=str(model))
-    assert folder.normalized and folder.threshold == -1.5 and folder.k == 2  # folder
-    assert DocumentQA(collection, model=str(model), threshold=3.0, k=4).threshold == 3.0  # argument beats folder
+    assert (folder.settings.scoring == "normalized") and folder.settings.null_score_diff_threshold == -1.5 and folder.settings.k == 2  # folder
+    assert DocumentQA(collection, model=str(model), threshold=3.0, k=4).settings.null_score_diff_threshold == 3.0  # argument beats folder
     result = folder.ask("where was the first king born", top_k=5)
     assert result.scoring == "normalized" and len(result.passages) == 2
     # log-probabilities under one softmax over every window read: spans and the null share it
@@ -403,19 +405,19 @@ def test_a_folder_fitted_under_the_raw_rule_ranks_raw_with_its_ask_threshold(col
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a fitted folder: no note
         dqa = DocumentQA(collection, model=str(model))
-    assert dqa.scoring == "raw" and dqa.threshold == -0.75 and dqa.k == 3
+    assert dqa.settings.scoring == "raw" and dqa.settings.null_score_diff_threshold == -0.75 and dqa.settings.k == 3
     q = "where was the queen born"
     result, read = dqa.ask(q, top_k=3), dqa.read([q], 3)[0]
     assert result.scoring == "raw" and result.threshold == -0.75
     assert result.to_dict() == rank_answers(q, read.hits, read.nbests, -0.75, 3).to_dict()  # min null, raw logits
     # the other rule, forced: the folder's ask_threshold was not learned for it, so 0 (normalised) ...
     forced = DocumentQA(collection, model=str(model), scoring="normalized")
-    assert forced.scoring == "normalized" and forced.threshold == 0.0
+    assert forced.settings.scoring == "normalized" and forced.settings.null_score_diff_threshold == 0.0
     # ... and a folder fitted under the normalised rule, read under the raw one, falls back to its single-passage threshold
     other = _with_settings(tiny_bert, tmp_path / "norm", null_score_diff_threshold=0.25, ask_threshold=-1.5,
                            ask_scoring="normalized")
-    assert DocumentQA(collection, model=str(other), scoring="raw").threshold == 0.25
-    assert DocumentQA(collection, model=str(other), scoring="raw", threshold=2.0).threshold == 2.0  # argument first
+    assert DocumentQA(collection, model=str(other), scoring="raw").settings.null_score_diff_threshold == 0.25
+    assert DocumentQA(collection, model=str(other), scoring="raw", threshold=2.0).settings.null_score_diff_threshold == 2.0  # argument first
 
 
 def test_fit_retrieval_weight_takes_the_smallest_weight_with_the_best_spans(tmp_path):
@@ -462,8 +464,8 @@ def test_retrieval_weight_precedence_cli_and_http(collection, tiny_bert, tmp_pat
     model = _with_settings(tiny_bert, tmp_path / "new", ask_threshold=-1.5, ask_k=3, ask_scoring="raw",
                            ask_retrieval_weight=2.0)
     folder = DocumentQA(collection, model=str(model))
-    assert folder.retrieval_weight == 2.0 and "ask_retrieval_weight" in folder.settings.sources["retrieval_weight"]
-    assert DocumentQA(collection, model=str(model), retrieval_weight=0).retrieval_weight == 0.0  # argument wins
+    assert folder.settings.retrieval_weight == 2.0 and "ask_retrieval_weight" in folder.settings.sources["retrieval_weight"]
+    assert DocumentQA(collection, model=str(model), retrieval_weight=0).settings.retrieval_weight == 0.0  # argument wins
     q = "where was the first king born"
     read = folder.read([q], 3)[0]
     result = folder.ask(q, top_k=5)

@@ -281,4 +281,4 @@ def test_every_consumer_takes_its_settings_from_the_one_resolver(tiny_bert, tmp_
         assert reported.as_dict() == resolved.as_dict(), mode
     assert consumers["pipeline"][0]["max_seq_length"] == 96 and consumers["pipeline"][0]["doc_stride"] == 48
     assert consumers["squad"][0]["doc_stride"] == 40 and consumers["squad"][0]["max_answer_length"] == 7
-    assert consumers["ask"][0]["max_answer_length"] == 4 and dqa.threshold == -2.0
+    assert consumers["ask"][0]["max_answer_length"] == 4 and dqa.settings.null_score_diff_threshold == -2.0

@@ -1,42 +1,6 @@
 """Calibrated confidence: features of an answer, the calibrator (fit, apply, save) and the abstain rule.
 
-This package is the one room for calibration: ``calibration`` (this module) holds the features,
-the calibrator and the abstain rule, which decoding uses; ``squadkit.calibrate`` fits a calibrator on
-a model's dev predictions (``squadkit calibrate``, ``train --do-eval``). How well confidences are
-calibrated (ECE, reliability, risk-coverage) is measured in ``metrics``, which this imports.
-
-**Features** (``answer_features``), computed from one window's start and end logits, the same in
-pipeline mode and squad mode, so one calibrator serves ``pipeline``, ``answer``, ``serve`` and
-``predict``:
-
-* ``margin``: the span's logit sum minus the null's (CLS) logit sum *in the span's own window*.
-  Within one window this is exactly ``log p_span - log p_null`` of the pipeline, and (for a
-  one-window context) minus run_squad's null odds.
-* ``log_p_span``: the span's log probability under the window's softmax (start and end softmax over
-  the context tokens and CLS, as the pipeline masks them), i.e. ``log(score)`` for one window.
-* ``log_length``: log of the answer's length in tokens.
-
-**Calibrator**: two logistic regressions on the standardised features, fitted with numpy alone
-(Newton's method with a small L2 penalty; no scikit-learn needed at fit or answer time):
-
-* ``answer``: P(the span is an exact match), fitted on the top span of every dev question (target:
-  the official exact match against the gold answers, ``metrics.exact_match``);
-* ``abstain``: P(the question has no answer), fitted on the same features of the top span (target:
-  the question is unanswerable); it is the confidence of the empty answer.
-
-Each is constrained to be monotone in ``margin`` (increasing for ``answer``, decreasing for
-``abstain``): a coefficient fitted with the wrong sign is fixed at 0 and the rest refitted.
-
-**The abstain rule** (one rule, for every consumer): answers are ranked exactly as without a
-calibrator (the null threshold included); each carries ``confidence`` (``answer``'s probability for a
-span, ``abstain``'s for the empty answer). With ``min_confidence=m``, the ranked list is cut at the
-first span answer whose confidence is below ``m`` and that span is replaced by the empty answer (an
-abstention), which appears at most once. With ``top_k=1`` (``predict``, ``serve``, ``answer``): the
-best answer is given when it is "" or its confidence is at least ``m``, else "".
-
-The calibrator is saved in ``squadkit.json`` (``ModelSettings.calibration``) with a fingerprint of
-the QA head's weights it was fitted with (``weights_sha256``); loading a folder whose weights do not
-match is refused.
+Why it is built this way: docs/design.md (squadkit/calibration.py).
 """
 
 from __future__ import annotations

@@ -1,29 +1,6 @@
 """``squadkit export``: a QA checkpoint -> an ONNX folder that ONNX Runtime serves, optionally int8.
 
-The folder's layout (file names) belongs to the ONNX backend that reads it
-(``squadkit.backends.onnx``); the source's ``squadkit.json`` settings travel with it, so an
-exported model answers with the windows and threshold its training chose.
-
-Decisions (see also the README section on ONNX):
-
-* **Exporter**: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter) where torch
-  still has it. It needs no extra package, exports roberta-base in about half the time of the
-  dynamo exporter, and its attention pattern is the one ONNX Runtime's fusions know, which ran
-  about 10 % faster here. The dynamo exporter (torch's default since 2.9) is the fallback, and
-  ``exporter="dynamo"`` asks for it; it needs ``onnxscript`` (in the ``onnx`` extra). Either
-  way the example inputs carry padding: traced with an all-ones mask, transformers' SDPA path
-  drops the mask from the dynamo graph, and the export then silently ignores padding.
-* **Verification**: every export is run once by ONNX Runtime on padded example inputs and
-  compared with torch before anything is moved into place; a mismatch is an error.
-* **Quantizer**: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations
-  quantized on the fly), not Optimum's: Optimum's ORTQuantizer calls the same function, and
-  ``optimum-onnx`` pins ``transformers<4.58``, which squadkit must not inherit.
-* **File names**: int8 gets its own file, ``model.int8.onnx``, beside the fp32 ``model.onnx``
-  it was made from, so an int8 model never takes the fp32 one's name. The folder serves int8
-  by default when the record says so (``"default": "int8"``); ``precision="fp32"`` picks the
-  other. An existing folder is never written over without ``overwrite=True`` (``--overwrite``),
-  and then it is replaced whole, atomically.
-* **Atomic**: everything is written to a temporary sibling folder and renamed into place.
+Why it is built this way: docs/design.md (squadkit/export.py).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Question + context -> token windows, with character offsets and (for training) labels.
 
-A context longer than the model's input is cut into overlapping windows. Two meanings of
-``doc_stride`` are in use, and both are supported because both are documented behaviour:
-
-* **pipeline** (transformers' QuestionAnsweringPipeline): ``doc_stride`` is the number of
-  context tokens that neighbouring windows *share* (default ``min(max_seq_length // 2, 128)``).
-* **squad** (run_squad.py): ``doc_stride`` is the *step* between window starts (default 128).
-  With the fast tokenizer this is the same split as run_squad's for ordinary text, since both
-  start window k at ``k * step`` and stop at the first window that reaches the end.
-* **legacy** (``--legacy``): run_squad's ``squad_convert_examples_to_features`` exactly:
-  whitespace words, each word tokenized on its own, windows padded to ``max_seq_length``, and the
-  text of an answer recovered later by ``get_final_text`` (see decode.py).
-
-Every window records, per token, whether it is a context token, its character span in the
-context, the character span of the whole word it belongs to (for ``align_to_words``) and, in
-squad modes, whether this window is the token's "max context" window (run_squad's rule).
+Why it is built this way: docs/design.md (squadkit/features.py).
 """
 
 from __future__ import annotations

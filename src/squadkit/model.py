@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Runner, check_backend, load_runner, precision_of
+from .backends import Runner, load_runner, precision_of
 from .calibration import Calibrator, check_fingerprint
 from .checkpoint import ModelSettings, read_settings, settings_from_json
 from .features import Batch
@@ -26,89 +26,49 @@ from .features import Batch
 
 @dataclass(frozen=True)
 class Model:
-    """A loaded QA model: its runner (network or session), the folder's settings and checked calibrators."""
+    """A loaded QA model: its runner (network or session) and what was read with it, once: the folder's
+    settings, the checked calibrators, and the runner's facts (tokenizer, window limit, precision, file)."""
 
     runner: Runner
     settings: ModelSettings
-    calibrator: Calibrator | None = None  # single-passage confidence (``squadkit calibrate``)
-    ask_calibrator: Calibrator | None = None  # ``ask``'s, fitted on its answers under the folder's ask rule
+    calibrator: Calibrator | None  # single-passage confidence (``squadkit calibrate``)
+    ask_calibrator: Calibrator | None  # ``ask``'s, fitted on its answers under the folder's ask rule
+    tokenizer: Any
+    name_or_path: str
+    backend: str
+    device: str
+    window_limit: int | None
+    head_sha256: str | None
+    pad_multiple: int
+    precision: str  # fp32, bf16, fp16 or int8
+    model_file: str | None  # the ONNX graph file it runs from; None for a torch model
+    input_names: tuple[str, ...]
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.runner.tokenizer
-
-    @property
-    def name_or_path(self) -> str:
-        return self.runner.name_or_path
-
-    @property
-    def backend(self) -> str:
-        return self.runner.backend
-
-    @property
-    def device(self) -> str:
-        return self.runner.device
-
-    @property
-    def window_limit(self) -> int | None:
-        return self.runner.window_limit
-
-    @property
-    def head_sha256(self) -> str | None:
-        return self.runner.head_sha256
-
-    @property
-    def pad_multiple(self) -> int:
-        return self.runner.pad_multiple
-
-    @property
-    def precision(self) -> str:
-        return precision_of(self.runner)
-
-    @property
-    def model_file(self) -> str | None:
-        """The ONNX graph file the model runs from; None for a torch model."""
-        return self.runner.model_file if self.backend == "onnx" else None
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self.runner.input_names
+    @classmethod
+    def of(cls, runner: Runner, settings: ModelSettings = ModelSettings(), calibrator: Calibrator | None = None,
+           ask_calibrator: Calibrator | None = None) -> "Model":
+        return cls(runner, settings, calibrator, ask_calibrator, runner.tokenizer, runner.name_or_path, runner.backend,
+                   runner.device, runner.window_limit, runner.head_sha256, runner.pad_multiple, precision_of(runner),
+                   runner.model_file if runner.backend == "onnx" else None, tuple(runner.input_names))
 
     def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         return self.runner.logits(batch)
 
 
-def load(
-    source: Any = None,
-    tokenizer: Any = None,
-    *,
-    backend: str = "auto",
-    device: str | int | None = None,
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-    precision: str = "auto",
-    threads: int | None = None,
-    providers: list | None = None,
-    calibrators: bool = True,
-) -> Model:
+def load(source: Any = None, tokenizer: Any = None, *, calibrators: bool = True, **runner_options: Any) -> Model:
     """Load ``source`` (a hub id, checkpoint folder, exported ONNX folder, an in-memory transformers
     model with its ``tokenizer``, or a ``Model``, returned as it is) once.
 
+    ``runner_options`` are ``backends.load_runner``'s: ``backend``, ``device``, ``dtype``,
+    ``trust_remote_code``, ``revision``, and ONNX Runtime's ``precision``, ``threads``, ``providers``.
     ``calibrators=False`` skips the folder's calibrators (``calibrate`` refits one fitted on other
     weights); otherwise a calibrator fitted on other weights is refused in one line.
-    ``precision``, ``threads`` and ``providers`` are ONNX Runtime's.
     """
     if isinstance(source, Model):
         return source
-    check_backend(backend)
-    runner = load_runner(source, tokenizer, backend=backend, device=device, dtype=dtype,
-                         trust_remote_code=trust_remote_code, revision=revision, precision=precision,
-                         threads=threads, providers=providers)
+    runner = load_runner(source, tokenizer, **runner_options)
     settings = _folder_settings(runner)
-    if not calibrators:
-        return Model(runner, settings)
-    return with_calibrators(runner, settings)
+    return with_calibrators(runner, settings) if calibrators else Model.of(runner, settings)
 
 
 def with_calibrators(runner: Runner, settings: ModelSettings = ModelSettings()) -> Model:
@@ -119,7 +79,7 @@ def with_calibrators(runner: Runner, settings: ModelSettings = ModelSettings()) 
         check_fingerprint(settings, runner.head_sha256, runner.name_or_path or "model")
         single = Calibrator.from_json(settings.calibration)
     ask = Calibrator.from_json(settings.ask_calibration, "ask_calibration") if settings.ask_calibration else None
-    return Model(runner, settings, single, ask)
+    return Model.of(runner, settings, single, ask)
 
 
 def _folder_settings(runner: Runner) -> ModelSettings:

@@ -5,17 +5,7 @@
     >>> qa(question="Where do I live?", context="My name is Wolfgang and I live in Berlin")
     {'score': ..., 'start': 34, 'end': 40, 'answer': 'Berlin'}
 
-Same call forms, keyword names, defaults and answers as the transformers pipeline
-(4.x-5.2), with batches sorted by length and decoding vectorized. Differences, on purpose:
-a list of inputs always gives a list (transformers unwrapped a one-item list), and top_k > 1
-always gives a list (transformers gave a dict when only one answer was found).
-
-Options given when the pipeline is made are the defaults of every call, as in transformers;
-an unknown keyword is an error there and at call time. Where an option is given neither way,
-the model folder's settings (``squadkit.json``, written by ``squadkit train``) decide, then the
-pipeline's own defaults; ``settings_in_force()`` says which applied.
-
-This module imports torch and transformers only when a model is loaded.
+Why it is built this way: docs/design.md (squadkit/pipeline.py).
 """
 
 from __future__ import annotations
@@ -77,36 +67,23 @@ class QuestionAnswerer:
     """Answers questions about contexts with an extractive QA model.
 
     ``model`` is a hub id, a checkpoint folder, an exported ONNX folder (served by ONNX
-    Runtime without being told) or an in-memory transformers model with its ``tokenizer``.
-    Keyword options (``top_k``, ``max_seq_length``, ``handle_impossible_answer``, ...; see
-    ``squadkit.settings``, transformers' ``max_seq_len`` spellings accepted too) become the
-    defaults of every call. ``precision``, ``threads`` and ``providers`` go to ONNX Runtime.
+    Runtime without being told), an in-memory transformers model with its ``tokenizer``, or a loaded
+    ``squadkit.model.Model``. Loading keywords (``backend``, ``device``, ``dtype``, ``trust_remote_code``,
+    ``revision``; ONNX Runtime's ``precision``, ``threads``, ``providers``) go to ``squadkit.model.load``;
+    the other keyword options (``top_k``, ``max_seq_length``, ``handle_impossible_answer``, ...; see
+    ``squadkit.settings``, transformers' ``max_seq_len`` spellings accepted too) become the defaults of
+    every call.
     """
 
-    def __init__(
-        self,
-        model: Any = None,
-        tokenizer: Any = None,
-        *,
-        backend: str = "auto",
-        device: str | int | None = None,
-        dtype: str | None = None,
-        trust_remote_code: bool = False,
-        revision: str | None = None,
-        precision: str = "auto",
-        threads: int | None = None,
-        providers: list | None = None,
-        given: Given | None = None,
-        **options,
-    ) -> None:
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, given: Given | None = None, **options) -> None:
+        from .backends import RUNNER_OPTIONS
         from .model import load
 
-        self._given = _options(options, "to the pipeline") if given is None else given.merged(
-            _options(options, "to the pipeline"))
-        self.model = load(
-            model, tokenizer, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-            revision=revision, precision=precision, threads=threads, providers=providers,
-        )
+        settings = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
+        self._given = _options(settings, "to the pipeline")
+        if given is not None:  # checked where it came in (the CLI)
+            self._given = given.merged(self._given)
+        self.model = load(model, tokenizer, **{k: v for k, v in options.items() if k in RUNNER_OPTIONS})
         self.tokenizer = self.model.tokenizer
         # the folder's confidence calibrator: every answer then carries "confidence" (see calibration.py)
         self.calibrator = self.model.calibrator

@@ -18,6 +18,7 @@ from ..errors import SquadkitError
 from ..features import Batch
 
 BACKENDS = ("auto", "torch", "onnx")
+RUNNER_OPTIONS = ("backend", "device", "dtype", "trust_remote_code", "revision", "precision", "threads", "providers")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

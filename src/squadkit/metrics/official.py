@@ -1,23 +1,6 @@
 """The official SQuAD v2.0 evaluation (``evaluate-v2.0.py``), number for number, as small functions.
 
-Every function below does one named step of the official script and gives the numbers it gives,
-to the last digit of the printed JSON. Where the official script depends on an order of
-operations (which scores are summed in which order, how ties in the no-answer probabilities are
-broken) this module keeps that order, because a float sum in another order can differ in the
-last bit:
-
-* per-question exact/F1 scores keep the official Python types (``int`` for exact, ``int`` or
-  ``float`` for F1) and are summed with the builtin :func:`sum` in data-file order, as
-  ``make_eval_dict`` does (so the numbers match the official script run under the same Python);
-* the best-threshold walk and the precision-recall curves accumulate with ``+=`` in the
-  official script; here they are :func:`numpy.cumsum` (a sequential accumulation, bit-identical
-  to the loop) over questions ordered by a *stable* sort of the no-answer probabilities, ties
-  kept in the order of the na-prob mapping, as Python's ``sorted`` keeps them.
-
-Where the official script crashes, this module gives the numbers the script gives on the data
-restricted to the questions that have a prediction (see :func:`evaluate`).
-
-Importing this module is cheap: numpy only; matplotlib is imported when images are asked for.
+Why it is built this way: docs/design.md (squadkit/metrics/official.py).
 """
 
 from __future__ import annotations

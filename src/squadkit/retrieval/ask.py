@@ -317,33 +317,6 @@ class DocumentQA:
                           f"--passage-negatives or --shared-norm and --do-eval; ask ranks raw span scores and "
                           f"abstains on the single-passage threshold", AskNote, stacklevel=3)
 
-    @property
-    def threshold_from(self) -> str:
-        """Where this reader's threshold came from (argument, model folder or default)."""
-        return self.settings.sources["null_score_diff_threshold"]
-
-    # the settings in force, by their old attribute names
-    @property
-    def k(self) -> int:
-        return self.settings.k
-
-    @property
-    def scoring(self) -> str:
-        return self.settings.scoring
-
-    @property
-    def threshold(self) -> float:
-        return self.settings.null_score_diff_threshold
-
-    @property
-    def retrieval_weight(self) -> float:
-        return self.settings.retrieval_weight
-
-    @property
-    def normalized(self) -> bool:
-        """Whether this reader ranks on passage-normalised scores (``scoring == "normalized"``)."""
-        return self.settings.scoring == "normalized"
-
     def settings_for(self, **call_options: Any) -> AnswerSettings:
         """The settings in force for a call with ``call_options`` (checked once, here)."""
         call = given_options(call_options, "ask", "to ask")

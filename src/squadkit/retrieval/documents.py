@@ -1,24 +1,6 @@
 """Reading a document collection and splitting it into passages with exact character offsets.
 
-Why it is built this way:
-
-* Files are read as bytes and decoded here, never in text mode, so Windows line endings stay
-  ``\\r\\n`` and every offset is an offset into the text exactly as it is in the file (after
-  UTF-8 decoding; a leading byte-order mark is dropped). HTML is the one exception: its document
-  text is the page's visible text (tags dropped, entities decoded), and that text is what the
-  index stores and what offsets point into.
-* A document's text is stored in the index, so ``document_text[start:end]`` holds for every
-  passage and every answer even after the file on disk changes.
-* Passages follow paragraphs (blank lines): whole paragraphs are packed together up to
-  ``max_tokens`` tokens of the reader's tokenizer; a paragraph longer than that is cut into
-  token windows that share ``overlap`` tokens, so an answer near a cut is whole in one of them.
-* PDF and Word files are read as their text (``read_pdf``, ``read_docx``), and that text is what
-  offsets point into. A PDF's pages are joined by a blank line and ``metadata["pages"]`` holds the
-  offset where each page starts, so any offset maps back to its page (``page_at``). PDF needs the
-  ``documents`` extra (pypdfium2); a .docx is a zip of XML, read with the standard library.
-* Text files in any encoding with a byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE) are
-  decoded by it; without one, UTF-8 or nothing (a NUL byte means binary).
-* Everything is a generator: one file (one document for JSON lines) is in memory at a time.
+Why it is built this way: docs/design.md (squadkit/retrieval/documents.py).
 """
 
 from __future__ import annotations

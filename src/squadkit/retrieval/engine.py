@@ -1,20 +1,6 @@
 """The keyword engine: a Tantivy index of the passages, beside the SQLite file that holds their text.
 
-Why Tantivy (the ``tantivy`` package: Rust, Lucene's design): BM25 with block-max WAND top-k
-pruning, so a query reads a few posting blocks instead of scoring every passage that holds a query
-word as SQLite FTS5 does (benchmarks/bench_retrieval.py, ``--parts scale``: at 1M passages FTS5's
-p99 was over a second). One small wheel, no server, files in a folder.
-
-What lives where: the SQLite file keeps documents, files, passages (offsets) and the settings, in
-transactions; this folder (``INDEX.search/``) keeps one Tantivy index per full build
-(``bm25-<id>/``), named in the SQLite ``meta`` row ``bm25_dir``. A Tantivy document is a passage:
-``pid`` (the passage id, a fast field), ``doc_id`` (for deleting a document's passages) and its
-text, indexed but not stored (the text is the SQLite document's, cut by offsets).
-
-The analyzer is the one below, for indexing, queries and the re-ranker alike (``analyzer()``):
-Tantivy's simple tokenizer (runs of letters and digits), tokens over 40 bytes dropped, lower case,
-accents folded, English Snowball stemmer; ``analyzer(stem=False)`` is the same without the
-stemmer, token for token.
+Why it is built this way: docs/design.md (squadkit/retrieval/engine.py).
 """
 
 from __future__ import annotations

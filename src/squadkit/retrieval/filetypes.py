@@ -1,24 +1,6 @@
 """The files people have: PDF (by pypdfium2, the ``documents`` extra) and Word .docx (standard library).
 
-Why it is built this way:
-
-* **pypdfium2 for PDF.** Google's PDFium (the PDF engine of Chrome) behind a maintained Python
-  binding, Apache-2.0/BSD-3, one wheel with no system libraries. Measured against pypdf and
-  pdfminer.six on PDFs made here (fpdf2 and LibreOffice, one and two columns, hyphenated): the
-  fastest by far (4-45x) and as faithful to the source text as the best of the others
-  (benchmarks/bench_documents.py; the README's table). It is an optional extra; without it a .pdf
-  is skipped with a reason naming the extra, never a crash.
-* **The stored text is the extracted text, lightly mended.** Offsets point into the text the
-  index stores, so mending is free to change characters: line breaks become ``\\n``, ligature
-  code points (U+FB00..FB06) become their letters, and a word hyphenated at a line end is joined
-  again unless the document elsewhere writes it with its hyphen ("best-selling" stays, "estab-
-  lished" is joined). Pages are joined by a blank line, so a page break is a paragraph break for
-  the passage splitter, and ``metadata["pages"]`` holds each page's start offset.
-* **A .docx is a zip of XML**: its body's paragraphs and tables (a row per line, cells split by
-  tabs) are read in order with ``zipfile`` and ``xml.etree``, so Word files need no extra at all.
-  Deleted tracked changes and field codes are not text and are left out.
-* Nothing here raises anything but ``SkipFile``: a scanned PDF (no text layer), an encrypted or
-  broken one, or a damaged .docx is skipped with its reason, and indexing goes on.
+Why it is built this way: docs/design.md (squadkit/retrieval/filetypes.py).
 """
 
 from __future__ import annotations

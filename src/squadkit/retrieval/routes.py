@@ -73,7 +73,7 @@ def ask_router(admission: Any, index_path: str, max_question_chars: int = 1000, 
     def run(body: Any) -> dict:
         dqa = reader(body.retriever or "bm25")
         if not has_words(body.question):  # nothing to search for, so nothing found: the reader abstains
-            threshold = dqa.threshold if body.null_score_diff_threshold is None else body.null_score_diff_threshold
+            threshold = dqa.settings.null_score_diff_threshold if body.null_score_diff_threshold is None else body.null_score_diff_threshold
             return AskResult(body.question, True, [], None, threshold).to_dict()
         result = dqa.ask(
             body.question, k=body.k, top_k=body.top_k, min_confidence=getattr(body, "min_confidence", None),

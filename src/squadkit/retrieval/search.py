@@ -1,40 +1,6 @@
 """Retrievers: BM25 (Tantivy), dense (sentence embeddings) and their hybrid, behind one Protocol.
 
-Anything with ``search(query, k) -> list[Hit]`` can stand in for the embedded index (for example a
-client of OpenSearch or Elasticsearch holding the same passages); ``DocumentQA`` only needs that.
-
-Why these choices:
-
-* **BM25 by Tantivy** (``engine``): top-k pruning (block-max WAND), so a query costs about the same
-  at 10k and 1M passages (benchmarks/bench_retrieval.py ``--parts scale``; SQLite FTS5, the former
-  engine, scored every passage holding a query word). The question's words without English stop
-  words (``query_words``) each go through the engine's own analyzer (``query_terms``) into an OR of
-  term queries: no query syntax is parsed, so AND, NOT or quotes in a question are just words.
-* **Proximity re-ranking** of BM25's best ``PROXIMITY_DEPTH`` passages. SQuAD questions paraphrase
-  one sentence of their paragraph, so the paragraph holds the question's words close together while
-  the look-alike paragraphs of the same article hold them apart. Three bonuses, relative to the
-  best BM25 score: a passage where two neighbouring question words stand at most
-  ``PROXIMITY_WINDOW`` tokens apart in one sentence, in the question's order, gains those words'
-  IDF (``PROXIMITY_WEIGHT``); the passage's sentence holding the largest share of the question's
-  IDF adds that share (``SENTENCE_WEIGHT``); and BM25 over the question's words as written, not
-  stemmed, relative to the best candidate's (``EXACT_WEIGHT``: the stemmer also joins words that
-  differ, "restored" and "restoration"). Positions come from the engine's analyzer itself (the
-  candidates' sentences analyzed with and without its stemmer, token for token), IDF from the
-  engine's document frequencies, so stemming and case folding match the index exactly, and the
-  cost does not grow with the collection. Weights chosen with FTS5 on half of the shared train
-  slice's questions and kept for Tantivy (README, "Ask your documents", for the measurements).
-  A fourth bonus, for the share of a candidate document's title and file name the question names
-  (``TITLE_WEIGHT``, ``name_keys``): in a small collection IDF cannot tell a question's subject
-  ("Normandy") from its framing words ("country", "located"), and a page repeating the framing
-  words outranked the document named after the subject ("normans.pdf"). Words match by the first
-  ``TITLE_KEY_CHARS`` characters of their stems, so "Normandy" names "normans" (the stemmer keeps
-  "normandi" and "norman" apart). Titles come from SQLite, so an index of any age has them.
-* **A query of stop words only** ("the of and") finds nothing (``content_words``): every passage
-  matches such words, so any ranking of them is noise; ``search`` warns (``StopWordsOnly``).
-* **Dense** is exact inner product over normalised embeddings (numpy) below ``ann.EXACT_BELOW``
-  passages and an HNSW graph (``ann``, usearch) above, where exact search reads every vector.
-* **Hybrid** adds the two scores, BM25 scaled by the query's best BM25 score, half and half
-  (see ``HybridRetriever``): measured better at recall@1 than reciprocal rank fusion.
+Why it is built this way: docs/design.md (squadkit/retrieval/search.py).
 """
 
 from __future__ import annotations

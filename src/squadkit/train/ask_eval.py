@@ -1,24 +1,6 @@
 """Learn ``ask``'s abstain threshold for a trained model: dev questions asked of a collection.
 
-At the end of ``squadkit train --do-eval`` with ``--shared-norm`` or ``--passage-negatives``, every
-dev question is asked (``DocumentQA``, bm25, ``ask_k`` passages) of an index holding every
-paragraph of the dev AND the train file (the train paragraphs are distractors, as in
-benchmarks/bench_retrieval.py). The passages are read once; under each of ask's two rules (raw
-and passage-normalised no-answer scores, retrieval/ask.py) the threshold on "no-answer score -
-best span score" with the best F1 is found. Each rule's threshold is then scored reading fewer
-passages too (k = 1, 3, ... up to ``ask_k``, ``ASK_CHECK_KS``), because a user may ask with a
-smaller ``k`` and keeps the folder's one threshold: under the normalised rule the no-answer mass
-grows with the passages read, so a threshold fitted at 5 can answer far too often at 1. The rule
-with the better mean F1 over those k is saved (the better F1 at ``ask_k`` on a tie, then
-normalised) as ``ask_scoring`` with its ``ask_threshold`` (and ``ask_k``) in ``squadkit.json``;
-a calibrator is fitted on that rule's answers (``ask_calibration``).
-
-Before the thresholds, the retriever's weight in the span ranking (``ask_retrieval_weight``, the
-``retrieval_weight`` setting) is chosen from ``RETRIEVAL_WEIGHTS``: the one whose best spans score
-the best F1 on the answerable dev questions, never abstaining (ties: the smaller weight). It is
-chosen on the spans, not on the F1 after abstaining, because it only decides which span is best:
-the abstain score is the threshold's to fit. Like the single-passage threshold, all of these are
-tuned on the dev data: an optimistic figure for that data.
+Why it is built this way: docs/design.md (squadkit/train/ask_eval.py).
 """
 
 from __future__ import annotations

@@ -515,7 +515,6 @@ def evaluate(accelerator, model, tokenizer, dataset, decode, batch_size: int, sh
     Returns ``(results, predictions)`` on the main process and ``(None, None)`` elsewhere.
     """
     from ..backends.torch import TorchQAModel
-    from ..checkpoint import ModelSettings
     from ..model import Model
     from ..predict import evaluate_predictions, predict_sharded
     from ..progress import ProgressLines
@@ -523,7 +522,7 @@ def evaluate(accelerator, model, tokenizer, dataset, decode, batch_size: int, sh
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
-    qa = Model(TorchQAModel(net, tokenizer, net.config._name_or_path, str(accelerator.device)), ModelSettings())
+    qa = Model.of(TorchQAModel(net, tokenizer, net.config._name_or_path, str(accelerator.device)))
     shard_size = len(dataset.examples[accelerator.process_index :: accelerator.num_processes])
     progress = ProgressLines("evaluate", shard_size) if show_progress and accelerator.is_main_process else None
     try:

@@ -1,23 +1,6 @@
 """Passage negatives: each training question paired with paragraphs that do not answer it.
 
-``squadkit train --passage-negatives N`` gives every question N other paragraphs of the training
-file as extra, unanswerable windows (CLS target), so a reader learns to reject the passages a
-retriever puts beside the right one at ``ask`` time. How they are drawn (``NEGATIVE_RULE``):
-
-1. BM25 (squadkit's own retrieval: ``index_documents`` + ``search``) over the training file's
-   distinct paragraphs, with the question as the query: the wrong passages ``ask`` would read.
-2. Never the question's own paragraph. **A paragraph that contains a gold answer's text**
-   (case-insensitive) is dropped and the draw moves to the next candidate: it may well answer
-   the question (SQuAD articles repeat facts), so labelling it "no answer" would teach the
-   reader to abstain on a right answer, and a string match alone cannot say where (or whether)
-   it is the answer, so it cannot be a positive either.
-3. The N negatives are drawn at random (seeded by ``seed`` and the question's id, so the draw is
-   the same for a seed whatever the order or chunking) among the 2N best remaining candidates;
-   when BM25 finds fewer than N, the same article's other paragraphs fill in, then any paragraph.
-
-Questions left with fewer than N (a tiny file, answers in every paragraph) are counted. Each
-negative paragraph gives one window, the one sharing the most tokens with the question
-(``features._closest_windows``), so N negatives add N windows per question.
+Why it is built this way: docs/design.md (squadkit/train/negatives.py).
 """
 
 from __future__ import annotations
