@@ -116,6 +116,6 @@ def test_ask_result_says_why(docs_index, tiny_bert):
         assert out["abstained"]["threshold_from"] == "argument"
         again = dqa.ask("where was the queen born", null_score_diff_threshold=threshold_to_answer(result.null_margin))
         assert again.answer == result.answers[0].answer and "abstained" not in again.to_dict()
-        assert dqa.threshold_from == "argument"
+        assert dqa.settings.sources["null_score_diff_threshold"] == "argument"
     finally:
         dqa.close()

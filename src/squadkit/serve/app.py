@@ -79,7 +79,8 @@ def _model_name(qa_or_model: Any) -> str:
     """The served model's name: the folder or hub id given, or the loaded pipeline's model's."""
     if isinstance(qa_or_model, (str, os.PathLike)):
         return str(qa_or_model)
-    return str(qa_or_model.model.name_or_path or type(qa_or_model.model).__name__)
+    model = qa_or_model.model
+    return str(model.name_or_path if model is not None else type(qa_or_model).__name__)
 
 
 _EXTRA_FIELD_HINTS = {  # why a field this server's schema leaves out is refused
