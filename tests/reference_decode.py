@@ -33,26 +33,8 @@ def reference_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, wid
     return out
 
 
-def reference_squad_prediction(
-    windows: Sequence[Window],
-    nbests: Sequence[WindowNBest],
-    text_of_span: Callable[[Window, int, int], tuple[str, int, int]],
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    version_2_with_negative: bool = True,
-    null_score_diff_threshold: float = 0.0,
-    calibrator=None,
-    min_confidence: float | None = None,
-) -> SquadPrediction:
-    """run_squad's ``compute_predictions_logits`` for one question.
-
-    With a ``calibrator``, the prediction carries ``confidence`` (of the best span, or of "" when
-    it abstains), and ``min_confidence`` applies the abstain rule (``calibration`` module doc).
-
-    ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
-    the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
-    for run_squad's own windows.
-    """
+def reference_candidates(windows, nbests, max_answer_length: int, version_2_with_negative: bool):
+    """A question's (start, end) candidates, window by window in enumeration order, the null last."""
     cand_window, cand_start, cand_end, cand_s_logit, cand_e_logit = [], [], [], [], []
     score_null = 1000000.0
     null_window, null_s, null_e = 0, 0.0, 0.0
@@ -93,6 +75,31 @@ def reference_squad_prediction(
         en = np.append(en, 0)
         sl = np.append(sl, null_s)
         el = np.append(el, null_e)
+    return win, st, en, sl, el, score_null, null_s, null_e
+
+
+def reference_squad_prediction(
+    windows: Sequence[Window],
+    nbests: Sequence[WindowNBest],
+    text_of_span: Callable[[Window, int, int], tuple[str, int, int]],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = True,
+    null_score_diff_threshold: float = 0.0,
+    calibrator=None,
+    min_confidence: float | None = None,
+) -> SquadPrediction:
+    """run_squad's ``compute_predictions_logits`` for one question.
+
+    With a ``calibrator``, the prediction carries ``confidence`` (of the best span, or of "" when
+    it abstains), and ``min_confidence`` applies the abstain rule (``calibration`` module doc).
+
+    ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
+    the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
+    for run_squad's own windows.
+    """
+    win, st, en, sl, el, score_null, null_s, null_e = reference_candidates(windows, nbests, max_answer_length,
+                                                                            version_2_with_negative)
     order = np.argsort(-(sl + el), kind="stable")
 
     nbest: list[NBestEntry] = []

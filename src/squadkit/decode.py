@@ -258,6 +258,49 @@ def _softmax(scores: Sequence[float]) -> list[float]:
     return [x / total for x in exps]
 
 
+def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool):
+    """A question's candidates over its windows (window, start, end, start and end logits as float64,
+    the null answer last with v2) and their order, best first as run_squad's stable sort gives it;
+    then the null score and the null's start and end logits."""
+    score_null = 1000000.0
+    null_window, null_s, null_e = 0, 0.0, 0.0
+    if version_2_with_negative:
+        for w, nb in enumerate(nbests):
+            feature_null = nb.null_start_logit + nb.null_end_logit
+            if feature_null < score_null:
+                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
+    # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
+    # sort of their concatenation gives run_squad's order over the question (one window: only the
+    # null answer, last in run_squad's list, is placed, after every candidate scoring at least as much)
+    if len(nbests) == 1:
+        nb, v2 = nbests[0], int(version_2_with_negative)
+        sl, el = nb.cand_start_logits.astype(np.float64), nb.cand_end_logits.astype(np.float64)
+        order = np.arange(len(sl) + v2)
+        if v2:
+            at = int(np.searchsorted(-(sl + el), -(null_s + null_e), side="right"))
+            order = np.concatenate([order[:at], order[-1:], order[at:-1]])
+            sl, el = np.append(sl, null_s), np.append(el, null_e)
+        st = np.append(nb.cand_starts, np.zeros(v2, np.int64))
+        en = np.append(nb.cand_ends, np.zeros(v2, np.int64))
+        return np.zeros(len(st), np.int64), st, en, sl, el, order, score_null, null_s, null_e
+    win = np.concatenate([np.full(len(nb.cand_starts), w, dtype=np.int64) for w, nb in enumerate(nbests)]
+                         + [np.array([null_window] if version_2_with_negative else [], dtype=np.int64)])
+    st = np.concatenate([nb.cand_starts for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
+    en = np.concatenate([nb.cand_ends for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
+    sl = np.concatenate([nb.cand_start_logits.astype(np.float64) for nb in nbests]
+                        + [np.array([null_s] if version_2_with_negative else [])])
+    el = np.concatenate([nb.cand_end_logits.astype(np.float64) for nb in nbests]
+                        + [np.array([null_e] if version_2_with_negative else [])])
+    order = np.argsort(-(sl + el), kind="stable")
+    return win, st, en, sl, el, order, score_null, null_s, null_e
+
+
+def _in_order(order: np.ndarray, columns: tuple[np.ndarray, ...], step: int):
+    """The rows of ``columns`` in ``order`` as Python numbers, ``step`` rows converted at a time."""
+    for lo in range(0, len(order), step):
+        yield from zip(*(c[order[lo : lo + step]].tolist() for c in columns))
+
+
 def squad_prediction(
     windows: Sequence[Window],
     nbests: Sequence[WindowNBest],
@@ -279,40 +322,21 @@ def squad_prediction(
     for run_squad's own windows. ``nbests`` carry each window's valid candidates
     (``nbest.squad_batch_nbest``, which applies ``max_answer_length``; the argument stays for run_squad's signature).
     """
-    score_null = 1000000.0
-    null_window, null_s, null_e = 0, 0.0, 0.0
-    if version_2_with_negative:
-        for w, nb in enumerate(nbests):
-            feature_null = nb.null_start_logit + nb.null_end_logit
-            if feature_null < score_null:
-                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
-    # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
-    # sort of their concatenation gives run_squad's order over the question
-    win = np.concatenate([np.full(len(nb.cand_starts), w, dtype=np.int64) for w, nb in enumerate(nbests)]
-                         + [np.array([null_window] if version_2_with_negative else [], dtype=np.int64)])
-    st = np.concatenate([nb.cand_starts for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
-    en = np.concatenate([nb.cand_ends for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
-    sl = np.concatenate([nb.cand_start_logits.astype(np.float64) for nb in nbests]
-                        + [np.array([null_s] if version_2_with_negative else [])])
-    el = np.concatenate([nb.cand_end_logits.astype(np.float64) for nb in nbests]
-                        + [np.array([null_e] if version_2_with_negative else [])])
-    order = np.argsort(-(sl + el), kind="stable")
-
+    win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
     nbest: list[NBestEntry] = []
     seen: set[str] = set()
-    for i in order:
+    for w, s, e, s_logit, e_logit in _in_order(order, (win, st, en, sl, el), 2 * n_best_size + 1):
         if len(nbest) >= n_best_size:
             break
-        if st[i] > 0:
-            text, char_start, char_end = text_of_span(windows[win[i]], int(st[i]), int(en[i]))
+        if s > 0:
+            text, char_start, char_end = text_of_span(windows[w], s, e)
             if text in seen:
                 continue
             seen.add(text)
-            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end,
-                                    window=int(win[i]), tokens=int(en[i] - st[i] + 1)))
+            nbest.append(NBestEntry(text, s_logit, e_logit, start=char_start, end=char_end, window=w, tokens=e - s + 1))
         else:
             seen.add("")
-            nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
+            nbest.append(NBestEntry("", s_logit, e_logit))
     if version_2_with_negative:
         if "" not in seen:
             nbest.append(NBestEntry("", null_s, null_e))

@@ -32,8 +32,8 @@ class NBestArrays:
     end_indexes: np.ndarray
     end_logits: np.ndarray
     counts: np.ndarray  # (B,) how many of the n positions are real (the window may be narrower than n)
-    order: np.ndarray  # (B, n*n) pair indices (start rank * n + end rank), valid pairs first, best first
-    valid: np.ndarray  # (B, n*n) bool, in pair-index order
+    pairs: np.ndarray  # (V,) every window's valid pairs (start rank * n + end rank), window by window, best first
+    bounds: np.ndarray  # (B + 1,) window b's pairs are pairs[bounds[b] : bounds[b + 1]]
     null_start: np.ndarray  # (B,) float32 CLS logits
     null_end: np.ndarray
 
@@ -86,8 +86,10 @@ def squad_nbest_arrays(start: np.ndarray, end: np.ndarray, widths: np.ndarray, c
     valid = (real[:, :, None] & real[:, None, :] & (S < lens) & (E < lens) & ctx[rows, S] & ctx[rows, E]
              & max_ctx[rows, S] & (E >= S) & (E - S + 1 <= max_answer_length)).reshape(batch, n * n)
     score = (s_val.astype(np.float64)[:, :, None] + e_val.astype(np.float64)[:, None, :]).reshape(batch, n * n)
-    order = np.argsort(np.where(valid, -score, np.inf), axis=1, kind="stable")
-    return NBestArrays(s_idx, s_val, e_idx, e_val, counts, order, valid, start[:, 0].astype(np.float32),
+    rows, pairs = np.nonzero(valid)  # row by row, each in enumeration order
+    order = np.lexsort((-score[rows, pairs], rows))  # stable: ties keep enumeration order
+    bounds = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
+    return NBestArrays(s_idx, s_val, e_idx, e_val, counts, pairs[order], bounds, start[:, 0].astype(np.float32),
                        end[:, 0].astype(np.float32))
 
 
@@ -118,12 +120,16 @@ def squad_nbest_arrays_torch(start, end, widths, ctx, max_ctx, lengths, n_best_s
     valid = (flat(real[:, :, None] & real[:, None, :]) & (S < lens) & (E < lens) & ctx.gather(1, S)
              & ctx.gather(1, E) & max_ctx.gather(1, S) & (E >= S) & (E - S + 1 <= max_answer_length))
     score = flat(s_val.double()[:, :, None] + e_val.double()[:, None, :])
-    order = torch.sort(torch.where(valid, -score, torch.tensor(float("inf"), dtype=score.dtype, device=score.device)),
-                       dim=1, stable=True).indices
-    host = [t.cpu().numpy() for t in (s_idx, s_val, e_idx, e_val, counts, order.to(torch.int32), valid,
+    inf = torch.tensor(float("inf"), dtype=score.dtype, device=score.device)
+    order = torch.sort(torch.where(valid, -score, inf), dim=1, stable=True).indices
+    order = order.gather(1, torch.sort((~valid).gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
+    n_valid = valid.sum(dim=1)
+    host = [t.cpu().numpy() for t in (s_idx, s_val, e_idx, e_val, counts, order.to(torch.int32), n_valid,
                                       start[:, 0].float(), end[:, 0].float())]
+    keep = np.arange(n * n)[None, :] < host[6][:, None]
+    bounds = np.concatenate([[0], np.cumsum(host[6])])
     return NBestArrays(host[0].astype(np.int64), host[1], host[2].astype(np.int64), host[3], host[4].astype(np.int64),
-                       host[5].astype(np.int64), *host[6:])
+                       host[5][keep].astype(np.int64), bounds, host[7], host[8])
 
 
 def log_normalizers_torch(start, end, allowed):
@@ -140,19 +146,21 @@ def log_normalizers_torch(start, end, allowed):
 
 
 def window_nbests(a: NBestArrays, log_norms: np.ndarray | None = None) -> list[WindowNBest]:
-    """One ``WindowNBest`` per window, its valid candidates best first."""
+    """One ``WindowNBest`` per window, its valid candidates best first (views of the batch's arrays)."""
     n = a.start_indexes.shape[1]
+    rows = np.repeat(np.arange(len(a.counts)), np.diff(a.bounds))
+    si, ei = np.divmod(a.pairs, n)
+    c_starts, c_ends = a.start_indexes[rows, si], a.end_indexes[rows, ei]
+    c_s_logits, c_e_logits = a.start_logits[rows, si], a.end_logits[rows, ei]
+    null_s, null_e, counts, bounds = a.null_start.tolist(), a.null_end.tolist(), a.counts.tolist(), a.bounds.tolist()
+    norms = log_norms.tolist() if log_norms is not None else [None] * len(counts)
     out = []
-    for b in range(a.order.shape[0]):
-        o = a.order[b]
-        o = o[a.valid[b, o]]
-        si, ei = np.divmod(o, n)
-        c = int(a.counts[b])
+    for b, c in enumerate(counts):
+        lo, hi = bounds[b], bounds[b + 1]
         out.append(WindowNBest(
             a.start_indexes[b, :c], a.end_indexes[b, :c], a.start_logits[b, :c], a.end_logits[b, :c],
-            float(a.null_start[b]), float(a.null_end[b]), float(log_norms[b]) if log_norms is not None else None,
-            cand_starts=a.start_indexes[b, si], cand_ends=a.end_indexes[b, ei],
-            cand_start_logits=a.start_logits[b, si], cand_end_logits=a.end_logits[b, ei]))
+            null_s[b], null_e[b], norms[b], cand_starts=c_starts[lo:hi], cand_ends=c_ends[lo:hi],
+            cand_start_logits=c_s_logits[lo:hi], cand_end_logits=c_e_logits[lo:hi]))
     return out
 
 
