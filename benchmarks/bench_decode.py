@@ -14,6 +14,7 @@ Every figure is printed with this CPU's vector flags. Predictions of old and new
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def captured_batches(model, examples, settings, batch_size):
 def decode_rows(model, examples, settings, batch_size, rounds):
     import reference_decode as ref
 
-    from squadkit.decode import question_candidates, squad_prediction, squad_text_recoverer
+    from squadkit.decode import ranked_candidates, squad_prediction, squad_text_recoverer
     from squadkit.nbest import squad_batch_nbest
 
     windows, batches = captured_batches(model, examples, settings, batch_size)
@@ -112,15 +113,18 @@ def decode_rows(model, examples, settings, batch_size, rounds):
         return reduced
 
     def spans(new: bool):
-        """n-best starts and ends, valid pairs scored, ordered over each question (no texts)."""
+        """n-best starts and ends, valid pairs scored, each question's best n_best + 1 candidates in order
+        (what its n-best list reads when no two texts collide; no texts here)."""
         reduced = reduce(new)
         for idx in by_q.values():
             if new:
-                question_candidates([reduced[i] for i in idx], True)
+                ranked = ranked_candidates([reduced[i] for i in idx], True, n + 1)[0]
+                list(itertools.islice(ranked, n + 1))
             else:
                 win, st, en, sl, el, *_ = ref.reference_candidates([windows[i] for i in idx], [reduced[i] for i in idx],
                                                                    max_len, True)
-                np.argsort(-(sl + el), kind="stable")
+                top = np.argsort(-(sl + el), kind="stable")[: n + 1]
+                list(zip(*(c[top].tolist() for c in (win, st, en, sl, el))))
         return reduced
 
     def nbest_lists(new: bool, reduced):
@@ -142,7 +146,7 @@ def decode_rows(model, examples, settings, batch_size, rounds):
     n_spans = sum(len(np.flatnonzero(windows[i].context_mask)[:: max(1, int(windows[i].context_mask.sum()) // 5)])
                   for i in range(len(windows)))
     rows = []
-    for name, fn, unit in (("span decoding (n-best starts/ends, pairs scored + ordered), per window (us)", spans, len(windows)),
+    for name, fn, unit in (("span decoding (n-best starts/ends, valid pairs scored and ranked), per window (us)", spans, len(windows)),
                            ("question n-best list from those (texts constant), per question (us)",
                             lambda new: nbest_lists(new, red_new if new else red_old), len(by_q)),
                            ("text recovery, per span (us)", texts, n_spans)):

@@ -221,6 +221,7 @@ class WindowNBest:
     cand_ends: np.ndarray | None = None
     cand_start_logits: np.ndarray | None = None  # float32
     cand_end_logits: np.ndarray | None = None
+    cand_keys: np.ndarray | None = None  # float64 -(start logit + end logit): ascending
 
 
 @dataclass
@@ -270,19 +271,7 @@ def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: 
             if feature_null < score_null:
                 score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
     # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
-    # sort of their concatenation gives run_squad's order over the question (one window: only the
-    # null answer, last in run_squad's list, is placed, after every candidate scoring at least as much)
-    if len(nbests) == 1:
-        nb, v2 = nbests[0], int(version_2_with_negative)
-        sl, el = nb.cand_start_logits.astype(np.float64), nb.cand_end_logits.astype(np.float64)
-        order = np.arange(len(sl) + v2)
-        if v2:
-            at = int(np.searchsorted(-(sl + el), -(null_s + null_e), side="right"))
-            order = np.concatenate([order[:at], order[-1:], order[at:-1]])
-            sl, el = np.append(sl, null_s), np.append(el, null_e)
-        st = np.append(nb.cand_starts, np.zeros(v2, np.int64))
-        en = np.append(nb.cand_ends, np.zeros(v2, np.int64))
-        return np.zeros(len(st), np.int64), st, en, sl, el, order, score_null, null_s, null_e
+    # sort of their concatenation gives run_squad's order over the question
     win = np.concatenate([np.full(len(nb.cand_starts), w, dtype=np.int64) for w, nb in enumerate(nbests)]
                          + [np.array([null_window] if version_2_with_negative else [], dtype=np.int64)])
     st = np.concatenate([nb.cand_starts for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
@@ -295,10 +284,37 @@ def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: 
     return win, st, en, sl, el, order, score_null, null_s, null_e
 
 
-def _in_order(order: np.ndarray, columns: tuple[np.ndarray, ...], step: int):
-    """The rows of ``columns`` in ``order`` as Python numbers, ``step`` rows converted at a time."""
-    for lo in range(0, len(order), step):
-        yield from zip(*(c[order[lo : lo + step]].tolist() for c in columns))
+def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool, step: int):
+    """A question's candidates best first as Python tuples (window, start, end, start logit, end logit),
+    the null answer (0, 0) included with v2, converted ``step`` at a time; and the null score.
+
+    One window (the common case) needs no sort: its candidates are in order already and the null
+    answer, last in run_squad's list, goes after every candidate scoring at least as much."""
+    if len(nbests) != 1 or nbests[0].cand_keys is None:
+        win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
+
+        def rows():
+            for lo in range(0, len(order), step):
+                yield from zip(*(c[order[lo : lo + step]].tolist() for c in (win, st, en, sl, el)))
+
+        return rows(), score_null, null_s, null_e
+    nb = nbests[0]
+    null_s, null_e = nb.null_start_logit, nb.null_end_logit
+    score_null = null_s + null_e if version_2_with_negative else 1000000.0
+    at = int(np.searchsorted(nb.cand_keys, -score_null, side="right")) if version_2_with_negative else -1
+
+    def one_window():
+        for lo in range(0, len(nb.cand_keys), step):
+            chunk = zip([0] * step, nb.cand_starts[lo : lo + step].tolist(), nb.cand_ends[lo : lo + step].tolist(),
+                        nb.cand_start_logits[lo : lo + step].tolist(), nb.cand_end_logits[lo : lo + step].tolist())
+            if lo <= at < lo + step and at < len(nb.cand_keys):
+                chunk = list(chunk)
+                chunk.insert(at - lo, (0, 0, 0, null_s, null_e))
+            yield from chunk
+        if at == len(nb.cand_keys):  # after every candidate
+            yield (0, 0, 0, null_s, null_e)
+
+    return one_window(), score_null, null_s, null_e
 
 
 def squad_prediction(
@@ -322,10 +338,10 @@ def squad_prediction(
     for run_squad's own windows. ``nbests`` carry each window's valid candidates
     (``nbest.squad_batch_nbest``, which applies ``max_answer_length``; the argument stays for run_squad's signature).
     """
-    win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
+    ranked, score_null, null_s, null_e = ranked_candidates(nbests, version_2_with_negative, 2 * n_best_size + 1)
     nbest: list[NBestEntry] = []
     seen: set[str] = set()
-    for w, s, e, s_logit, e_logit in _in_order(order, (win, st, en, sl, el), 2 * n_best_size + 1):
+    for w, s, e, s_logit, e_logit in ranked:
         if len(nbest) >= n_best_size:
             break
         if s > 0:

@@ -59,9 +59,11 @@ def top_positions(logits: np.ndarray, widths: np.ndarray, n: int) -> tuple[np.nd
     x = np.where(np.arange(width)[None, :] < widths[:, None], logits, np.float32(-np.inf)).astype(np.float32)
     if n < width:
         kth = np.partition(x, width - n, axis=1)[:, width - n][:, None]
-        above = x > kth
-        tie = x == kth
-        take = above | (tie & (np.cumsum(tie, axis=1) <= (n - above.sum(axis=1))[:, None]))
+        take = x >= kth
+        if take.sum() != batch * n:  # ties at some row's n-th value: the lowest positions among them
+            above = x > kth
+            tie = x == kth
+            take = above | (tie & (np.cumsum(tie, axis=1) <= (n - above.sum(axis=1))[:, None]))
         cols = np.nonzero(take)[1].reshape(batch, n)
     else:
         cols = np.broadcast_to(np.arange(width), (batch, width))
@@ -72,22 +74,25 @@ def top_positions(logits: np.ndarray, widths: np.ndarray, n: int) -> tuple[np.nd
 
 def squad_nbest_arrays(start: np.ndarray, end: np.ndarray, widths: np.ndarray, ctx: np.ndarray, max_ctx: np.ndarray,
                        lengths: np.ndarray, n_best_size: int, max_answer_length: int) -> NBestArrays:
-    """The n-best positions and the ordered valid pairs of every window of a batch (numpy)."""
+    """The n-best positions and the ordered valid pairs of every window of a batch (numpy).
+
+    The masks are read at the n-best positions only ((B, n) each), then broadcast to the (B, n, n) pairs;
+    only the valid pairs are scored and sorted (one lexsort for the batch: by window, then score)."""
     batch, width = start.shape
     n = min(n_best_size, width)
     widths = np.minimum(np.asarray(widths, dtype=np.int64), width)
-    s_idx, s_val = top_positions(start, widths, n)
-    e_idx, e_val = top_positions(end, widths, n)
+    idx, val = top_positions(np.concatenate([start, end]), np.concatenate([widths, widths]), n)
+    s_idx, e_idx, s_val, e_val = idx[:batch], idx[batch:], val[:batch], val[batch:]
     counts = np.minimum(widths, n)
-    real = np.arange(n)[None, :] < counts[:, None]
-    S, E = s_idx[:, :, None], e_idx[:, None, :]
-    rows = np.arange(batch)[:, None, None]
-    lens = lengths[:, None, None]
-    valid = (real[:, :, None] & real[:, None, :] & (S < lens) & (E < lens) & ctx[rows, S] & ctx[rows, E]
-             & max_ctx[rows, S] & (E >= S) & (E - S + 1 <= max_answer_length)).reshape(batch, n * n)
-    score = (s_val.astype(np.float64)[:, :, None] + e_val.astype(np.float64)[:, None, :]).reshape(batch, n * n)
-    rows, pairs = np.nonzero(valid)  # row by row, each in enumeration order
-    order = np.lexsort((-score[rows, pairs], rows))  # stable: ties keep enumeration order
+    real = (np.arange(n)[None, :] < counts[:, None]) & (idx[:batch] < lengths[:, None])
+    ok_s = real & np.take_along_axis(ctx, s_idx, axis=1) & np.take_along_axis(max_ctx, s_idx, axis=1)
+    ok_e = (np.arange(n)[None, :] < counts[:, None]) & (e_idx < lengths[:, None]) & np.take_along_axis(ctx, e_idx, axis=1)
+    gap = e_idx[:, None, :] - s_idx[:, :, None]  # end - start of every pair
+    valid = (ok_s[:, :, None] & ok_e[:, None, :] & (gap >= 0) & (gap < max_answer_length)).reshape(batch, n * n)
+    rows, pairs = np.nonzero(valid)  # row by row, each in enumeration order (start rank, then end rank)
+    si, ei = np.divmod(pairs, n)
+    score = s_val[rows, si].astype(np.float64) + e_val[rows, ei].astype(np.float64)
+    order = np.lexsort((-score, rows))  # stable: ties keep enumeration order
     bounds = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
     return NBestArrays(s_idx, s_val, e_idx, e_val, counts, pairs[order], bounds, start[:, 0].astype(np.float32),
                        end[:, 0].astype(np.float32))
@@ -152,6 +157,7 @@ def window_nbests(a: NBestArrays, log_norms: np.ndarray | None = None) -> list[W
     si, ei = np.divmod(a.pairs, n)
     c_starts, c_ends = a.start_indexes[rows, si], a.end_indexes[rows, ei]
     c_s_logits, c_e_logits = a.start_logits[rows, si], a.end_logits[rows, ei]
+    c_keys = -(c_s_logits.astype(np.float64) + c_e_logits.astype(np.float64))  # run_squad's sort key
     null_s, null_e, counts, bounds = a.null_start.tolist(), a.null_end.tolist(), a.counts.tolist(), a.bounds.tolist()
     norms = log_norms.tolist() if log_norms is not None else [None] * len(counts)
     out = []
@@ -160,7 +166,7 @@ def window_nbests(a: NBestArrays, log_norms: np.ndarray | None = None) -> list[W
         out.append(WindowNBest(
             a.start_indexes[b, :c], a.end_indexes[b, :c], a.start_logits[b, :c], a.end_logits[b, :c],
             null_s[b], null_e[b], norms[b], cand_starts=c_starts[lo:hi], cand_ends=c_ends[lo:hi],
-            cand_start_logits=c_s_logits[lo:hi], cand_end_logits=c_e_logits[lo:hi]))
+            cand_start_logits=c_s_logits[lo:hi], cand_end_logits=c_e_logits[lo:hi], cand_keys=c_keys[lo:hi]))
     return out
 
 
