@@ -215,13 +215,11 @@ class WindowNBest:
     null_start_logit: float  # logit of the CLS token (index 0)
     null_end_logit: float
     log_norm: float | None = None  # log of the start and end softmax normalisers (calibration.log_normalizers)
-    # the window's valid (start, end) candidates, best first, ties in run_squad's enumeration order
-    # (nbest.squad_batch_nbest applies the validity rules, max_answer_length included)
-    cand_starts: np.ndarray | None = None
-    cand_ends: np.ndarray | None = None
-    cand_start_logits: np.ndarray | None = None  # float32
-    cand_end_logits: np.ndarray | None = None
-    cand_keys: np.ndarray | None = None  # float64 -(start logit + end logit): ascending
+    # the window's valid (start, end) candidates as (start, end, start logit, end logit), best first, ties in
+    # run_squad's enumeration order (nbest.squad_batch_nbest applies the validity rules, max_answer_length
+    # included), and how many of them rank before its null answer
+    candidates: list[tuple[int, int, float, float]] | None = None
+    null_at: int | None = None
 
 
 @dataclass
@@ -272,25 +270,25 @@ def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: 
                 score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
     # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
     # sort of their concatenation gives run_squad's order over the question
-    win = np.concatenate([np.full(len(nb.cand_starts), w, dtype=np.int64) for w, nb in enumerate(nbests)]
-                         + [np.array([null_window] if version_2_with_negative else [], dtype=np.int64)])
-    st = np.concatenate([nb.cand_starts for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
-    en = np.concatenate([nb.cand_ends for nb in nbests] + [np.zeros(int(version_2_with_negative), np.int64)])
-    sl = np.concatenate([nb.cand_start_logits.astype(np.float64) for nb in nbests]
-                        + [np.array([null_s] if version_2_with_negative else [])])
-    el = np.concatenate([nb.cand_end_logits.astype(np.float64) for nb in nbests]
-                        + [np.array([null_e] if version_2_with_negative else [])])
+    cols = [np.array(nb.candidates, dtype=np.float64).reshape(-1, 4) for nb in nbests]
+    v2 = int(version_2_with_negative)
+    win = np.concatenate([np.full(len(c), w, dtype=np.int64) for w, c in enumerate(cols)] + [np.full(v2, null_window)])
+    st = np.concatenate([c[:, 0].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
+    en = np.concatenate([c[:, 1].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
+    sl = np.concatenate([c[:, 2] for c in cols] + [np.full(v2, null_s)])
+    el = np.concatenate([c[:, 3] for c in cols] + [np.full(v2, null_e)])
     order = np.argsort(-(sl + el), kind="stable")
     return win, st, en, sl, el, order, score_null, null_s, null_e
 
 
 def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool, step: int):
     """A question's candidates best first as Python tuples (window, start, end, start logit, end logit),
-    the null answer (0, 0) included with v2, converted ``step`` at a time; and the null score.
+    the null answer (0, 0) included with v2; and the null score and logits.
 
-    One window (the common case) needs no sort: its candidates are in order already and the null
-    answer, last in run_squad's list, goes after every candidate scoring at least as much."""
-    if len(nbests) != 1 or nbests[0].cand_keys is None:
+    One window (the common case) needs no sort: its candidates are in order already and its null
+    answer goes where ``null_at`` says. Several: their candidates are sorted together
+    (``question_candidates``) and converted ``step`` at a time."""
+    if len(nbests) != 1:
         win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
 
         def rows():
@@ -301,18 +299,16 @@ def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bo
     nb = nbests[0]
     null_s, null_e = nb.null_start_logit, nb.null_end_logit
     score_null = null_s + null_e if version_2_with_negative else 1000000.0
-    at = int(np.searchsorted(nb.cand_keys, -score_null, side="right")) if version_2_with_negative else -1
+    at = nb.null_at if version_2_with_negative else -1
 
     def one_window():
-        for lo in range(0, len(nb.cand_keys), step):
-            chunk = zip([0] * step, nb.cand_starts[lo : lo + step].tolist(), nb.cand_ends[lo : lo + step].tolist(),
-                        nb.cand_start_logits[lo : lo + step].tolist(), nb.cand_end_logits[lo : lo + step].tolist())
-            if lo <= at < lo + step and at < len(nb.cand_keys):
-                chunk = list(chunk)
-                chunk.insert(at - lo, (0, 0, 0, null_s, null_e))
-            yield from chunk
-        if at == len(nb.cand_keys):  # after every candidate
-            yield (0, 0, 0, null_s, null_e)
+        null = (0, 0, 0, null_s, null_e)
+        for i, (s, e, s_logit, e_logit) in enumerate(nb.candidates):
+            if i == at:
+                yield null
+            yield 0, s, e, s_logit, e_logit
+        if at == len(nb.candidates):
+            yield null
 
     return one_window(), score_null, null_s, null_e
 

@@ -151,23 +151,22 @@ def log_normalizers_torch(start, end, allowed):
 
 
 def window_nbests(a: NBestArrays, log_norms: np.ndarray | None = None) -> list[WindowNBest]:
-    """One ``WindowNBest`` per window, its valid candidates best first (views of the batch's arrays)."""
-    n = a.start_indexes.shape[1]
-    rows = np.repeat(np.arange(len(a.counts)), np.diff(a.bounds))
+    """One ``WindowNBest`` per window: its valid candidates best first as Python tuples (converted once for
+    the batch) and where its null answer ranks among them (after every candidate scoring at least as much)."""
+    n, batch = a.start_indexes.shape[1], len(a.counts)
+    rows = np.repeat(np.arange(batch), np.diff(a.bounds))
     si, ei = np.divmod(a.pairs, n)
-    c_starts, c_ends = a.start_indexes[rows, si], a.end_indexes[rows, ei]
     c_s_logits, c_e_logits = a.start_logits[rows, si], a.end_logits[rows, ei]
-    c_keys = -(c_s_logits.astype(np.float64) + c_e_logits.astype(np.float64))  # run_squad's sort key
+    keys = -(c_s_logits.astype(np.float64) + c_e_logits.astype(np.float64))  # run_squad's sort key, ascending
+    null_keys = -(a.null_start.astype(np.float64) + a.null_end.astype(np.float64))
+    null_at = np.bincount(rows[keys <= null_keys[rows]], minlength=batch).tolist()
+    cands = list(zip(a.start_indexes[rows, si].tolist(), a.end_indexes[rows, ei].tolist(), c_s_logits.tolist(),
+                     c_e_logits.tolist()))
     null_s, null_e, counts, bounds = a.null_start.tolist(), a.null_end.tolist(), a.counts.tolist(), a.bounds.tolist()
-    norms = log_norms.tolist() if log_norms is not None else [None] * len(counts)
-    out = []
-    for b, c in enumerate(counts):
-        lo, hi = bounds[b], bounds[b + 1]
-        out.append(WindowNBest(
-            a.start_indexes[b, :c], a.end_indexes[b, :c], a.start_logits[b, :c], a.end_logits[b, :c],
-            null_s[b], null_e[b], norms[b], cand_starts=c_starts[lo:hi], cand_ends=c_ends[lo:hi],
-            cand_start_logits=c_s_logits[lo:hi], cand_end_logits=c_e_logits[lo:hi], cand_keys=c_keys[lo:hi]))
-    return out
+    norms = log_norms.tolist() if log_norms is not None else [None] * batch
+    return [WindowNBest(a.start_indexes[b, :c], a.end_indexes[b, :c], a.start_logits[b, :c], a.end_logits[b, :c],
+                        null_s[b], null_e[b], norms[b], candidates=cands[bounds[b] : bounds[b + 1]], null_at=null_at[b])
+            for b, c in enumerate(counts)]
 
 
 def squad_batch_nbest(start, end, rows: Sequence[Window], widths: Sequence[int], n_best_size: int,
