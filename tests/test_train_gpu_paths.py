@@ -24,10 +24,11 @@ def _batch(seed: int = 0, n: int = 4, width: int = 64, vocab: int = 20):
     return ids, mask, starts, starts + 2
 
 
-def _model(tmp_path, seed=0):
+def _model(tmp_path, seed=0, layers=2):
     from transformers import AutoModelForQuestionAnswering
 
-    return AutoModelForQuestionAnswering.from_pretrained(str(make_task_model(tmp_path / f"m{seed}", seed=seed, hidden=32)))
+    folder = make_task_model(tmp_path / f"m{seed}-{layers}", seed=seed, hidden=32, layers=layers)
+    return AutoModelForQuestionAnswering.from_pretrained(str(folder))
 
 
 def _step_loss(model, forward, batch):
@@ -79,7 +80,7 @@ def test_compiled_forward_gives_the_plain_steps_loss_and_gradients(tmp_path, one
     pytest.importorskip("torch._inductor")
     from squadkit.train.loop import compiled_forward
 
-    model = _model(tmp_path)
+    model = _model(tmp_path, layers=1)  # one layer: the graph, and compiling it, stay small
     model.train()
     batch = _batch(3, vocab=model.config.vocab_size)
     import torch
