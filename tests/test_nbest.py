@@ -159,3 +159,35 @@ def test_get_final_text_equals_run_squads(words, lo, size, lower):
     tok_text = " ".join(basic_tokenize(orig_text, lower))
     for pred in (tok_text[lo : lo + size], orig_text[lo : lo + size], tok_text):
         assert get_final_text(pred, orig_text, lower) == reference_get_final_text(pred, orig_text, lower)
+
+
+def test_predict_with_logits_left_on_the_device_is_identical(tiny_roberta, squad_dev_path):
+    """The GPU path end to end, on CPU tensors: a model whose ``device_logits`` hands torch tensors to
+    the engine gets spans scored by the torch decoder, with the same predictions, n-best lists and
+    null odds as the numpy path (and the calibration features within float64 rounding)."""
+    torch = pytest.importorskip("torch")
+    import copy
+
+    from squadkit.backends import load_model
+    from squadkit.data import load_squad
+    from squadkit.predict import SquadDecodeSettings, predict_squad
+
+    model = load_model(str(tiny_roberta), device="cpu")
+    on_device = copy.copy(model)
+    seen = []
+
+    def device_logits(batch):
+        start, end = model.logits(batch)
+        seen.append(len(start))
+        return torch.from_numpy(start), torch.from_numpy(end)
+
+    on_device.device_logits = device_logits
+    examples = load_squad(squad_dev_path).examples[::4]
+    settings = SquadDecodeSettings(max_seq_length=160, doc_stride=64)
+    host = predict_squad(model, examples, settings, batch_size=16, chunk_size=64)
+    device = predict_squad(on_device, examples, settings, batch_size=16, chunk_size=64)
+    assert sum(seen) >= len(examples)  # every window went through the torch decoder
+    assert device.predictions == host.predictions and device.null_odds == host.null_odds
+    assert device.nbest_json() == host.nbest_json()
+    for qid, x in host.features.items():
+        np.testing.assert_allclose(device.features[qid], x, rtol=1e-12, atol=1e-12)
