@@ -132,7 +132,7 @@ def main() -> None:
             rows.append([dtype, name, f"{best[name]:,.0f}", f"{best[name] / plain:.2f}x",
                          ("yes" if same else "NO") if name != list(runs)[2] else "-"])
             print("  " + " | ".join(rows[-1]), flush=True)
-        del model
+        model = None  # noqa: F841 (frees the GPU memory before the next dtype)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     print(f"\npredict_squad, {len(examples):,} questions of the shared train slice, 384/128 windows, batch "

@@ -270,8 +270,6 @@ def compiled_forward(model):
 
 def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: TrainFeatures, eval_data,
                resume: Path | None, result: TrainResult):
-    import torch
-
     plan = make_plan(config, accelerator, features)
     model.to(accelerator.device)  # before the optimizer: on CUDA it is the fused AdamW, made over CUDA tensors
     optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
