@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""Answering speed on a GPU: batch widths exact (the default) or rounded to a multiple of 64 (as training does there).
+"""Answering speed on a GPU: ``predict_squad`` against a plain transformers inference loop.
 
 ``predict_squad`` (what ``squadkit predict`` runs) over the shared train slice's 4,719 questions,
 384-token windows, stride 128, batch 64, for roberta-base (random weights with the real tokenizer:
-the card's model size; speed does not depend on the weights) and any fine-tuned QA model folder
-(``--models roberta-base,FOLDER``, e.g. all-MiniLM-L6-v2 after ``squadkit train``), in fp32 and bf16. Each configuration runs
-``--repeats`` times, interleaved (a GPU's clock drifts too); the figure is the best run's
-questions/s, after one untimed warm-up pass per configuration. The table also says whether the
-rounded run predicted exactly what the exact-width run did (padding is masked out; in bf16 a
-different kernel may round a logit differently, so a few answers may differ there).
+the card's model size; speed does not depend on the weights), in bf16 (``--dtypes`` for more):
+
+* as it runs by default on a GPU: the next chunk tokenized in a thread, span scoring on the device
+  (``nbest.squad_batch_nbest`` on the logits where the model left them, only the n-best copied back);
+* the same with the logits copied to the host and scored there (numpy), as before; the table says
+  whether the two predicted exactly the same (predictions, n-best lists, null odds);
+* a plain transformers loop: the tokenizer's own overflowing windows (padded per batch), the model in
+  bf16, the logits copied to the host; no span decoding at all (a floor for what answering costs).
+
+Each configuration runs ``--repeats`` times, interleaved; the figure is the best run's questions/s,
+after one untimed warm-up pass.
 
     python benchmarks/bench_gpu_predict.py                  # on a machine with a CUDA GPU
-    python benchmarks/bench_gpu_predict.py --models roberta-base,runs/minilm --dtypes fp32
+    python benchmarks/bench_gpu_predict.py --questions 64 --repeats 1 --tiny   # end to end on a CPU
 
 Needs the real data in ../shared/data (SQUADKIT_SHARED_DATA to move it). Prints a table.
 """
@@ -27,9 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_train import TRAIN, roberta_base_random  # noqa: E402
-
-MULTIPLES = (64, 1)
-
 
 def timed_predict(model, examples, settings, batch_size: int):
     """Seconds and predictions of one ``predict_squad`` pass (the GPU's queue drained at both ends)."""
@@ -48,19 +50,54 @@ def timed_predict(model, examples, settings, batch_size: int):
     return time.perf_counter() - start, preds
 
 
+def plain_loop(model, examples, batch_size: int) -> float:
+    """Seconds of a plain transformers loop: overflowing windows, forward, logits to the host."""
+    import torch
+
+    tok, net, dev = model.tokenizer, model.model, model.device
+    if str(dev).startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for lo in range(0, len(examples), 256):
+        chunk = examples[lo : lo + 256]
+        enc = tok([e.question for e in chunk], [e.context for e in chunk], truncation="only_second", max_length=384,
+                  stride=128, return_overflowing_tokens=True, padding=False)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        for b in range(0, len(ids), batch_size):
+            batch = tok.pad({"input_ids": ids[b : b + batch_size], "attention_mask": mask[b : b + batch_size]},
+                            return_tensors="pt")
+            with torch.inference_mode():
+                out = net(**{k: v.to(dev) for k, v in batch.items()})
+                out.start_logits.float().cpu(), out.end_logits.float().cpu()
+    if str(dev).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def host_decoding(model):
+    """The model with span scoring on the host (its logits copied back), as before issue 26."""
+    import copy
+    import dataclasses
+
+    runner = copy.copy(model.runner)
+    runner.device_logits = lambda batch: None
+    return dataclasses.replace(model, runner=runner)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="roberta-base", help="roberta-base and/or QA model folders, comma-separated")
-    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--questions", type=int, default=0, help="the first N questions (0: all 4,719)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer model: checks the script end to end on a CPU")
     ap.add_argument("--device", default=None, help="default: cuda when there is one")
     ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "squadkit-bench-gpu"))
     args = ap.parse_args()
     if not TRAIN.is_file():
         sys.exit(f"missing real data: {TRAIN}")
     import torch
+    import transformers
 
     from squadkit.model import load as load_model
     from squadkit.data import load_squad
@@ -73,46 +110,39 @@ def main() -> None:
     examples = load_squad(TRAIN).examples
     examples = examples[: args.questions] if args.questions else examples
     settings = AnswerSettings(max_seq_length=384, doc_stride=128)
-    models = []
-    for name in args.models.split(","):
-        if name == "roberta-base":
-            models.append(("roberta-base (random weights)", str(roberta_base_random(work))))
-        else:
-            models.append((Path(name).name, name))
+    path = str(roberta_base_random(work, tiny=args.tiny))
     rows = []
-    for label, path in models:
-        for dtype in args.dtypes.split(","):
-            model = load_model(path, device=device, dtype=dtype, backend="torch")
-            best: dict[int, float] = {}
-            answers = {}
-            for multiple in MULTIPLES:  # warm-up: the first pass allocates and picks kernels
-                model.pad_multiple = multiple
-                timed_predict(model, examples[: 4 * args.batch_size], settings, args.batch_size)
-            for _ in range(args.repeats):
-                for multiple in MULTIPLES:
-                    model.pad_multiple = multiple
-                    seconds, preds = timed_predict(model, examples, settings, args.batch_size)
-                    best[multiple] = max(best.get(multiple, 0.0), len(examples) / seconds)
-                    answers[multiple] = preds.predictions
-            same = sum(answers[64][q] == answers[1][q] for q in answers[1])
-            rows.append([label, dtype, f"{best[64]:,.0f}", f"{best[1]:,.0f}", f"{best[64] / best[1]:.2f}x",
-                         f"{same}/{len(answers[1])}"])
+    for dtype in args.dtypes.split(","):
+        model = load_model(path, device=device, dtype=dtype, backend="torch")
+        runs = {"predict_squad (spans scored on the device)": lambda: timed_predict(model, examples, settings, args.batch_size),
+                "predict_squad (spans scored on the host)": lambda: timed_predict(host_decoding(model), examples, settings,
+                                                                                 args.batch_size),
+                "plain transformers loop (no decoding)": lambda: (plain_loop(model, examples, args.batch_size), None)}
+        timed_predict(model, examples[: 4 * args.batch_size], settings, args.batch_size)  # warm-up
+        plain_loop(model, examples[: 4 * args.batch_size], args.batch_size)
+        best, preds = {}, {}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                seconds, out = run()
+                best[name] = max(best.get(name, 0.0), len(examples) / seconds)
+                preds[name] = out
+        a, b = (preds[k] for k in list(runs)[:2])
+        same = (a.predictions == b.predictions and a.null_odds == b.null_odds and a.nbest_json() == b.nbest_json())
+        plain = best[list(runs)[2]]
+        for name in runs:
+            rows.append([dtype, name, f"{best[name]:,.0f}", f"{best[name] / plain:.2f}x",
+                         ("yes" if same else "NO") if name != list(runs)[2] else "-"])
             print("  " + " | ".join(rows[-1]), flush=True)
-            del model
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"predict_squad, {len(examples):,} questions of the shared train slice, 384/128 windows, "
-                        f"batch {args.batch_size}, best of {args.repeats}, questions/s; {where}; torch {torch.__version__}",
-                  title_justify="left")
-    for i, column in enumerate(["model", "dtype", "widths rounded to 64", "exact widths", "speed-up",
-                                "same predictions"]):
-        table.add_column(column, justify="left" if i < 2 else "right")
+        model = None  # noqa: F841 (frees the GPU memory before the next dtype)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print(f"\npredict_squad, {len(examples):,} questions of the shared train slice, 384/128 windows, batch "
+          f"{args.batch_size}, best of {args.repeats}; {'roberta (2 layers of 64)' if args.tiny else 'roberta-base'} "
+          f"random weights; {where}; torch {torch.__version__}, transformers {transformers.__version__}")
+    print("| dtype | run | questions/s | vs plain loop | same predictions, n-best, null odds (device vs host) |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 
 python benchmarks/bench_whole_words.py MODEL_FOLDER [DEV_FILE]
 """
-import json, sys, dataclasses
-from squadkit.backends import load_model
+import dataclasses
+import json
+import sys
+
+from squadkit.model import load as load_model
 from squadkit.data import load_squad
 from squadkit.metrics import evaluate
 from squadkit.predict import decode_settings_for, predict_squad
 
 model = load_model(sys.argv[1], device="cpu")
 data = load_squad(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/squad_v2/dev-v2.0.first2articles.json")
-settings, _, _ = decode_settings_for(model, data)
+settings, _ = decode_settings_for(model, data)
 out = {}
 for whole in (False, True):
     p = predict_squad(model, data.examples, dataclasses.replace(settings, whole_words=whole, null_score_diff_threshold=1e9), batch_size=32)

@@ -17,10 +17,12 @@ however many windows a context needs.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
 import unicodedata
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -231,24 +233,11 @@ class WindowNBest:
     null_start_logit: float  # logit of the CLS token (index 0)
     null_end_logit: float
     log_norm: float | None = None  # log of the start and end softmax normalisers (calibration.log_normalizers)
-
-
-def squad_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int,
-                       log_norms: np.ndarray | None = None) -> list[WindowNBest]:
-    """run_squad's ``_get_best_indexes`` for every window of a batch.
-
-    The n best positions are taken over the window's whole width (question tokens included,
-    and, in legacy mode, the padding up to max_seq_len, as run_squad did), ties in position order.
-    """
-    out = []
-    for b, width in enumerate(widths):
-        s = start_logits[b, :width]
-        e = end_logits[b, :width]
-        s_idx = np.argsort(-s, kind="stable")[:n_best_size]
-        e_idx = np.argsort(-e, kind="stable")[:n_best_size]
-        out.append(WindowNBest(s_idx, e_idx, s[s_idx], e[e_idx], float(s[0]), float(e[0]),
-                               float(log_norms[b]) if log_norms is not None else None))
-    return out
+    # the window's valid (start, end) candidates as (start, end, start logit, end logit), best first, ties in
+    # run_squad's enumeration order (nbest.squad_batch_nbest applies the validity rules, max_answer_length
+    # included), and how many of them rank before its null answer
+    candidates: list[tuple[int, int, float, float]] | None = None
+    null_at: int | None = None
 
 
 @dataclass
@@ -286,6 +275,62 @@ def _softmax(scores: Sequence[float]) -> list[float]:
     return [x / total for x in exps]
 
 
+def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool):
+    """A question's candidates over its windows (window, start, end, start and end logits as float64,
+    the null answer last with v2) and their order, best first as run_squad's stable sort gives it;
+    then the null score and the null's start and end logits."""
+    score_null = 1000000.0
+    null_window, null_s, null_e = 0, 0.0, 0.0
+    if version_2_with_negative:
+        for w, nb in enumerate(nbests):
+            feature_null = nb.null_start_logit + nb.null_end_logit
+            if feature_null < score_null:
+                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
+    # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
+    # sort of their concatenation gives run_squad's order over the question
+    cols = [np.array(nb.candidates, dtype=np.float64).reshape(-1, 4) for nb in nbests]
+    v2 = int(version_2_with_negative)
+    win = np.concatenate([np.full(len(c), w, dtype=np.int64) for w, c in enumerate(cols)] + [np.full(v2, null_window)])
+    st = np.concatenate([c[:, 0].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
+    en = np.concatenate([c[:, 1].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
+    sl = np.concatenate([c[:, 2] for c in cols] + [np.full(v2, null_s)])
+    el = np.concatenate([c[:, 3] for c in cols] + [np.full(v2, null_e)])
+    order = np.argsort(-(sl + el), kind="stable")
+    return win, st, en, sl, el, order, score_null, null_s, null_e
+
+
+def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool, step: int):
+    """A question's candidates best first as Python tuples (window, start, end, start logit, end logit),
+    the null answer (0, 0) included with v2; and the null score and logits.
+
+    One window (the common case) needs no sort: its candidates are in order already and its null
+    answer goes where ``null_at`` says. Several: their candidates are sorted together
+    (``question_candidates``) and converted ``step`` at a time."""
+    if len(nbests) != 1:
+        win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
+
+        def rows():
+            for lo in range(0, len(order), step):
+                yield from zip(*(c[order[lo : lo + step]].tolist() for c in (win, st, en, sl, el)))
+
+        return rows(), score_null, null_s, null_e
+    nb = nbests[0]
+    null_s, null_e = nb.null_start_logit, nb.null_end_logit
+    score_null = null_s + null_e if version_2_with_negative else 1000000.0
+    at = nb.null_at if version_2_with_negative else -1
+
+    def one_window():
+        null = (0, 0, 0, null_s, null_e)
+        for i, (s, e, s_logit, e_logit) in enumerate(nb.candidates):
+            if i == at:
+                yield null
+            yield 0, s, e, s_logit, e_logit
+        if at == len(nb.candidates):
+            yield null
+
+    return one_window(), score_null, null_s, null_e
+
+
 def squad_prediction(
     windows: Sequence[Window],
     nbests: Sequence[WindowNBest],
@@ -304,65 +349,24 @@ def squad_prediction(
 
     ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
     the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
-    for run_squad's own windows.
+    for run_squad's own windows. ``nbests`` carry each window's valid candidates
+    (``nbest.squad_batch_nbest``, which applies ``max_answer_length``; the argument stays for run_squad's signature).
     """
-    cand_window, cand_start, cand_end, cand_s_logit, cand_e_logit = [], [], [], [], []
-    score_null = 1000000.0
-    null_window, null_s, null_e = 0, 0.0, 0.0
-    for w, (window, nb) in enumerate(zip(windows, nbests)):
-        if version_2_with_negative:
-            feature_null = nb.null_start_logit + nb.null_end_logit
-            if feature_null < score_null:
-                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
-        starts = np.repeat(nb.start_indexes, len(nb.end_indexes))
-        ends = np.tile(nb.end_indexes, len(nb.start_indexes))
-        s_logits = np.repeat(nb.start_logits, len(nb.end_indexes))
-        e_logits = np.tile(nb.end_logits, len(nb.start_indexes))
-        size = window.context_mask.shape[0]
-        in_range = (starts < window.length) & (ends < window.length) & (starts < size) & (ends < size)
-        starts_c, ends_c = np.minimum(starts, size - 1), np.minimum(ends, size - 1)
-        max_context = window.max_context if window.max_context is not None else window.context_mask
-        valid = (
-            in_range
-            & window.context_mask[starts_c]
-            & window.context_mask[ends_c]
-            & max_context[starts_c]
-            & (ends >= starts)
-            & (ends - starts + 1 <= max_answer_length)
-        )
-        cand_window.append(np.full(int(valid.sum()), w, dtype=np.int64))
-        cand_start.append(starts[valid])
-        cand_end.append(ends[valid])
-        cand_s_logit.append(s_logits[valid])
-        cand_e_logit.append(e_logits[valid])
-    win = np.concatenate(cand_window) if cand_window else np.zeros(0, dtype=np.int64)
-    st = np.concatenate(cand_start) if cand_start else np.zeros(0, dtype=np.int64)
-    en = np.concatenate(cand_end) if cand_end else np.zeros(0, dtype=np.int64)
-    sl = np.concatenate(cand_s_logit).astype(np.float64) if cand_s_logit else np.zeros(0)
-    el = np.concatenate(cand_e_logit).astype(np.float64) if cand_e_logit else np.zeros(0)
-    if version_2_with_negative:
-        win = np.append(win, null_window)
-        st = np.append(st, 0)
-        en = np.append(en, 0)
-        sl = np.append(sl, null_s)
-        el = np.append(el, null_e)
-    order = np.argsort(-(sl + el), kind="stable")
-
+    ranked, score_null, null_s, null_e = ranked_candidates(nbests, version_2_with_negative, 2 * n_best_size + 1)
     nbest: list[NBestEntry] = []
     seen: set[str] = set()
-    for i in order:
+    for w, s, e, s_logit, e_logit in ranked:
         if len(nbest) >= n_best_size:
             break
-        if st[i] > 0:
-            text, char_start, char_end = text_of_span(windows[win[i]], int(st[i]), int(en[i]))
+        if s > 0:
+            text, char_start, char_end = text_of_span(windows[w], s, e)
             if text in seen:
                 continue
             seen.add(text)
-            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end,
-                                    window=int(win[i]), tokens=int(en[i] - st[i] + 1)))
+            nbest.append(NBestEntry(text, s_logit, e_logit, start=char_start, end=char_end, window=w, tokens=e - s + 1))
         else:
             seen.add("")
-            nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
+            nbest.append(NBestEntry("", s_logit, e_logit))
     if version_2_with_negative:
         if "" not in seen:
             nbest.append(NBestEntry("", null_s, null_e))
@@ -472,14 +476,14 @@ def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
     return tokens
 
 
-def _strip_spaces(text: str) -> tuple[str, dict[int, int]]:
-    chars, ns_to_s = [], {}
-    for i, char in enumerate(text):
-        if char == " ":
-            continue
-        ns_to_s[len(chars)] = i
-        chars.append(char)
-    return "".join(chars), ns_to_s
+@functools.lru_cache(maxsize=4096)
+def _tokenized_text(orig_text: str, do_lower_case: bool) -> tuple[str, int, np.ndarray]:
+    """``orig_text`` as BasicTokenizer's tokens joined by spaces, the count of its non-space
+    characters, and where each non-space character of ``orig_text`` lies (cached: a question's
+    candidate spans share their words)."""
+    tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
+    code_points = np.frombuffer(orig_text.encode("utf-32-le"), dtype=np.uint32)
+    return tok_text, len(tok_text) - tok_text.count(" "), np.flatnonzero(code_points != 32)
 
 
 def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
@@ -487,23 +491,38 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple
 
     Returns ``(start, end)`` so that ``orig_text[start:end]`` is the text run_squad printed;
     when the projection fails it is the whole of ``orig_text``, as run_squad's fallback.
+    (run_squad maps positions through its space-stripped strings; a position in ``tok_text``
+    that is no space maps to itself minus the spaces before it.)
     """
     whole = (0, len(orig_text))
-    tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
+    tok_text, tok_ns_len, orig_ns_to_s = _tokenized_text(orig_text, do_lower_case)
     start = tok_text.find(pred_text)
-    if start == -1:
+    if start == -1 or not pred_text or len(orig_ns_to_s) != tok_ns_len:
         return whole
     end = start + len(pred_text) - 1
-    orig_ns, orig_ns_to_s = _strip_spaces(orig_text)
-    tok_ns, tok_ns_to_s = _strip_spaces(tok_text)
-    if len(orig_ns) != len(tok_ns):
+    if tok_text[start] == " " or tok_text[end] == " ":
         return whole
-    tok_s_to_ns = {s: ns for ns, s in tok_ns_to_s.items()}
-    if start not in tok_s_to_ns or tok_s_to_ns[start] not in orig_ns_to_s:
-        return whole
-    if end not in tok_s_to_ns or tok_s_to_ns[end] not in orig_ns_to_s:
-        return whole
-    return orig_ns_to_s[tok_s_to_ns[start]], orig_ns_to_s[tok_s_to_ns[end]] + 1
+    return (int(orig_ns_to_s[start - tok_text.count(" ", 0, start)]),
+            int(orig_ns_to_s[end - tok_text.count(" ", 0, end)]) + 1)
+
+
+def _token_lookup(tokenizer) -> Callable[[list[int]], list[str]]:
+    """``tokenizer.convert_ids_to_tokens`` (element-wise for every tokenizer), memoized per id."""
+    try:
+        memo = _TOKEN_CACHES.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that takes no weak reference: memoized per question only
+        memo = {}
+
+    def lookup(ids: list[int]) -> list[str]:
+        missing = [i for i in ids if i not in memo]
+        if missing:
+            memo.update(zip(missing, tokenizer.convert_ids_to_tokens(missing)))
+        return [memo[i] for i in ids]
+
+    return lookup
+
+
+_TOKEN_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
@@ -522,25 +541,32 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_wor
     bounds = WordBounds.of(context) if whole_words else None
 
     words, word_starts, word_ends = whitespace_words(context)
-    starts_arr = np.asarray(word_starts, dtype=np.int64)
+    id_to_token = _token_lookup(tokenizer)
 
     def word_at(char: int) -> int:
-        return max(0, int(np.searchsorted(starts_arr, char, side="right")) - 1)
+        return max(0, bisect.bisect_right(word_starts, char) - 1)
+
+    def to_context(p: int, first_word: int, last_word: int) -> int:
+        """A position in the space-joined words -> the position in the context (a joining space:
+        the end of the word before it)."""
+        for w in range(first_word, last_word + 1):
+            size = word_ends[w] - word_starts[w]
+            if p < size:
+                return word_starts[w] + p
+            if p == size:
+                return word_ends[w]
+            p -= size + 1
+        return word_ends[last_word]
 
     def text_of_span(window: Window, start: int, end: int) -> tuple[str, int, int]:
-        tokens = tokenizer.convert_ids_to_tokens(window.input_ids[start : end + 1].tolist())
+        tokens = id_to_token(window.input_ids[start : end + 1].tolist())
         tok_text = " ".join(tokenizer.convert_tokens_to_string(tokens).strip().split())
         first_word = word_at(int(window.offsets[start, 0]))
         last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
         orig_text = " ".join(words[first_word : last_word + 1])
         a, b = get_final_text(tok_text, orig_text, do_lower_case)
-        # positions in the space-joined words -> positions in the context
-        joined_to_context: list[int] = []
-        for w in range(first_word, last_word + 1):
-            joined_to_context.extend(range(word_starts[w], word_ends[w]))
-            joined_to_context.append(word_ends[w])  # the joining space
-        char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
-        char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+        char_start = to_context(a, first_word, last_word)
+        char_end = to_context(b - 1, first_word, last_word) + 1 if b > a else char_start
         if bounds is not None and char_end > char_start:
             wide_start, wide_end = bounds.widen(np.array([char_start]), np.array([char_end]))
             if (wide_start[0], wide_end[0]) != (char_start, char_end):

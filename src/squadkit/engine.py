@@ -46,22 +46,24 @@ def score_pairs(
     chunk_size: int = 256,
     progress: Callable[[int], None] | None = None,
     window_progress: Callable[[int, int], None] | None = None,
+    on_device: bool = False,
 ) -> Iterator[QuestionWindows]:
     """Every pair's windows, scored by ``model`` and reduced, yielded per pair in input order.
 
     ``progress(n)`` is called with the number of pairs finished after each chunk, and
     ``window_progress(done, total)`` after each batch with the chunk's windows scored so far
-    (a single long context is one pair, but many windows).
+    (a single long context is one pair, but many windows). The next chunk is tokenized in a
+    background thread while this one is scored (the tokenizer and the model release the GIL).
+    ``on_device``: ``reduce`` also takes torch tensors; a model with ``device_logits`` (the torch
+    backend on a GPU) then leaves the logits on its device.
     """
     pad_id = pad_id_of(model.tokenizer)
-    for lo in range(0, len(questions), chunk_size):
-        hi = min(lo + chunk_size, len(questions))
-        windows = build_windows(model.tokenizer, questions[lo:hi], contexts[lo:hi], settings, first_example_index=lo)
+    for lo, hi, windows in _windows_ahead(model.tokenizer, questions, contexts, settings, chunk_size):
         reduced: list = [None] * len(windows)
         done = 0
-        for batch in iter_batches(windows, batch_size, pad_id, multiple=model.pad_multiple,
-                                  limit=model.window_limit):
-            start, end = model.logits(batch)
+        for batch in iter_batches(windows, batch_size, pad_id, multiple=model.pad_multiple, limit=model.window_limit):
+            logits = model.device_logits(batch) if on_device else None
+            start, end = logits if logits is not None else model.logits(batch)
             rows = [windows[i] for i in batch.window_indices]
             for i, r in zip(batch.window_indices, reduce(start, end, batch, rows)):
                 reduced[i] = r
@@ -76,3 +78,27 @@ def score_pairs(
             yield QuestionWindows(j, [windows[i] for i in idx], [reduced[i] for i in idx])
         if progress is not None:
             progress(hi - lo)
+
+
+def _windows_ahead(tokenizer, questions: Sequence[str], contexts: Sequence[str], settings: WindowSettings,
+                   chunk_size: int) -> Iterator[tuple[int, int, list[Window]]]:
+    """(lo, hi, windows) of each chunk of pairs, the next chunk's windows built in a thread meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = [(lo, min(lo + chunk_size, len(questions))) for lo in range(0, len(questions), chunk_size)]
+
+    def build(k: int) -> list[Window]:
+        lo, hi = bounds[k]
+        return build_windows(tokenizer, questions[lo:hi], contexts[lo:hi], settings, first_example_index=lo)
+
+    if len(bounds) < 2:
+        for k, (lo, hi) in enumerate(bounds):
+            yield lo, hi, build(k)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="squadkit-windows") as pool:
+        ahead = pool.submit(build, 0)
+        for k, (lo, hi) in enumerate(bounds):
+            windows = ahead.result()
+            if k + 1 < len(bounds):
+                ahead = pool.submit(build, k + 1)
+            yield lo, hi, windows

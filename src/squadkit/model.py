@@ -54,6 +54,11 @@ class Model:
     def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         return self.runner.logits(batch)
 
+    def device_logits(self, batch: Batch):
+        """Logits left on the GPU as torch tensors (span scoring there), or None where the runner gives
+        host arrays only (a CPU, ONNX Runtime)."""
+        return self.runner.device_logits(batch) if self.backend == "torch" else None
+
 
 def load(source: Any = None, tokenizer: Any = None, *, calibrators: bool = True, **runner_options: Any) -> Model:
     """Load ``source`` (a hub id, checkpoint folder, exported ONNX folder, an in-memory transformers

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from . import defaults
-from .decode import squad_prediction, squad_text_recoverer, squad_window_nbest
+from .decode import squad_prediction, squad_text_recoverer
 from .io import atomic_write_json
 from .predictions import (
     EVAL_RESULTS_FILE,
@@ -89,17 +89,17 @@ def predict_squad(
     legacy = settings.legacy
 
     def reduce(start, end, batch, rows):
-        from .calibration import log_normalizers
+        from .nbest import squad_batch_nbest
 
-        widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]
+        widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]  # start: numpy, or torch on a GPU
         allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
-        return squad_window_nbest(start, end, widths, settings.n_best_size, log_normalizers(start, end, allowed))
+        return squad_batch_nbest(start, end, rows, widths, settings.n_best_size, settings.max_answer_length, allowed)
 
     out = SquadPredictions()
     questions = [e.question for e in examples]
     contexts = [e.context for e in examples]
     for item in score_pairs(model, questions, contexts, settings.window_settings(), reduce, batch_size, chunk_size,
-                            progress):
+                            progress, on_device=True):
         example = examples[item.index]
         text_of_span = squad_text_recoverer(model.tokenizer, example.context, settings.do_lower_case,
                                             whole_words=settings.whole_words and not legacy)

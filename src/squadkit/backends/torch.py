@@ -69,6 +69,21 @@ class TorchQAModel:
             end = out.end_logits.float().cpu().numpy()
         return start, end
 
+    def device_logits(self, batch: Batch):
+        """Start and end logits as float32 torch tensors left on a CUDA device (None elsewhere: use
+        ``logits``), for span scoring there (``nbest.squad_batch_nbest``)."""
+        import torch
+
+        if not str(self.device).startswith("cuda"):
+            return None
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names and batch.token_type_ids is not None:
+            arrays["token_type_ids"] = batch.token_type_ids
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).pin_memory().to(self.device, non_blocking=True) for k, v in arrays.items()}
+            out = self.model(**inputs)
+            return out.start_logits.float(), out.end_logits.float()
+
 
 def _torch_dtype(dtype: str | None):
     import torch

@@ -101,6 +101,10 @@ class TrainConfig:
     seed: int = _f(42, "Random seed (data order, dropout, QA head, passage negatives).")
     bf16: bool = _f(False, "bfloat16 autocast (CPU, or GPUs that support it).")
     fp16: bool = _f(False, "float16 autocast with loss scaling (CUDA only).")
+    fp32: bool = _f(False, "Keep float32 on a GPU: without --bf16/--fp16/--fp32, a CUDA GPU that supports bfloat16 "
+                           "trains in bf16 autocast (the CPU stays float32).")
+    compile: bool = _f(False, "torch.compile the model for the training step (CUDA only; compiling takes ~30-40 s, and "
+                              "once more when the padded width first changes).")
     no_cuda: bool = _f(False, "Train on the CPU even where a GPU is present.")
     overwrite_output_dir: bool = _f(False, "Train into a non-empty output folder (removes only an earlier run's checkpoints and log).")
     overwrite_cache: bool = _f(False, "Re-tokenize even when the feature cache holds this data.")
@@ -142,8 +146,9 @@ class TrainConfig:
         if self.do_train and self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise SquadkitError(f"{n('num_train_epochs')} must be positive (or give {n('max_steps')}), got {self.num_train_epochs!r}",
                                 param="num_train_epochs")
-        if self.bf16 and self.fp16:
-            raise SquadkitError(f"give at most one of {n('bf16')} and {n('fp16')}", param="fp16")
+        if self.bf16 + self.fp16 + self.fp32 > 1:
+            raise SquadkitError(f"give at most one of {n('bf16')}, {n('fp16')} and {n('fp32')}",
+                                param="fp32" if self.fp32 else "fp16")
         if not (self.do_train or self.do_eval):
             raise SquadkitError(f"nothing to do: give {n('do_train')} and/or {n('do_eval')}")
         if self.load_best_model_at_end and not self.eval_steps:

@@ -218,16 +218,18 @@ def shared_norm_loss(start_logits, end_logits, start_positions, end_positions, a
 
 
 def make_optimizer(model, config: TrainConfig, total_steps: int):
-    """run_squad's AdamW groups (no decay on biases and LayerNorm weights) and linear warmup/decay."""
+    """run_squad's AdamW groups (no decay on biases and LayerNorm weights) and linear warmup/decay.
+    On CUDA the fused AdamW (one kernel for all parameters; the same update rule); elsewhere torch's default."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fused = {"fused": True} if params and all(p.is_cuda for _, p in params) else {}
     optimizer = torch.optim.AdamW(
         [{"params": [p for n, p in params if not any(k in n for k in no_decay)], "weight_decay": config.weight_decay},
          {"params": [p for n, p in params if any(k in n for k in no_decay)], "weight_decay": 0.0}],
-        lr=config.learning_rate, eps=config.adam_epsilon)
+        lr=config.learning_rate, eps=config.adam_epsilon, **fused)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -244,13 +246,35 @@ def pad_multiple(config: TrainConfig, device) -> int:
     return 64 if getattr(device, "type", str(device)) == "cuda" else 1
 
 
-def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: TrainFeatures, eval_data,
-               resume: Path | None, result: TrainResult):
+def to_device(array: np.ndarray, device):
+    """A host array as a tensor on ``device``: on CUDA through pinned memory, copied without blocking
+    (the copy overlaps the work already queued); elsewhere as before."""
     import torch
 
+    tensor = torch.from_numpy(array)
+    if getattr(device, "type", str(device)) == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def compiled_forward(model):
+    """``torch.compile`` of the (prepared) model for the training step. The padded widths are few
+    (multiples of ``pad_multiple``); after the first width, dynamo's automatic dynamic shapes compile
+    one graph for the rest rather than one per width. Evaluation and saving use the model itself."""
+    import torch
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 32))
+    return torch.compile(model)
+
+
+def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: TrainFeatures, eval_data,
+               resume: Path | None, result: TrainResult):
     plan = make_plan(config, accelerator, features)
+    model.to(accelerator.device)  # before the optimizer: on CUDA it is the fused AdamW, made over CUDA tensors
     optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: stepped once per step
+    forward = compiled_forward(model) if config.compile else model
     step, best, best_step = 0, None, None
     if resume is not None:
         state = restore_training_state(resume, optimizer, scheduler, accelerator, plan.global_batch)
@@ -267,17 +291,17 @@ def train_loop(config: TrainConfig, accelerator, model, tokenizer, features: Tra
             batch_ids = plan.batch_ids(step)
             for m, mine, weight in plan.micro_batches(batch_ids):
                 arrays = features.batch(plan.windows_of(mine), pad_id, multiple, config.max_seq_length)
-                t = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in arrays.items()}
+                t = {k: to_device(v, device) for k, v in arrays.items()}
                 inputs = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in t}
                 sync = contextlib.nullcontext() if m == plan.accumulation - 1 else accelerator.no_sync(model)
                 with sync:
                     with accelerator.autocast():
-                        out = model(**inputs)
+                        out = forward(**inputs)
                     if plan.group_offsets is None:
                         losses = qa_loss(out.start_logits, out.end_logits, t["start_positions"], t["end_positions"],
                                          t["attention_mask"]) * weight
                     else:  # one loss per question (group), over all its windows
-                        group = torch.from_numpy(plan.group_index(mine)).to(device)
+                        group = to_device(plan.group_index(mine), device)
                         losses = shared_norm_loss(out.start_logits, out.end_logits, t["start_positions"],
                                                   t["end_positions"], t["attention_mask"], group, len(mine)) * weight
                     # mean over the *global* batch; DDP averages over processes, so scale by world
@@ -591,12 +615,17 @@ def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available() and not config.no_cuda
+    if config.compile and not cuda:
+        raise SquadkitError("compile needs a CUDA GPU and none is in use here (on the CPU the step is not "
+                            "launch-bound; compiling would cost more than it saves)", param="compile")
     if config.fp16 and not cuda:
         raise SquadkitError(f"{config.name_of('fp16')} needs a CUDA GPU and none is in use here; use bf16 (CPU autocast) or neither",
                             param="fp16")
     if config.bf16 and cuda and not torch.cuda.is_bf16_supported():
         raise SquadkitError(f"{config.name_of('bf16')}: this GPU does not support bfloat16; use fp16", param="bf16")
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    if precision == "no" and cuda and not config.fp32 and torch.cuda.is_bf16_supported():
+        precision = "bf16"  # chosen for the user on a GPU that has it; --fp32 keeps float32
     return Accelerator(mixed_precision=precision, cpu=config.no_cuda or not cuda)
 
 

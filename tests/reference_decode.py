@@ -1,0 +1,218 @@
+"""The per-window squad-mode decoder as it was before the batch-wide one (``squadkit.nbest``):
+run_squad's ``_get_best_indexes`` per window and the (start, end) candidates built per question.
+Kept here, outside the package, as the reference the vectorized decoder is tested against."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from squadkit.calibration import NO_SPAN, answer_features
+from squadkit.decode import NBestEntry, SquadPrediction, WindowNBest, _softmax
+from squadkit.decode import basic_tokenize as _basic_tokenize
+from squadkit.features import Window
+
+
+def reference_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int,
+                       log_norms: np.ndarray | None = None) -> list[WindowNBest]:
+    """run_squad's ``_get_best_indexes`` for every window of a batch.
+
+    The n best positions are taken over the window's whole width (question tokens included,
+    and, in legacy mode, the padding up to max_seq_len, as run_squad did), ties in position order.
+    """
+    out = []
+    for b, width in enumerate(widths):
+        s = start_logits[b, :width]
+        e = end_logits[b, :width]
+        s_idx = np.argsort(-s, kind="stable")[:n_best_size]
+        e_idx = np.argsort(-e, kind="stable")[:n_best_size]
+        out.append(WindowNBest(s_idx, e_idx, s[s_idx], e[e_idx], float(s[0]), float(e[0]),
+                               float(log_norms[b]) if log_norms is not None else None))
+    return out
+
+
+def reference_candidates(windows, nbests, max_answer_length: int, version_2_with_negative: bool):
+    """A question's (start, end) candidates, window by window in enumeration order, the null last."""
+    cand_window, cand_start, cand_end, cand_s_logit, cand_e_logit = [], [], [], [], []
+    score_null = 1000000.0
+    null_window, null_s, null_e = 0, 0.0, 0.0
+    for w, (window, nb) in enumerate(zip(windows, nbests)):
+        if version_2_with_negative:
+            feature_null = nb.null_start_logit + nb.null_end_logit
+            if feature_null < score_null:
+                score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
+        starts = np.repeat(nb.start_indexes, len(nb.end_indexes))
+        ends = np.tile(nb.end_indexes, len(nb.start_indexes))
+        s_logits = np.repeat(nb.start_logits, len(nb.end_indexes))
+        e_logits = np.tile(nb.end_logits, len(nb.start_indexes))
+        size = window.context_mask.shape[0]
+        in_range = (starts < window.length) & (ends < window.length) & (starts < size) & (ends < size)
+        starts_c, ends_c = np.minimum(starts, size - 1), np.minimum(ends, size - 1)
+        max_context = window.max_context if window.max_context is not None else window.context_mask
+        valid = (
+            in_range
+            & window.context_mask[starts_c]
+            & window.context_mask[ends_c]
+            & max_context[starts_c]
+            & (ends >= starts)
+            & (ends - starts + 1 <= max_answer_length)
+        )
+        cand_window.append(np.full(int(valid.sum()), w, dtype=np.int64))
+        cand_start.append(starts[valid])
+        cand_end.append(ends[valid])
+        cand_s_logit.append(s_logits[valid])
+        cand_e_logit.append(e_logits[valid])
+    win = np.concatenate(cand_window) if cand_window else np.zeros(0, dtype=np.int64)
+    st = np.concatenate(cand_start) if cand_start else np.zeros(0, dtype=np.int64)
+    en = np.concatenate(cand_end) if cand_end else np.zeros(0, dtype=np.int64)
+    sl = np.concatenate(cand_s_logit).astype(np.float64) if cand_s_logit else np.zeros(0)
+    el = np.concatenate(cand_e_logit).astype(np.float64) if cand_e_logit else np.zeros(0)
+    if version_2_with_negative:
+        win = np.append(win, null_window)
+        st = np.append(st, 0)
+        en = np.append(en, 0)
+        sl = np.append(sl, null_s)
+        el = np.append(el, null_e)
+    return win, st, en, sl, el, score_null, null_s, null_e
+
+
+def reference_squad_prediction(
+    windows: Sequence[Window],
+    nbests: Sequence[WindowNBest],
+    text_of_span: Callable[[Window, int, int], tuple[str, int, int]],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = True,
+    null_score_diff_threshold: float = 0.0,
+    calibrator=None,
+    min_confidence: float | None = None,
+) -> SquadPrediction:
+    """run_squad's ``compute_predictions_logits`` for one question.
+
+    With a ``calibrator``, the prediction carries ``confidence`` (of the best span, or of "" when
+    it abstains), and ``min_confidence`` applies the abstain rule (``calibration`` module doc).
+
+    ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
+    the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
+    for run_squad's own windows.
+    """
+    win, st, en, sl, el, score_null, null_s, null_e = reference_candidates(windows, nbests, max_answer_length,
+                                                                            version_2_with_negative)
+    order = np.argsort(-(sl + el), kind="stable")
+
+    nbest: list[NBestEntry] = []
+    seen: set[str] = set()
+    for i in order:
+        if len(nbest) >= n_best_size:
+            break
+        if st[i] > 0:
+            text, char_start, char_end = text_of_span(windows[win[i]], int(st[i]), int(en[i]))
+            if text in seen:
+                continue
+            seen.add(text)
+            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end,
+                                    window=int(win[i]), tokens=int(en[i] - st[i] + 1)))
+        else:
+            seen.add("")
+            nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
+    if version_2_with_negative:
+        if "" not in seen:
+            nbest.append(NBestEntry("", null_s, null_e))
+        if len(nbest) == 1:  # run_squad's nonce entry, kept so that numbers match
+            nbest.insert(0, NBestEntry("empty", 0.0, 0.0))
+    if not nbest:
+        nbest.append(NBestEntry("empty", 0.0, 0.0))
+    for entry, prob in zip(nbest, _softmax([e.start_logit + e.end_logit for e in nbest])):
+        entry.probability = prob
+    best_non_null = next((e for e in nbest if e.text), None)
+    features = np.asarray(NO_SPAN, dtype=np.float64)[None, :]
+    if best_non_null is not None and best_non_null.window is not None:
+        nb = nbests[best_non_null.window]
+        log_norm = nb.log_norm if nb.log_norm is not None else math.nan
+        features = answer_features(best_non_null.start_logit + best_non_null.end_logit,
+                                   nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
+    if not version_2_with_negative:
+        text, score_diff = nbest[0].text, None
+    else:
+        score_diff = score_null - best_non_null.start_logit - best_non_null.end_logit
+        text = "" if score_diff > null_score_diff_threshold else best_non_null.text
+    confidence = None
+    if calibrator is not None:
+        if text and best_non_null is not None and text == best_non_null.text:
+            confidence = float(calibrator.answer_confidence(features)[0])
+            if min_confidence is not None and confidence < min_confidence:
+                text = ""
+        if not text:
+            confidence = float(calibrator.abstain_confidence(features)[0])
+    return SquadPrediction(text, nbest, score_diff, features[0], confidence)
+
+
+def _strip_spaces(text: str) -> tuple[str, dict[int, int]]:
+    chars, ns_to_s = [], {}
+    for i, char in enumerate(text):
+        if char == " ":
+            continue
+        ns_to_s[len(chars)] = i
+        chars.append(char)
+    return "".join(chars), ns_to_s
+
+
+def reference_get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
+    """run_squad's ``get_final_text``: where, within ``orig_text``, the predicted text lies.
+
+    Returns ``(start, end)`` so that ``orig_text[start:end]`` is the text run_squad printed;
+    when the projection fails it is the whole of ``orig_text``, as run_squad's fallback.
+    """
+    whole = (0, len(orig_text))
+    tok_text = " ".join(_basic_tokenize(orig_text, do_lower_case))
+    start = tok_text.find(pred_text)
+    if start == -1:
+        return whole
+    end = start + len(pred_text) - 1
+    orig_ns, orig_ns_to_s = _strip_spaces(orig_text)
+    tok_ns, tok_ns_to_s = _strip_spaces(tok_text)
+    if len(orig_ns) != len(tok_ns):
+        return whole
+    tok_s_to_ns = {s: ns for ns, s in tok_ns_to_s.items()}
+    if start not in tok_s_to_ns or tok_s_to_ns[start] not in orig_ns_to_s:
+        return whole
+    if end not in tok_s_to_ns or tok_s_to_ns[end] not in orig_ns_to_s:
+        return whole
+    return orig_ns_to_s[tok_s_to_ns[start]], orig_ns_to_s[tok_s_to_ns[end]] + 1
+
+
+def reference_text_recoverer(tokenizer, context: str, do_lower_case: bool):
+    """``text_of_span`` of squad mode: run_squad's text recovery, for any window.
+
+    The span's tokens are turned back into a string and projected by ``get_final_text`` onto
+    the whitespace words they came from, as run_squad did (so its answers, e.g. whole words
+    with their punctuation where the projection fails, are reproduced). The words are found
+    from the tokens' character offsets, which works for fast-tokenizer and legacy windows alike.
+    """
+    from squadkit.features import whitespace_words
+
+    words, word_starts, word_ends = whitespace_words(context)
+    starts_arr = np.asarray(word_starts, dtype=np.int64)
+
+    def word_at(char: int) -> int:
+        return max(0, int(np.searchsorted(starts_arr, char, side="right")) - 1)
+
+    def text_of_span(window: Window, start: int, end: int) -> tuple[str, int, int]:
+        tokens = tokenizer.convert_ids_to_tokens(window.input_ids[start : end + 1].tolist())
+        tok_text = " ".join(tokenizer.convert_tokens_to_string(tokens).strip().split())
+        first_word = word_at(int(window.offsets[start, 0]))
+        last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
+        orig_text = " ".join(words[first_word : last_word + 1])
+        a, b = reference_get_final_text(tok_text, orig_text, do_lower_case)
+        # positions in the space-joined words -> positions in the context
+        joined_to_context: list[int] = []
+        for w in range(first_word, last_word + 1):
+            joined_to_context.extend(range(word_starts[w], word_ends[w]))
+            joined_to_context.append(word_ends[w])  # the joining space
+        char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
+        char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+        return orig_text[a:b], char_start, char_end
+
+    return text_of_span
