@@ -254,7 +254,7 @@ def test_a_dev_no_answer_score_at_chance_earns_one_note(tmp_path):
     """train --do-eval says so when the dev no-answer score cannot tell answerable from unanswerable
     questions: its best-F1 threshold then mostly abstains always, and F1 hides that."""
     from squadkit.data import load_squad
-    from squadkit.train.loop import abstention_at_chance
+    from squadkit.train.events import abstention_at_chance
 
     qas = [{"id": f"a{i}", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}], "is_impossible": False}
            for i in range(4)] + [{"id": f"u{i}", "question": "Who?", "answers": [], "is_impossible": True}

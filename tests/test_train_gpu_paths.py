@@ -104,7 +104,7 @@ def test_cpu_runs_keep_float32_and_refuse_compile(tmp_path, monkeypatch):
     line, and two precisions at once refused before any work."""
     import torch
 
-    from squadkit.train.loop import make_accelerator
+    from squadkit.train.run import make_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = TrainConfig(model_name_or_path="x", output_dir=str(tmp_path / "o"), do_train=True)
@@ -125,7 +125,7 @@ def test_automatic_bf16_only_where_the_gpu_has_it_and_not_told_otherwise(monkeyp
     import accelerate
     import torch
 
-    from squadkit.train import loop
+    from squadkit.train import run as loop
 
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

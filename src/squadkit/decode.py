@@ -134,19 +134,11 @@ def pipeline_answers(
 ) -> list[dict]:
     """Merge the windows' spans of one example into the pipeline's answers, best first.
 
-    Answers whose texts are equal ignoring case are merged (scores summed, the first one's
-    text and offsets kept), as the pipeline does across and within windows.
-
-    With ``handle_impossible_answer`` the empty answer (score: the smallest null probability
-    over windows) is ranked as if its score were ``p_null * exp(-null_score_diff_threshold)``;
-    its reported score stays ``p_null``. Within one window, p_start and p_end share their softmax
-    normalisers, so ``log p_null - log p_span`` is exactly run_squad's ``null score - span score``:
-    the rule is run_squad's threshold, read in probabilities. Threshold 0 is the pipeline's order.
-
-    With a ``calibrator`` (``calibration.Calibrator``) every answer gets ``confidence``: a span's
-    from the features of its best occurrence (its highest-scoring window), the empty answer's from
-    the best-ranked span's; ``min_confidence`` then applies the abstain rule
-    (``calibration.apply_min_confidence``).
+    Answers whose texts are equal ignoring case are merged (scores summed, the first one's text and
+    offsets kept), as the pipeline does. With ``handle_impossible_answer`` the empty answer (the
+    smallest null probability over windows) ranks as if its score were ``p_null * exp(-threshold)``:
+    run_squad's threshold read in probabilities. With a ``calibrator`` every answer gets ``confidence``
+    and ``min_confidence`` applies the abstain rule. Details: docs/design.md (squadkit/decode.py).
     """
     answers: list[dict] = []
     by_text: dict[str, dict] = {}
@@ -179,25 +171,33 @@ def pipeline_answers(
     null = {"score": min_null, "start": 0, "end": 0, "answer": ""}
     if handle_impossible_answer:
         answers.append(null)
-
-    def rank(answer: dict) -> float:  # in log space: any threshold, no overflow
-        log_score = math.log(answer["score"]) if answer["score"] > 0 else -math.inf
-        return log_score - null_score_diff_threshold if answer is null else log_score
-
-    answers.sort(key=rank, reverse=True)
+    answers.sort(key=lambda a: _log_rank(a, null, null_score_diff_threshold), reverse=True)
     if calibrator is None:
         return say_why_empty(answers[:top_k], answers, null, null_score_diff_threshold)
-    best_span = next((a for a in answers if a is not null), None)
-    null_x = feats[id(best_span)][1] if best_span is not None else np.asarray(NO_SPAN)
-    ranked = answers[: top_k + 1]  # enough for the abstain rule to replace one
-    spans_ = [a for a in ranked if a is not null]
-    if spans_:
-        conf = calibrator.answer_confidence(np.stack([feats[id(a)][1] for a in spans_]))
-        for a, c in zip(spans_, conf):
-            a["confidence"] = float(c)
-    null["confidence"] = float(calibrator.abstain_confidence(null_x)[0])
+    ranked = _with_confidence(answers, null, feats, calibrator, top_k)
     return say_why_empty(apply_min_confidence(ranked, null, min_confidence)[:top_k], answers, null,
                          null_score_diff_threshold, min_confidence)
+
+
+def _log_rank(answer: dict, null: dict, threshold: float) -> float:
+    """An answer's rank in log space (any threshold, no overflow): the empty answer's less the threshold."""
+    log_score = math.log(answer["score"]) if answer["score"] > 0 else -math.inf
+    return log_score - threshold if answer is null else log_score
+
+
+def _with_confidence(answers: list[dict], null: dict, feats: dict, calibrator, top_k: int) -> list[dict]:
+    """The first ``top_k + 1`` answers (enough for the abstain rule to replace one), each span with its
+    calibrated confidence (from its best window's features), the empty answer with the best span's."""
+    best_span = next((a for a in answers if a is not null), None)
+    null_x = feats[id(best_span)][1] if best_span is not None else np.asarray(NO_SPAN)
+    ranked = answers[: top_k + 1]
+    spans = [a for a in ranked if a is not null]
+    if spans:
+        conf = calibrator.answer_confidence(np.stack([feats[id(a)][1] for a in spans]))
+        for a, c in zip(spans, conf):
+            a["confidence"] = float(c)
+    null["confidence"] = float(calibrator.abstain_confidence(null_x)[0])
+    return ranked
 
 
 def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: float,

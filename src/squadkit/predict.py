@@ -148,11 +148,9 @@ def run_predict(
 ) -> dict | None:
     """``squadkit predict``: load model and data, predict, write the files, score when possible.
 
-    Decode options not given (None) come from the model folder's settings, else run_squad's
-    defaults (see ``decode_settings_for``). Under ``torchrun`` or ``accelerate launch`` every
-    process predicts its shard of the questions; the main process gathers the shards and writes
-    one merged set of files. Returns the metric's results (or a summary without gold answers) on
-    the main process, None on the others. ``note(text)`` receives notes for the user.
+    Decode options not given come from the model folder, else run_squad's defaults. Under ``torchrun``
+    or ``accelerate launch`` each process predicts a shard and the main process writes the merged files.
+    Returns the metric's results (or a summary without gold answers) on the main process, None elsewhere.
     """
     from .backends import check_backend
     from .checkpoint import resolve_model_source
@@ -183,24 +181,26 @@ def run_predict(
     if note is not None and state.is_main_process:
         for text in notes:
             note(text)
-    examples = dataset.examples
-    shard_size = len(examples[state.process_index :: state.num_processes])
+    shard_size = len(dataset.examples[state.process_index :: state.num_processes])
     progress = ProgressLines("predict", shard_size) if (show_progress and state.is_main_process) else None
     try:
-        preds = predict_sharded(qa_model, examples, settings, batch_size, state, progress)
+        preds = predict_sharded(qa_model, dataset.examples, settings, batch_size, state, progress)
     finally:
         if progress is not None:
             progress.close()
-    if preds is None:
-        return None
+    return None if preds is None else _write_and_score(preds, dataset, qa_model, settings, output_dir, note)
+
+
+def _write_and_score(preds: SquadPredictions, dataset, model, settings: AnswerSettings, output_dir,
+                     note: Callable[[str], None] | None) -> dict:
+    """The prediction files, and the official scores where the data has answers (else a summary)."""
     paths = write_prediction_files(preds, output_dir)
-    has_gold = any(e.answers for e in examples)
-    if has_gold:
-        results = evaluate_predictions(dataset, preds, settings.null_score_diff_threshold)
-        _mark_in_sample(results, qa_model.settings.calibration, getattr(dataset, "path", None), note)
-        atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
-        return results
-    return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
+    if not any(e.answers for e in dataset.examples):
+        return {"questions": len(preds.predictions), "files": {k: str(v) for k, v in paths.items()}}
+    results = evaluate_predictions(dataset, preds, settings.null_score_diff_threshold)
+    _mark_in_sample(results, model.settings.calibration, getattr(dataset, "path", None), note)
+    atomic_write_json(Path(output_dir) / EVAL_RESULTS_FILE, results)
+    return results
 
 
 def _mark_in_sample(results: dict, calibration: dict | None, data_path, note) -> None:

@@ -4,7 +4,9 @@
     features.py     tokenized windows with labels, cached on disk
     checkpoints.py  resumable checkpoints, checkpoint-best, the final model folder
     card.py         the README.md model card
-    loop.py         the checks, the loop, and what happens between steps
+    loop.py         the loop: data order, step plan, losses, optimizer
+    events.py       what runs around the steps: logging, evaluation, checkpoints, progress
+    run.py          train(): the checks, the model, the loop, the final folder
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .checkpoints import (
 )
 from .config import TrainConfig, TrainingInterrupted, TrainResult, TrainWarning
 from .features import TrainFeatures, make_train_features
-from .loop import epoch_order, train
+from .loop import epoch_order
+from .run import train
 
 __all__ = [
     "BEST_CHECKPOINT", "CHECKPOINT_PREFIX", "LOG_FILE", "OPTIMIZER_FILE", "README_FILE", "RNG_FILE", "SCHEDULER_FILE",
