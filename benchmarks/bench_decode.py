@@ -42,7 +42,7 @@ def old_decoder():
     """The per-window decoder, the former text recovery and sequential tokenizing, swapped in."""
     import reference_decode as ref
 
-    import squadkit.engine as engine
+    import squadkit.window_scoring as engine
     import squadkit.nbest as nbest
     import squadkit.predict as predict
 
@@ -77,7 +77,7 @@ def best_of(fn, rounds: int) -> float:
 
 def captured_batches(model, examples, settings, batch_size):
     """Every batch's logits and windows from one pass of the model (so decoding is timed alone)."""
-    from squadkit.engine import pad_id_of
+    from squadkit.window_scoring import pad_id_of
     from squadkit.features import build_windows, iter_batches
 
     windows = build_windows(model.tokenizer, [e.question for e in examples], [e.context for e in examples],

@@ -40,7 +40,7 @@ def run_trainer(model_path: str, out: Path, args) -> float:
                               TrainingArguments)
 
     from squadkit.data import load_squad
-    from squadkit.checkpoint import load_tokenizer
+    from squadkit.model_folder import load_tokenizer
     from squadkit.train import TrainConfig, make_train_features
 
     tok = load_tokenizer(model_path)

@@ -56,7 +56,7 @@ def test_threshold_from_names_the_model_folder(tiny_bert, tmp_path):
     import shutil
 
     from squadkit import pipeline
-    from squadkit.checkpoint import ModelSettings, write_settings
+    from squadkit.model_folder import ModelSettings, write_settings
 
     folder = tmp_path / "abstaining"
     shutil.copytree(tiny_bert, folder)

@@ -24,7 +24,7 @@ from squadkit.calibration import (
     check_min_confidence,
     fit_calibrator,
 )
-from squadkit.checkpoint import SETTINGS_FILE, read_settings, settings_from_json
+from squadkit.model_folder import SETTINGS_FILE, read_settings, settings_from_json
 from squadkit.metrics import calibration_report
 from squadkit.cli import app
 from squadkit.errors import SquadkitError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squadkit.checkpoint import load_tokenizer
+from squadkit.model_folder import load_tokenizer
 from squadkit.decode import squad_text_recoverer
 from squadkit.fast_tokenizer import FastTokenizer
 from squadkit.features import WindowSettings, build_windows

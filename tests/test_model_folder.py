@@ -15,7 +15,7 @@ from test_train_learns import make_task_model, one_thread, write_task_data  # no
 from typer.testing import CliRunner
 
 from squadkit import pipeline
-from squadkit.checkpoint import SETTINGS_FILE, ModelSettings, read_settings, settings_from_json
+from squadkit.model_folder import SETTINGS_FILE, ModelSettings, read_settings, settings_from_json
 from squadkit.cli import app
 from squadkit.errors import SquadkitError
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import squadkit.settings as settings_module
-from squadkit.checkpoint import SETTINGS_FILE, ModelSettings, write_settings
+from squadkit.model_folder import SETTINGS_FILE, ModelSettings, write_settings
 
 
 @pytest.fixture

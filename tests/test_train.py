@@ -143,7 +143,7 @@ def test_features_batch_matches_padding_of_make_batch(tmp_path):
     from squadkit.features import build_windows, make_batch
     from squadkit.train import make_train_features
     from squadkit.data import examples_from_records
-    from squadkit.checkpoint import load_tokenizer
+    from squadkit.model_folder import load_tokenizer
 
     base = make_task_model(tmp_path / "base", hidden=32)
     tok = load_tokenizer(str(base))

@@ -102,7 +102,7 @@ def test_a_long_negative_gives_the_one_window_closest_to_the_question(tmp_path):
     from transformers import AutoTokenizer
 
     from squadkit.features import WindowSettings, build_windows
-    from squadkit.train.features import _closest_windows
+    from squadkit.train.dataset import _closest_windows
 
     tok = AutoTokenizer.from_pretrained(str(make_task_model(tmp_path / "base", hidden=32)))
     filler = " ".join(["lobo likes red . mida likes blue ."] * 5)
@@ -175,7 +175,7 @@ def test_shared_norm_loss_with_one_window_per_question_is_todays_loss():
 
 
 def test_plain_recipe_is_unchanged_and_shared_norm_with_one_window_matches_it(tmp_path, one_thread):
-    from squadkit.train.features import features_cache_path
+    from squadkit.train.dataset import features_cache_path
 
     base = make_task_model(tmp_path / "base", seed=3, hidden=32)
     data = write_task_data(tmp_path / "train.json", 8, seed=5)  # every context fits one 64-token window
@@ -239,7 +239,7 @@ def test_collections_training_resumes_as_if_never_stopped(tmp_path, one_thread):
 
 
 def test_do_eval_learns_ask_threshold_in_ask_mode(tmp_path, one_thread, monkeypatch):
-    from squadkit.checkpoint import read_settings
+    from squadkit.model_folder import read_settings
     from squadkit.train import ask_eval
     from squadkit.train.config import TrainWarning
 

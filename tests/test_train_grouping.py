@@ -68,7 +68,7 @@ def test_resuming_with_the_other_setting_is_refused_and_changes_nothing(tmp_path
 
 
 def test_batches_rounded_to_a_multiple_hold_the_same_windows_and_stop_at_the_window_length():
-    from squadkit.train.features import TrainFeatures
+    from squadkit.train.dataset import TrainFeatures
 
     lengths = np.array([5, 17, 9, 30])
     offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from squadkit.checkpoint import ModelSettings
+from squadkit.model_folder import ModelSettings
 from squadkit.cli import app
 from squadkit.errors import SquadkitError
 from squadkit.settings import ALIASES, BY_NAME, SETTINGS, given_options, resolve

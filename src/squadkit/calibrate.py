@@ -17,7 +17,7 @@ import numpy as np
 from .calibration import MIN_QUESTIONS, calibration_targets, fit_calibrator
 from .errors import SquadkitError
 from .metrics import calibration_report, correctness_of_final
-from .predictions import SquadPredictions
+from .prediction_files import SquadPredictions
 
 
 def calibration_data(dataset, preds: SquadPredictions):
@@ -126,7 +126,7 @@ def run_calibrate(model, data, backend: str = "auto", batch_size: int | None = N
     import dataclasses
 
     from .backends import check_backend
-    from .checkpoint import write_settings
+    from .model_folder import write_settings
     from .data import load_squad
     from .model import load
     from .predict import decode_settings_for, predict_squad

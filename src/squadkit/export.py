@@ -159,7 +159,7 @@ def export_model(
 ) -> Path:
     """Export a QA checkpoint (hub id or folder) to an ONNX folder; ``quantize="int8"`` adds model.int8.onnx."""
     from .backends import is_onnx_folder
-    from .checkpoint import write_settings
+    from .model_folder import write_settings
     from .io import staged_dir
 
     quantize, opset = _check_export_options(quantize, opset, exporter)

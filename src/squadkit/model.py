@@ -20,7 +20,7 @@ import numpy as np
 
 from .backends import Runner, load_runner, precision_of
 from .calibration import Calibrator, check_fingerprint
-from .checkpoint import ModelSettings, read_settings, settings_from_json
+from .model_folder import ModelSettings, read_settings, settings_from_json
 from .features import Batch
 
 

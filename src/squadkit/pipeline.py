@@ -135,7 +135,7 @@ class QuestionAnswerer:
 
         Options not given are those in force (see ``settings_in_force``). ``progress(n)`` is
         called with the number of pairs finished after each chunk, ``window_progress(done, total)``
-        after each batch of windows (see ``engine.score_pairs``).
+        after each batch of windows (see ``window_scoring.score_pairs``).
         """
         settings = self.settings_in_force(**options)
         return say_where_threshold_came_from(self._answer(pairs, settings, chunk_size, progress, window_progress),
@@ -145,7 +145,7 @@ class QuestionAnswerer:
                 window_progress=None) -> list[list[dict]]:
         """``answer_pairs`` with the options already resolved (``settings_in_force(...)``)."""
         from .decode import allowed_tokens, pipeline_answers, pipeline_window_spans
-        from .engine import score_pairs
+        from .window_scoring import score_pairs
 
         pre_topk = o.top_k * 2 + 10 if o.align_to_words else o.top_k
         calibrated = self.calibrator is not None  # only then are the calibration features worth computing

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 from . import defaults
 from .decode import squad_prediction, squad_text_recoverer
 from .io import atomic_write_json
-from .predictions import (
+from .prediction_files import (
     EVAL_RESULTS_FILE,
     check_output_folder,
     SquadPredictions,
@@ -78,7 +78,7 @@ def predict_squad(
     """
     from .calibration import check_min_confidence
     from .decode import allowed_tokens
-    from .engine import score_pairs
+    from .window_scoring import score_pairs
 
     calibrator = model.calibrator if calibrate else None
     check_min_confidence(settings.min_confidence, calibrated=calibrator is not None)
@@ -153,7 +153,7 @@ def run_predict(
     Returns the metric's results (or a summary without gold answers) on the main process, None elsewhere.
     """
     from .backends import check_backend
-    from .checkpoint import resolve_model_source
+    from .model_folder import resolve_model_source
     from .model import load
 
     # everything that can be checked without the model, before the heavy imports and the model

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
 from . import defaults
-from .checkpoint import ASK_SCORINGS, SETTINGS_FILE, ModelSettings, check_window_fits
+from .model_folder import ASK_SCORINGS, SETTINGS_FILE, ModelSettings, check_window_fits
 from .errors import SquadkitError
 from .features import WindowSettings
 

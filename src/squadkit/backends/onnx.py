@@ -7,7 +7,7 @@ them from here (never the reverse)::
     model.int8.onnx        dynamic int8 quantization of model.onnx (``--quantize int8``)
     config.json            the source model's config
     tokenizer files        the source's fast tokenizer
-    squadkit.json          the source's model settings (see checkpoint.py)
+    squadkit.json          the source's model settings (see model_folder.py)
     squadkit_export.json   the record: source model, files, default precision, exporter, versions
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import load_tokenizer, max_window_tokens
+from ..model_folder import load_tokenizer, max_window_tokens
 from ..errors import SquadkitError, first_line
 from ..features import Batch
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import (
+from ..model_folder import (
     check_head_loaded,
     check_qa_checkpoint,
     config_window_limit,

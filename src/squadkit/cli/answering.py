@@ -30,7 +30,7 @@ PREDICT_SETTINGS = ("batch_size", "null_score_diff_threshold", "n_best_size", "m
          *setting_opts(*ANSWER_SETTINGS))
 def answer(f: Flags) -> None:
     """Answer one question about a passage (pipeline mode) and print JSON."""
-    from ..checkpoint import resolve_model_source
+    from ..model_folder import resolve_model_source
 
     given = f.settings(ANSWER_SETTINGS, "pipeline")  # checked once, before the model loads
     check_question(f.question)

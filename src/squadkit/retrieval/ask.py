@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from ..abstain import Abstention, why_empty
-from ..checkpoint import check_ask_scoring
+from ..model_folder import check_ask_scoring
 from ..errors import SquadkitError
 from ..settings import AnswerSettings, Given, given_options, resolve
 from .documents import page_at

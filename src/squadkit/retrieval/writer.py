@@ -30,7 +30,7 @@ def _load_tokenizer(name: str):
     """The reader's tokenizer (a model or tokenizer folder, or a hub id), for passage lengths: a local
     folder's tokenizer.json read directly (``fast_tokenizer``: no transformers import), else loaded as
     every model folder is (a missing path or an unreachable hub fails at once, in one line)."""
-    from ..checkpoint import load_tokenizer
+    from ..model_folder import load_tokenizer
     from ..fast_tokenizer import TOKENIZER_FILE, FastTokenizer
 
     folder = Path(name).expanduser()

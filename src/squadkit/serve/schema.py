@@ -112,7 +112,7 @@ def _folder_is_calibrated(model: Any) -> bool:
     if not isinstance(model, (str, os.PathLike)) or not Path(model).is_dir():
         return False
     try:
-        from ..checkpoint import read_settings
+        from ..model_folder import read_settings
 
         if read_settings(model).calibration is not None:
             return True

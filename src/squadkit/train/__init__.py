@@ -23,7 +23,7 @@ from .checkpoints import (
     list_checkpoints,
 )
 from .config import TrainConfig, TrainingInterrupted, TrainResult, TrainWarning
-from .features import TrainFeatures, make_train_features
+from .dataset import TrainFeatures, make_train_features
 from .loop import epoch_order
 from .run import train
 

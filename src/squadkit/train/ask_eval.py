@@ -174,7 +174,7 @@ def _fit_ask_calibrator(qa, dataset, preds, odds, results, threshold: float, dev
     from ..decode import NBestEntry
     from ..errors import SquadkitError
     from ..calibrate import fit_calibration
-    from ..predictions import SquadPredictions
+    from ..prediction_files import SquadPredictions
 
     sp = SquadPredictions(predictions=abstaining(preds, odds, threshold))
     for ex, r in zip(dataset.examples, results):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import SETTINGS_FILE, ModelSettings
+from ..model_folder import SETTINGS_FILE, ModelSettings
 from .config import TrainConfig
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import ModelSettings, save_checkpoint, save_model_files
+from ..model_folder import ModelSettings, save_checkpoint, save_model_files
 from ..errors import SquadkitError
 from ..io import staged_dir
 from .config import warn_main

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import defaults
-from ..checkpoint import ModelSettings
+from ..model_folder import ModelSettings
 from ..errors import SquadkitError
 from ..features import WindowSettings
 

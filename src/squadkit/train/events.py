@@ -13,7 +13,7 @@ from .checkpoints import (
     save_training_checkpoint,
 )
 from .config import TrainConfig, TrainResult
-from .features import TrainFeatures
+from .dataset import TrainFeatures
 
 # ----------------------------------------------------------------------------------------------
 # what happens between steps: logging, evaluation, checkpoints

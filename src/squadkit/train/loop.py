@@ -17,7 +17,7 @@ from .checkpoints import (
     restore_training_state,
 )
 from .config import TrainConfig, TrainingInterrupted, TrainResult
-from .features import TrainFeatures
+from .dataset import TrainFeatures
 from .events import Events
 
 MEGA_BATCHES = 50  # global batches per length-sorted group

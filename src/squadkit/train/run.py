@@ -23,7 +23,7 @@ from .checkpoints import (
     save_final,
 )
 from .config import TrainConfig, TrainingInterrupted, TrainResult, warn_main
-from .features import load_features
+from .dataset import load_features
 from .events import _threshold_of, abstention_at_chance, evaluate
 from .loop import ASK_EVAL_FILE, train_loop
 
@@ -64,7 +64,7 @@ def train(config: TrainConfig) -> TrainResult:
     without a QA architecture, windows longer than the model's positions or data without usable
     examples is a SquadkitError, and the output folder is left as it was.
     """
-    from ..checkpoint import hub_error, quiet_transformers, resolve_model_source
+    from ..model_folder import hub_error, quiet_transformers, resolve_model_source
     from ..data import load_squad
 
     output_dir, train_path, predict_path, resume = _check_inputs(config)
@@ -135,7 +135,7 @@ def _check_inputs(config: TrainConfig) -> tuple[Path, Path | None, Path | None, 
 
 def _config_and_tokenizer(config: TrainConfig, accelerator, source, resume, hub: dict):
     """The model's config (a QA architecture) and tokenizer, and windows that fit the model."""
-    from ..checkpoint import (check_qa_architecture, check_window_fits, config_window_limit, load_config,
+    from ..model_folder import (check_qa_architecture, check_window_fits, config_window_limit, load_config,
                               load_tokenizer, resolve_model_source)
 
     config_source = resolve_model_source(config.config_name, what="config") \
@@ -180,7 +180,7 @@ def _with_ask_threshold(config, settings, output_dir: Path, predict_path, train_
     ask_eval_results.json. Timed and logged: it reads ``ask_k`` passages per dev question."""
     import dataclasses
 
-    from ..checkpoint import write_settings
+    from ..model_folder import write_settings
     from .ask_eval import fit_ask
 
     start = time.perf_counter()
@@ -212,7 +212,7 @@ def _run(config, accelerator, model, tokenizer, features, eval_data, resume, res
         results, preds = evaluate(accelerator, model, tokenizer, eval_data, config.decode_settings(),
                                   config.per_gpu_eval_batch_size, show_progress=not config.quiet)
         if accelerator.is_main_process:
-            from ..predictions import EVAL_RESULTS_FILE, write_prediction_files
+            from ..prediction_files import EVAL_RESULTS_FILE, write_prediction_files
 
             write_prediction_files(preds, output_dir)
             atomic_write_json(output_dir / EVAL_RESULTS_FILE, results)
