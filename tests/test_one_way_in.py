@@ -128,20 +128,9 @@ def test_each_setting_of_one_http_ask_is_checked_once(tiny_bert, docs_index, che
      "null_score_diff_threshold"),
 ])
 def test_the_ask_rule_is_rows_of_the_settings_table(scoring, folder_settings, threshold, source):
-    from dataclasses import dataclass
+    from test_vocabulary import FakeModel
 
-    @dataclass
-    class Fake:
-        settings: ModelSettings
-        window_limit: int = 512
-        name_or_path: str = "fake"
-        backend: str = "torch"
-        device: str = "cpu"
-        precision: str = "fp32"
-        calibrator: object = None
-        ask_calibrator: object = None
-
-    resolved = settings_module.resolve(Fake(folder_settings), "ask", {"scoring": scoring})
+    resolved = settings_module.resolve(FakeModel(folder_settings), "ask", {"scoring": scoring})
     assert resolved.scoring == (scoring or folder_settings.ask_rule or "raw")
     assert resolved.null_score_diff_threshold == threshold
     where = resolved.sources["null_score_diff_threshold"]
