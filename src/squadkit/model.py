@@ -20,8 +20,8 @@ import numpy as np
 
 from .backends import Runner, load_runner, precision_of
 from .calibration import Calibrator, check_fingerprint
-from .model_folder import ModelSettings, read_settings, settings_from_json
 from .features import Batch
+from .model_folder import ModelSettings, read_settings, settings_from_json
 
 
 @dataclass(frozen=True)

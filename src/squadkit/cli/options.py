@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -84,8 +85,9 @@ def _spelled(aliases: Sequence[str], shown: Sequence[str]) -> list[str]:
 
 
 def _base(kind: Any) -> Any:
+    """``int`` of ``Optional[int]`` (or ``int | None``); any other type as it is."""
     args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else kind
+    return args[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and args else kind
 
 
 @dataclass(frozen=True)
