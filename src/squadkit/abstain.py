@@ -3,7 +3,7 @@
 ``abstained`` (in the pipeline's empty answer, ``AskResult.to_dict()``, ``/v1/answer`` and
 ``/v1/ask``) holds the reason, the best span the reader rejected, its margin (no-answer score minus
 the span's score: the reader abstains when the margin is above the threshold), the threshold and
-where it came from (``settings.SettingsInForce.sources``).
+where it came from (``settings.AnswerSettings.sources``).
 """
 
 from __future__ import annotations
