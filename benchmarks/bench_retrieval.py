@@ -357,7 +357,7 @@ def main() -> None:
     embedder = None
     if parts & {"retrieval", "e2e"}:
         from squadkit.retrieval import SentenceEmbedder
-        from squadkit.retrieval.search import default_embedder_path
+        from squadkit.retrieval.embedder import default_embedder_path
 
         try:
             embedder = SentenceEmbedder(args.embedder or default_embedder_path())
@@ -385,7 +385,7 @@ def main() -> None:
         bench_scale([int(s) for s in args.scales.split(",")], dataset, workdir, fts5_up_to=args.fts5_up_to)
     if "ann" in parts:
         from squadkit.retrieval import SentenceEmbedder
-        from squadkit.retrieval.search import default_embedder_path
+        from squadkit.retrieval.embedder import default_embedder_path
 
         bench_ann([int(s) for s in args.ann_scales.split(",")], dataset,
                   SentenceEmbedder(args.embedder or default_embedder_path()), threads=args.threads)

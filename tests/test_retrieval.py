@@ -521,7 +521,7 @@ def test_cli_ask(docs_index, tiny_bert):
 
 
 def test_dense_and_hybrid_retrieval(tmp_path, tiny_bert):
-    from squadkit.retrieval.search import SentenceEmbedder
+    from squadkit.retrieval.embedder import SentenceEmbedder
 
     folder = write_collection(tmp_path / "docs")
     idx = tmp_path / "idx.sqlite"

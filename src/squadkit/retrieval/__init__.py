@@ -17,7 +17,8 @@ from .ask import Answer, AskResult, DocumentQA, ask, rank_answers, reader_thresh
 from .documents import Document, Passage, split_passages
 from .index import build_index, index_documents
 from .store import DocumentRecord, Index, IndexReport, IndexSettings
-from .search import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Retriever, SentenceEmbedder, make_retriever, search
+from .embedder import SentenceEmbedder
+from .search import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Retriever, make_retriever, search
 
 __all__ = [
     "Answer", "AskResult", "DocumentQA", "ask", "rank_answers", "reader_threshold", "Document", "Passage",

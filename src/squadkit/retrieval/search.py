@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import SquadkitError
 from . import ann, engine
-from .embedder import SentenceEmbedder, default_embedder_path  # noqa: F401 (their public home was here)
+from .embedder import SentenceEmbedder
 from .documents import page_at
 from .store import Index
 
@@ -136,7 +136,7 @@ def query_terms(words: list[str]) -> list[str]:
     return list(dict.fromkeys(t for w in words for t in stem.analyze(w)))
 
 
-TITLE_KEY_CHARS = 6  # words match a title's by their stems' first characters (module docstring)
+TITLE_KEY_CHARS = 6  # words match a title's by their stems' first characters (docs/design.md)
 
 
 def name_keys(text: str) -> set[str]:
