@@ -59,7 +59,9 @@ def old_decoder():
 
     saved = (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead)
     nbest.squad_batch_nbest, predict.squad_prediction = per_window, ref.reference_squad_prediction
-    predict.squad_text_recoverer, engine._windows_ahead = ref.reference_text_recoverer, sequential
+    predict.squad_text_recoverer = lambda tokenizer, context, lower, whole_words=False: ref.reference_text_recoverer(
+        tokenizer, context, lower)  # the former recovery had no whole-word widening
+    engine._windows_ahead = sequential
     try:
         yield
     finally:
@@ -176,7 +178,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-decode-"))
     model = load_model(str(make_tiny_roberta(tmp / "tiny", shared / "roberta-base-tokenizer")), device="cpu")
     examples = load_squad(shared / "squad_v2" / "dev-v2.0.first2articles.json").examples
-    settings = AnswerSettings()
+    settings = AnswerSettings(whole_words=False)  # like for like: the former decoder did not widen to words
     rows, n_windows = decode_rows(model, examples, settings, args.batch_size, args.rounds)
 
     many = examples * args.repeat
