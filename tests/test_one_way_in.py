@@ -135,3 +135,22 @@ def test_the_ask_rule_is_rows_of_the_settings_table(scoring, folder_settings, th
     assert resolved.null_score_diff_threshold == threshold
     where = resolved.sources["null_score_diff_threshold"]
     assert (source in where) if source else where == "default"
+
+
+def test_ask_applies_min_confidence_with_the_ask_calibrator_alone(tiny_bert, docs_index, tmp_path):
+    """A folder whose only calibrator is ask's: min_confidence is ask's rule over the passages, not a
+    per-passage rule that would need the single-passage calibrator."""
+    from squadkit import DocumentQA
+    from squadkit.calibration import Calibrator
+
+    calibrator = Calibrator((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 1.0, 0.0, 0.0), (0.0, -1.0, 0.0, 0.0))
+    out = tmp_path / "model"
+    shutil.copytree(tiny_bert, out)
+    write_settings(out, ModelSettings(ask_threshold=0.0, ask_scoring="raw", ask_calibration=calibrator.to_json()))
+    dqa = DocumentQA(docs_index, model=str(out), device="cpu", min_confidence=0.99)
+    try:
+        assert dqa.settings.calibrator == "ask"
+        result = dqa.ask("where was the queen born")
+    finally:
+        dqa.close()
+    assert result.confidence is not None and (result.no_answer or result.answers[0].confidence >= 0.99)

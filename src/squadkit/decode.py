@@ -131,6 +131,7 @@ def pipeline_answers(
     null_score_diff_threshold: float = 0.0,
     calibrator=None,
     min_confidence: float | None = None,
+    threshold_from: str | None = None,
 ) -> list[dict]:
     """Merge the windows' spans of one example into the pipeline's answers, best first.
 
@@ -138,7 +139,8 @@ def pipeline_answers(
     offsets kept), as the pipeline does. With ``handle_impossible_answer`` the empty answer (the
     smallest null probability over windows) ranks as if its score were ``p_null * exp(-threshold)``:
     run_squad's threshold read in probabilities. With a ``calibrator`` every answer gets ``confidence``
-    and ``min_confidence`` applies the abstain rule. Details: docs/design.md (squadkit/decode.py).
+    and ``min_confidence`` applies the abstain rule; an empty answer says why (``threshold_from``: where the
+    threshold came from). Details: docs/design.md (squadkit/decode.py).
     """
     answers: list[dict] = []
     by_text: dict[str, dict] = {}
@@ -173,10 +175,10 @@ def pipeline_answers(
         answers.append(null)
     answers.sort(key=lambda a: _log_rank(a, null, null_score_diff_threshold), reverse=True)
     if calibrator is None:
-        return say_why_empty(answers[:top_k], answers, null, null_score_diff_threshold)
+        return say_why_empty(answers[:top_k], answers, null, null_score_diff_threshold, threshold_from)
     ranked = _with_confidence(answers, null, feats, calibrator, top_k)
     return say_why_empty(apply_min_confidence(ranked, null, min_confidence)[:top_k], answers, null,
-                         null_score_diff_threshold, min_confidence)
+                         null_score_diff_threshold, threshold_from, min_confidence)
 
 
 def _log_rank(answer: dict, null: dict, threshold: float) -> float:
@@ -201,7 +203,7 @@ def _with_confidence(answers: list[dict], null: dict, feats: dict, calibrator, t
 
 
 def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: float,
-                  min_confidence: float | None = None) -> list[dict]:
+                  threshold_from: str | None = None, min_confidence: float | None = None) -> list[dict]:
     """``out``, its empty answer (when it ranks first) given ``abstained`` (``squadkit.abstain``): the best
     span of ``ranked`` and its margin, log p_null - log p_span, the pipeline's form of run_squad's rule."""
     from .abstain import why_empty
@@ -211,7 +213,7 @@ def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: fl
         margin = None
         if best is not None and best["score"] > 0 and null["score"] > 0:
             margin = math.log(null["score"]) - math.log(best["score"])
-        null["abstained"] = why_empty(None if best is None else best["answer"], margin, threshold,
+        null["abstained"] = why_empty(None if best is None else best["answer"], margin, threshold, threshold_from,
                                       confidence=None if best is None else best.get("confidence"),
                                       min_confidence=min_confidence).to_dict()
     return out
@@ -536,9 +538,9 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_wor
     the whole word(s) (``squadkit.words``), its text the context's, whitespace-joined as run_squad's.
     """
     from .features import whitespace_words
-    from .words import WordBounds
+    from .words import WordBounds, inside_word
 
-    bounds = WordBounds.of(context) if whole_words else None
+    bounds: list[WordBounds] = []  # built on the first span cut inside a word (most spans are not)
 
     words, word_starts, word_ends = whitespace_words(context)
     id_to_token = _token_lookup(tokenizer)
@@ -567,11 +569,13 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_wor
         a, b = get_final_text(tok_text, orig_text, do_lower_case)
         char_start = to_context(a, first_word, last_word)
         char_end = to_context(b - 1, first_word, last_word) + 1 if b > a else char_start
-        if bounds is not None and char_end > char_start:
-            wide_start, wide_end = bounds.widen(np.array([char_start]), np.array([char_end]))
-            if (wide_start[0], wide_end[0]) != (char_start, char_end):
-                char_start, char_end = int(wide_start[0]), int(wide_end[0])
-                return " ".join(context[char_start:char_end].split()), char_start, char_end
+        if whole_words and char_end > char_start and (inside_word(context, char_start)
+                                                       or inside_word(context, char_end)):
+            if not bounds:
+                bounds.append(WordBounds.of(context))
+            wide_start, wide_end = bounds[0].widen(np.array([char_start]), np.array([char_end]))
+            char_start, char_end = int(wide_start[0]), int(wide_end[0])
+            return " ".join(context[char_start:char_end].split()), char_start, char_end
         return orig_text[a:b], char_start, char_end
 
     return text_of_span

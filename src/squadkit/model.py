@@ -88,15 +88,21 @@ def with_calibrators(runner: Runner, settings: ModelSettings = ModelSettings()) 
 
 
 def _folder_settings(runner: Runner) -> ModelSettings:
-    """``squadkit.json`` of the runner's folder, read once; an export without one falls back to the
-    settings its record carries; a hub model has none."""
+    """The settings of the runner's folder (``folder_settings``); a hub model has none."""
     folder = Path(os.fspath(runner.name_or_path or "")).expanduser()
     if not runner.name_or_path or not folder.is_dir():
         return ModelSettings()
-    settings = read_settings(folder)
-    record = runner.record.get("settings") if runner.backend == "onnx" else None
-    if settings.is_empty() and isinstance(record, dict) and record:
-        from .backends.onnx import RECORD_FILE
+    return folder_settings(folder, runner.record if runner.backend == "onnx" else {})
 
-        settings = settings_from_json(record, f"{folder / RECORD_FILE} (settings)")
-    return settings
+
+def folder_settings(folder: str | os.PathLike, record: dict | None = None) -> ModelSettings:
+    """``squadkit.json`` of ``folder``, read once; an export without one falls back to the settings its
+    record carries (``record``: the export record already read; None reads it)."""
+    from .backends.onnx import RECORD_FILE, read_record
+
+    folder = Path(folder)
+    settings = read_settings(folder)
+    if not settings.is_empty():
+        return settings
+    saved = (read_record(folder) if record is None else record).get("settings")
+    return settings_from_json(saved, f"{folder / RECORD_FILE} (settings)") if isinstance(saved, dict) and saved else settings

@@ -126,7 +126,6 @@ class QuestionAnswerer:
         results = self._answer(pairs, in_force)
         if in_force.top_k == 1:
             results = [r[0] if r else empty_answer(in_force) for r in results]
-        say_where_threshold_came_from(results, in_force)
         return results[0] if single else results
 
     def answer_pairs(self, pairs: Iterable[tuple[str, str]], *, chunk_size: int = 256, progress=None,
@@ -137,9 +136,7 @@ class QuestionAnswerer:
         called with the number of pairs finished after each chunk, ``window_progress(done, total)``
         after each batch of windows (see ``window_scoring.score_pairs``).
         """
-        settings = self.settings_in_force(**options)
-        return say_where_threshold_came_from(self._answer(pairs, settings, chunk_size, progress, window_progress),
-                                             settings)
+        return self._answer(pairs, self.settings_in_force(**options), chunk_size, progress, window_progress)
 
     def _answer(self, pairs: Iterable[tuple[str, str]], o: AnswerSettings, chunk_size: int = 256, progress=None,
                 window_progress=None) -> list[list[dict]]:
@@ -163,7 +160,8 @@ class QuestionAnswerer:
                              handle_impossible_answer=o.handle_impossible_answer,
                              align_to_words=o.align_to_words,
                              null_score_diff_threshold=o.null_score_diff_threshold,
-                             calibrator=self.calibrator, min_confidence=o.min_confidence)
+                             calibrator=self.calibrator, min_confidence=o.min_confidence,
+                             threshold_from=o.sources.get("null_score_diff_threshold"))
             for item in score_pairs(self.model, questions, contexts, o.window_settings(), reduce, o.batch_size,
                                     chunk_size, progress, window_progress)
         ]
@@ -173,18 +171,8 @@ def empty_answer(in_force: AnswerSettings) -> dict:
     """The answer when no span was found at all (top_k 1): "" with why (``abstained``, reason no_span)."""
     from .abstain import why_empty
 
-    why = why_empty(None, None, in_force["null_score_diff_threshold"])
+    why = why_empty(None, None, in_force.null_score_diff_threshold, in_force.sources.get("null_score_diff_threshold"))
     return {"score": 0.0, "start": 0, "end": 0, "answer": "", "abstained": why.to_dict()}
-
-
-def say_where_threshold_came_from(results: list, settings: AnswerSettings) -> list:
-    """Each empty answer's ``abstained`` gets ``threshold_from``: where the threshold in force came from."""
-    source = settings.sources.get("null_score_diff_threshold")
-    for result in results:
-        for answer in result if isinstance(result, list) else [result]:
-            if "abstained" in answer:
-                answer["abstained"]["threshold_from"] = source
-    return results
 
 
 def pipeline(task: str = "question-answering", model: Any = None, tokenizer: Any = None, **kwargs) -> QuestionAnswerer:

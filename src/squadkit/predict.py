@@ -78,6 +78,7 @@ def predict_squad(
     """
     from .calibration import check_min_confidence
     from .decode import allowed_tokens
+    from .nbest import squad_batch_nbest
     from .window_scoring import score_pairs
 
     calibrator = model.calibrator if calibrate else None
@@ -89,8 +90,6 @@ def predict_squad(
     legacy = settings.legacy
 
     def reduce(start, end, batch, rows):
-        from .nbest import squad_batch_nbest
-
         widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]  # start: numpy, or torch on a GPU
         allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
         return squad_batch_nbest(start, end, rows, widths, settings.n_best_size, settings.max_answer_length, allowed)

@@ -49,6 +49,12 @@ class WordBounds:
                 np.where(cut_end, self.word_end[e - 1], ends))
 
 
+def inside_word(context: str, i: int) -> bool:
+    """Whether the boundary before character ``i`` falls inside a word (a letter or digit on each side):
+    where ``WordBounds.widen`` moves a span's start or end."""
+    return 0 < i < len(context) and context[i - 1].isalnum() and context[i].isalnum()
+
+
 def widen_to_words(context: str, start: int, end: int) -> tuple[int, int]:
     """``(start, end)`` of ``context`` widened so that it neither starts nor ends inside a word."""
     s, e = WordBounds.of(context).widen(np.array([start]), np.array([end]))

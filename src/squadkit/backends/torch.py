@@ -56,33 +56,36 @@ class TorchQAModel:
         names = tuple(n for n in self.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids"))
         return names if "input_ids" in names else ("input_ids", "attention_mask")
 
-    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, batch: Batch):
+        """float32 start and end logits of ``batch`` as torch tensors on the model's device."""
         import torch
 
         arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self.input_names and batch.token_type_ids is not None:
             arrays["token_type_ids"] = batch.token_type_ids
         with torch.inference_mode():
-            inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
-            out = self.model(**inputs)
-            start = out.start_logits.float().cpu().numpy()
-            end = out.end_logits.float().cpu().numpy()
-        return start, end
+            out = self.model(**{k: to_device(v, self.device) for k, v in arrays.items()})
+            return out.start_logits.float(), out.end_logits.float()
+
+    def logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self._forward(batch)
+        return start.cpu().numpy(), end.cpu().numpy()
 
     def device_logits(self, batch: Batch):
         """Start and end logits as float32 torch tensors left on a CUDA device (None elsewhere: use
         ``logits``), for span scoring there (``nbest.squad_batch_nbest``)."""
-        import torch
+        return self._forward(batch) if str(self.device).startswith("cuda") else None
 
-        if not str(self.device).startswith("cuda"):
-            return None
-        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names and batch.token_type_ids is not None:
-            arrays["token_type_ids"] = batch.token_type_ids
-        with torch.inference_mode():
-            inputs = {k: torch.from_numpy(v).pin_memory().to(self.device, non_blocking=True) for k, v in arrays.items()}
-            out = self.model(**inputs)
-            return out.start_logits.float(), out.end_logits.float()
+
+def to_device(array: np.ndarray, device):
+    """A host array as a tensor on ``device``: on CUDA through pinned memory, copied without blocking (the
+    copy overlaps the work already queued); elsewhere a plain copy."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if str(device).startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _torch_dtype(dtype: str | None):

@@ -36,7 +36,7 @@ def answer(f: Flags) -> None:
     check_question(f.question)
     text = read_context(f.context, f.context_file)
     resolve_model_source(f.model)
-    from ..pipeline import QuestionAnswerer, empty_answer, say_where_threshold_came_from
+    from ..pipeline import QuestionAnswerer, empty_answer
     from ..progress import ProgressLines
 
     qa = QuestionAnswerer(f.model, backend=f.backend, device=f.device, given=given)
@@ -47,7 +47,6 @@ def answer(f: Flags) -> None:
     finally:
         progress.close()
     result = answers if in_force.top_k > 1 else (answers[0] if answers else empty_answer(in_force))
-    say_where_threshold_came_from([result], in_force)
     note_why_empty(result[0] if isinstance(result, list) and result else result)
     if f.explain:
         result = {"answer": result, "settings": in_force.as_dict(), "model": qa.model.name_or_path,

@@ -66,14 +66,17 @@ def index(f: Flags) -> None:
 def search(f: Flags) -> None:
     """The best passages for a query, one JSON line each: {document, start, end, text, score, page, document_id}.
     A query of stop words only finds none, with a note."""
-    from ..retrieval.search import StopWordsOnly, finds_nothing, search, stop_words_note
+    from ..retrieval.search import StopWordsOnly, search
 
     k = f.settings(("k",), "ask").values.get("k", D.ASK_PASSAGES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", StopWordsOnly)  # said below, once, as a note
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StopWordsOnly)
         hits = search(f.index, f.query, k=k, retriever=f.retriever)
-    if finds_nothing(f.query, f.retriever):
-        note(stop_words_note(f.query))
+    for w in caught:  # search's own word for a query of stop words only, said once as a note
+        if issubclass(w.category, StopWordsOnly):
+            note(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     for hit in hits:
         print_json(hit.to_dict(), compact=True)
 

@@ -13,6 +13,7 @@ abstains when the no-answer score beats the best span by more than the threshold
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -201,11 +202,11 @@ def _normalized(spans: list[Span], windows: Sequence[Sequence[tuple]], log_z: fl
 
 
 def _answers(spans: list[Span], hits: Sequence[Hit], prior: Sequence[float]) -> tuple[list[Answer], list[float]]:
-    """The spans as answers, best first by score + their passage's prior, each span once (passages overlap)."""
+    """``spans`` (best first by score + their passage's prior) as answers, each span once (passages overlap)."""
     answers: list[Answer] = []
     ranked: list[float] = []  # each answer's ranking score
     seen: set[tuple[str, int, int]] = set()
-    for score, j, s, e, _ in sorted(spans, key=lambda span: -(span[0] + prior[span[1]])):
+    for score, j, s, e, _ in spans:
         hit = hits[j]
         key = (hit.document, hit.start + s, hit.start + e)
         if key in seen:
@@ -254,7 +255,8 @@ def rank_answers(question: str, hits: Sequence[Hit], nbests: Sequence[Sequence[A
     if scoring == "normalized":
         spans, passage_nulls, null_score = _normalized(spans, windows, log_z)
     prior = retrieval_prior(hits, retrieval_weight)
-    best_tokens = max(spans, key=lambda span: span[0] + prior[span[1]])[4] if spans else None
+    spans.sort(key=lambda span: -(span[0] + prior[span[1]]))  # stable: ties keep the passages' order
+    best_tokens = spans[0][4] if spans else None
     answers, ranked = _answers(spans, hits, prior)
     _set_probabilities(answers, ranked, null_score, scoring)
     result = AskResult(question, not answers, answers[:top_k], null_score, threshold, list(hits), passage_nulls,
@@ -322,27 +324,25 @@ class DocumentQA:
         call = given_options(call_options, "ask", "to ask")
         return resolve(self.model, "ask", self._given.merged(call)) if call.values else self.settings
 
-    def ask(self, question: str, k: int | None = None, top_k: int = 1,
+    def ask(self, question: str, k: int | None = None, top_k: int | None = None,
             min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
             retrieval_weight: float | None = None) -> AskResult:
         """The ``top_k`` best answers to ``question`` from the ``k`` best passages (see the module docstring)."""
         return self.ask_many([question], k=k, top_k=top_k, min_confidence=min_confidence,
                              null_score_diff_threshold=null_score_diff_threshold, retrieval_weight=retrieval_weight)[0]
 
-    def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int = 1,
+    def ask_many(self, questions: Sequence[str], k: int | None = None, top_k: int | None = None,
                  min_confidence: float | None = None, null_score_diff_threshold: float | None = None,
                  retrieval_weight: float | None = None) -> list[AskResult]:
-        """``ask`` for many questions, their passages read in shared batches; the call's settings replace
-        the reader's for this call."""
-        settings = self.settings_for(k=k, top_k=top_k if top_k != 1 else None, min_confidence=min_confidence,
+        """``ask`` for many questions, their passages read in shared batches; the call's settings (None: the
+        reader's) replace the reader's for this call."""
+        settings = self.settings_for(k=k, top_k=top_k, min_confidence=min_confidence,
                                      null_score_diff_threshold=null_score_diff_threshold,
                                      retrieval_weight=retrieval_weight)
         calibrator = {"single": self.model.calibrator, "ask": self.model.ask_calibrator}.get(settings.calibrator)
         results = []
-        for i, (q, read) in enumerate(zip(questions, self.read(questions, settings.k, settings))):
+        for i, (q, read) in enumerate(zip(questions, self.read(questions, settings=settings))):
             result = self.rank(q, read, settings=settings)
-            result.threshold_from = settings.sources["null_score_diff_threshold"]
-            result.min_confidence = settings.min_confidence
             if calibrator is not None:  # ask-mode features of the best span, or its own passage's (single)
                 best = result.answers[0] if result.answers else None
                 single = settings.calibrator == "single"
@@ -364,7 +364,9 @@ class DocumentQA:
         all_hits = [self.retriever.search(q, k) for q in questions]
         examples = [_Example(f"{i}:{j}", q, h.text) for i, (q, hits) in enumerate(zip(questions, all_hits))
                     for j, h in enumerate(hits)]
-        preds = predict_squad(self.model, examples, settings, keep_windows=True) if examples else None
+        # min_confidence is ask's own rule over the passages (``_calibrate``), not each passage's
+        passage_settings = dataclasses.replace(settings, min_confidence=None)
+        preds = predict_squad(self.model, examples, passage_settings, keep_windows=True) if examples else None
         out = []
         for i, hits in enumerate(all_hits):
             ids = [f"{i}:{j}" for j in range(len(hits))]
@@ -379,20 +381,24 @@ class DocumentQA:
         (default: this reader's); ``threshold`` and ``retrieval_weight`` replace theirs (train's fits)."""
         s = settings or self.settings
         n = len(read.hits) if k is None else k
-        return rank_answers(question, read.hits[:n], read.nbests[:n],
-                            s.null_score_diff_threshold if threshold is None else threshold, s.top_k,
-                            read.windows[:n], s.scoring, s.retrieval_weight if retrieval_weight is None else retrieval_weight)
+        result = rank_answers(question, read.hits[:n], read.nbests[:n],
+                              s.null_score_diff_threshold if threshold is None else threshold, s.top_k,
+                              read.windows[:n], s.scoring,
+                              s.retrieval_weight if retrieval_weight is None else retrieval_weight)
+        result.threshold_from = s.sources["null_score_diff_threshold"] if threshold is None else "argument"
+        result.min_confidence = s.min_confidence
+        return result
 
     def close(self) -> None:
         if self.index is not None:
             self.index.close()
 
 
-def ask(index: str | os.PathLike, question: str, model: Any, k: int | None = None, top_k: int = 1,
+def ask(index: str | os.PathLike, question: str, model: Any, k: int | None = None, top_k: int | None = None,
         retriever: str = "bm25", **options: Any) -> AskResult:
-    """One question over an index: ``DocumentQA(index, model, ...).ask(question, k, top_k)``."""
-    dqa = DocumentQA(index, model, retriever=retriever, k=k, **options)
+    """One question over an index: ``DocumentQA(index, model, k=k, top_k=top_k, ...).ask(question)``."""
+    dqa = DocumentQA(index, model, retriever=retriever, k=k, top_k=top_k, **options)
     try:
-        return dqa.ask(question, k=k, top_k=top_k)
+        return dqa.ask(question)
     finally:
         dqa.close()

@@ -385,7 +385,7 @@ def _remove_if_damaged(path: Path) -> None:
     except sqlite3.DatabaseError:
         ok = False
     if not ok:
-        for leftover in (path, Path(str(path) + "-journal"), Path(str(path) + "-wal")):
-            leftover.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        debris.remove_rest(path, [])  # its journal and WAL files
 
 

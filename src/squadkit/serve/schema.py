@@ -112,13 +112,9 @@ def _folder_is_calibrated(model: Any) -> bool:
     if not isinstance(model, (str, os.PathLike)) or not Path(model).is_dir():
         return False
     try:
-        from ..model_folder import read_settings
+        from ..model import folder_settings
 
-        if read_settings(model).calibration is not None:
-            return True
-        from ..backends.onnx import read_record
-
-        return bool(((read_record(model) or {}).get("settings") or {}).get("calibration"))
+        return folder_settings(model).calibration is not None
     except Exception:  # an unreadable folder fails to load, and says why, in the background
         return False
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.torch import to_device
 from ..errors import SquadkitError
 from .checkpoints import (
     load_best_weights,
@@ -208,17 +209,6 @@ def pad_multiple(config: TrainConfig, device) -> int:
     if config.pad_to_multiple_of is not None:
         return config.pad_to_multiple_of
     return 64 if getattr(device, "type", str(device)) == "cuda" else 1
-
-
-def to_device(array: np.ndarray, device):
-    """A host array as a tensor on ``device``: on CUDA through pinned memory, copied without blocking
-    (the copy overlaps the work already queued); elsewhere as before."""
-    import torch
-
-    tensor = torch.from_numpy(array)
-    if getattr(device, "type", str(device)) == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def compiled_forward(model):

@@ -44,8 +44,8 @@ def make_accelerator(config: TrainConfig):
 
     cuda = torch.cuda.is_available() and not config.no_cuda
     if config.compile and not cuda:
-        raise SquadkitError("compile needs a CUDA GPU and none is in use here (on the CPU the step is not "
-                            "launch-bound; compiling would cost more than it saves)", param="compile")
+        raise SquadkitError(f"{config.name_of('compile')} needs a CUDA GPU and none is in use here (on the CPU the "
+                            "step is not launch-bound; compiling would cost more than it saves)", param="compile")
     if config.fp16 and not cuda:
         raise SquadkitError(f"{config.name_of('fp16')} needs a CUDA GPU and none is in use here; use bf16 (CPU autocast) or neither",
                             param="fp16")
