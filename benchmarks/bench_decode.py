@@ -120,7 +120,7 @@ def decode_rows(model, examples, settings, batch_size, rounds):
         reduced = reduce(new)
         for idx in by_q.values():
             if new:
-                ranked = ranked_candidates([reduced[i] for i in idx], True, n + 1)[0]
+                ranked = ranked_candidates([reduced[i] for i in idx], True)[0]
                 list(itertools.islice(ranked, n + 1))
             else:
                 win, st, en, sl, el, *_ = ref.reference_candidates([windows[i] for i in idx], [reduced[i] for i in idx],

@@ -5,14 +5,28 @@ Kept here, outside the package, as the reference the vectorized decoder is teste
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from squadkit.calibration import NO_SPAN, answer_features
-from squadkit.decode import NBestEntry, SquadPrediction, WindowNBest, _softmax
+from squadkit.decode import NBestEntry, SquadPrediction, _softmax
 from squadkit.decode import basic_tokenize as _basic_tokenize
 from squadkit.features import Window
+
+
+@dataclass
+class WindowNBest:
+    """The n-best start and end positions of one window, with their logits (as the decoder once kept them)."""
+
+    start_indexes: np.ndarray
+    end_indexes: np.ndarray
+    start_logits: np.ndarray  # float32 logits at start_indexes
+    end_logits: np.ndarray
+    null_start_logit: float  # logit of the CLS token (index 0)
+    null_end_logit: float
+    log_norm: float | None = None
 
 
 def reference_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int,
@@ -76,6 +90,16 @@ def reference_candidates(windows, nbests, max_answer_length: int, version_2_with
         sl = np.append(sl, null_s)
         el = np.append(el, null_e)
     return win, st, en, sl, el, score_null, null_s, null_e
+
+
+def reference_window_candidates(window, nb: WindowNBest, max_answer_length: int):
+    """One window's valid candidates (start, end, start logit, end logit) best first, ties in enumeration
+    order, and how many of them score at least its null answer."""
+    _, st, en, sl, el, *_ = reference_candidates([window], [nb], max_answer_length, False)
+    order = np.argsort(-(sl + el), kind="stable")
+    rows = list(zip(st[order].tolist(), en[order].tolist(), sl[order].tolist(), el[order].tolist()))
+    null = nb.null_start_logit + nb.null_end_logit
+    return rows, sum(s + e >= null for _, _, s, e in rows)
 
 
 def reference_squad_prediction(

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_decode import reference_squad_prediction, reference_window_nbest
+from reference_decode import reference_squad_prediction, reference_window_candidates, reference_window_nbest
 from squadkit.decode import squad_prediction
 from squadkit.features import Window
-from squadkit.nbest import squad_batch_nbest, squad_nbest_arrays, top_positions, window_masks
+from squadkit.nbest import (BatchMasks, FlatCandidates, fast_candidates, order_by_row_then_score, squad_batch_nbest,
+                            squad_nbest_arrays, top_positions, top_sets, window_masks)
 
 
 def make_window(rng: np.random.Generator, width: int, legacy: bool) -> Window:
@@ -57,15 +58,63 @@ def test_batch_decoder_equals_per_window_decoder(seed, batch, width, n_best, max
     widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]
     ours = squad_batch_nbest(start, end, rows, widths, n_best, max_len)
     ref = reference_window_nbest(start, end, widths, n_best)
-    for a, b in zip(ours, ref):
-        np.testing.assert_array_equal(a.start_indexes, b.start_indexes)
-        np.testing.assert_array_equal(a.end_indexes, b.end_indexes)
-        np.testing.assert_array_equal(a.start_logits, b.start_logits)
+    for window, a, b in zip(rows, ours, ref):
+        assert (a.candidates, a.null_at) == reference_window_candidates(window, b, max_len)
+        assert (a.null_start_logit, a.null_end_logit) == (b.null_start_logit, b.null_end_logit)
     # one question over all the windows, and one per window
     for group in ([list(range(batch))] + [[i] for i in range(batch)]):
         kw = dict(n_best_size=n_best, max_answer_length=max_len, version_2_with_negative=v2)
         same_predictions(squad_prediction([rows[i] for i in group], [ours[i] for i in group], text_of_span, **kw),
                          reference_squad_prediction([rows[i] for i in group], [ref[i] for i in group], text_of_span, **kw))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 6), width=st.integers(4, 48), n_best=st.integers(1, 25),
+       max_len=st.integers(1, 12), levels=st.sampled_from([None, None, 3, 40]), legacy=st.booleans())
+def test_fast_path_equals_exact_path(seed, batch, width, n_best, max_len, levels, legacy):
+    """Where the fast path answers (no two candidates of a window score alike), its candidates are the exact
+    path's; with continuous logits it always answers; with ties it may decline, never answer wrongly."""
+    rng = np.random.default_rng(seed)
+    rows = [make_window(rng, width, legacy) for _ in range(batch)]
+    start, end = logits(rng, (batch, width), levels), logits(rng, (batch, width), levels)
+    widths = np.minimum([w.input_ids.shape[0] if legacy else w.length for w in rows], width)
+    masks = BatchMasks.of(rows)
+    fast = fast_candidates(start, end, widths, masks, n_best, max_len)
+    ctx, max_ctx = masks.dense(width)
+    exact = FlatCandidates.of(squad_nbest_arrays(start, end, widths, ctx, max_ctx, masks.lengths, n_best, max_len))
+    if levels is None:
+        assert fast is not None
+    if fast is not None:
+        for name in ("rows", "start", "end", "start_logit", "end_logit", "score"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(exact, name), err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), width=st.integers(1, 40), n=st.integers(1, 45),
+       levels=st.sampled_from([None, 1, 2, 4]))
+def test_top_sets_are_a_stable_argsorts_first_n(seed, width, n, levels):
+    rng = np.random.default_rng(seed)
+    x = logits(rng, (5, width), levels)
+    n = min(n, width)
+    got = top_sets(x, n)
+    for r in range(5):
+        np.testing.assert_array_equal(got[r], np.sort(np.argsort(-x[r], kind="stable")[:n]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(0, 300), groups=st.integers(1, 70000),
+       levels=st.sampled_from([None, 3, 1000]))
+def test_radix_order_is_a_stable_sort(seed, size, groups, levels):
+    """By row, then score highest first, exactly as lexsort; None (never a wrong order) where a row's keys tie."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.integers(0, groups, size))
+    score = (logits(rng, size, levels).astype(np.float64) + logits(rng, size, levels)) * rng.choice([1e-3, 1, 1e30])
+    order = order_by_row_then_score(rows, score)
+    if order is not None:
+        np.testing.assert_array_equal(order, np.lexsort((-score, rows)))
+    elif groups <= 0xFFFF:
+        s, r = score[np.lexsort((-score, rows))], rows[np.lexsort((-score, rows))]
+        assert np.any((r[1:] == r[:-1]) & ((-s[1:]).astype(np.float32) == (-s[:-1]).astype(np.float32)))
 
 
 @settings(max_examples=40, deadline=None)

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import math
 import re
 import unicodedata
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from itertools import chain, islice, repeat
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from .calibration import NO_SPAN, answer_features, apply_min_confidence, log_normalizers
-from .features import Window
+from .features import Window, pad_rows
 
 MASKED_LOGIT = -10000.0
 
@@ -54,11 +56,11 @@ class WindowSpans:
 
 def allowed_tokens(windows: Sequence[Window], width: int) -> np.ndarray:
     """(B, width) mask of tokens that may take probability mass: context tokens and CLS (index 0)."""
-    mask = np.zeros((len(windows), width), dtype=bool)
-    for row, window in enumerate(windows):
-        size = window.context_mask.shape[0]
-        mask[row, :size] = window.context_mask
-        mask[row, 0] = True
+    masks = [w.context_mask for w in windows]
+    sizes = np.fromiter(map(len, masks), dtype=np.int64, count=len(masks))
+    flat = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    mask = pad_rows(flat, np.cumsum(sizes) - sizes, sizes, False, width, dtype=bool)
+    mask[:, 0] = True
     return mask
 
 
@@ -224,22 +226,40 @@ def say_why_empty(out: list[dict], ranked: list[dict], null: dict, threshold: fl
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WindowNBest:
-    """The n-best start and end positions of one window, with their logits (squad mode)."""
+@dataclass(slots=True)
+class CandidateColumns:
+    """The valid (start, end) candidates of a batch's windows, window after window, each window's best first
+    (ties in run_squad's enumeration order): token positions and float32 logits, as memoryviews of the
+    numpy arrays, so each value becomes a Python number only when read."""
 
-    start_indexes: np.ndarray
-    end_indexes: np.ndarray
-    start_logits: np.ndarray  # float32 logits at start_indexes
-    end_logits: np.ndarray
+    start: memoryview
+    end: memoryview
+    start_logit: memoryview
+    end_logit: memoryview
+
+
+class WindowNBest(NamedTuple):
+    """One window's candidates (squad mode): its stretch ``lo:hi`` of the batch's ``columns``
+    (``nbest.squad_batch_nbest`` applies the validity rules, max_answer_length included), its null
+    logits, and how many of its candidates rank before its null answer (``null_at``)."""
+
     null_start_logit: float  # logit of the CLS token (index 0)
     null_end_logit: float
-    log_norm: float | None = None  # log of the start and end softmax normalisers (calibration.log_normalizers)
-    # the window's valid (start, end) candidates as (start, end, start logit, end logit), best first, ties in
-    # run_squad's enumeration order (nbest.squad_batch_nbest applies the validity rules, max_answer_length
-    # included), and how many of them rank before its null answer
-    candidates: list[tuple[int, int, float, float]] | None = None
-    null_at: int | None = None
+    log_norm: float | None  # log of the start and end softmax normalisers (calibration.log_normalizers)
+    columns: CandidateColumns
+    lo: int
+    hi: int
+    null_at: int
+
+    def rows(self, window: int) -> Iterator[tuple[int, int, int, float, float]]:
+        """(window, start, end, start logit, end logit) of each candidate, best first, made as read."""
+        c, lo, hi = self.columns, self.lo, self.hi
+        return zip(repeat(window), c.start[lo:hi], c.end[lo:hi], c.start_logit[lo:hi], c.end_logit[lo:hi])
+
+    @property
+    def candidates(self) -> list[tuple[int, int, float, float]]:
+        """(start, end, start logit, end logit) of every candidate, best first."""
+        return [row[1:] for row in self.rows(0)]
 
 
 @dataclass
@@ -277,10 +297,24 @@ def _softmax(scores: Sequence[float]) -> list[float]:
     return [x / total for x in exps]
 
 
-def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool):
-    """A question's candidates over its windows (window, start, end, start and end logits as float64,
-    the null answer last with v2) and their order, best first as run_squad's stable sort gives it;
-    then the null score and the null's start and end logits."""
+def _rank_key(row: tuple) -> float:
+    return -(row[3] + row[4])
+
+
+def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool):
+    """A question's candidates best first, as run_squad's stable sort of its windows' candidates (window by
+    window, the null answer last) orders them: (window, start, end, start logit, end logit), the null answer
+    (start 0) included with v2, made as read; and the null score and logits.
+
+    Each window's candidates are in order already: one window's null answer goes where ``null_at`` says;
+    several windows are merged lazily (``heapq.merge`` keeps a stable sort's order of equal scores)."""
+    if len(nbests) == 1:  # the common case: no merge, the null answer put where null_at says
+        nb = nbests[0]
+        rows = nb.rows(0)
+        if not version_2_with_negative:
+            return rows, 1000000.0, 0.0, 0.0
+        null_s, null_e = nb.null_start_logit, nb.null_end_logit
+        return chain(islice(rows, nb.null_at), ((0, 0, 0, null_s, null_e),), rows), null_s + null_e, null_s, null_e
     score_null = 1000000.0
     null_window, null_s, null_e = 0, 0.0, 0.0
     if version_2_with_negative:
@@ -288,49 +322,9 @@ def question_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: 
             feature_null = nb.null_start_logit + nb.null_end_logit
             if feature_null < score_null:
                 score_null, null_window, null_s, null_e = feature_null, w, nb.null_start_logit, nb.null_end_logit
-    # each window's candidates are already valid and best first (nbest.squad_batch_nbest): a stable
-    # sort of their concatenation gives run_squad's order over the question
-    cols = [np.array(nb.candidates, dtype=np.float64).reshape(-1, 4) for nb in nbests]
-    v2 = int(version_2_with_negative)
-    win = np.concatenate([np.full(len(c), w, dtype=np.int64) for w, c in enumerate(cols)] + [np.full(v2, null_window)])
-    st = np.concatenate([c[:, 0].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
-    en = np.concatenate([c[:, 1].astype(np.int64) for c in cols] + [np.zeros(v2, np.int64)])
-    sl = np.concatenate([c[:, 2] for c in cols] + [np.full(v2, null_s)])
-    el = np.concatenate([c[:, 3] for c in cols] + [np.full(v2, null_e)])
-    order = np.argsort(-(sl + el), kind="stable")
-    return win, st, en, sl, el, order, score_null, null_s, null_e
-
-
-def ranked_candidates(nbests: Sequence[WindowNBest], version_2_with_negative: bool, step: int):
-    """A question's candidates best first as Python tuples (window, start, end, start logit, end logit),
-    the null answer (0, 0) included with v2; and the null score and logits.
-
-    One window (the common case) needs no sort: its candidates are in order already and its null
-    answer goes where ``null_at`` says. Several: their candidates are sorted together
-    (``question_candidates``) and converted ``step`` at a time."""
-    if len(nbests) != 1:
-        win, st, en, sl, el, order, score_null, null_s, null_e = question_candidates(nbests, version_2_with_negative)
-
-        def rows():
-            for lo in range(0, len(order), step):
-                yield from zip(*(c[order[lo : lo + step]].tolist() for c in (win, st, en, sl, el)))
-
-        return rows(), score_null, null_s, null_e
-    nb = nbests[0]
-    null_s, null_e = nb.null_start_logit, nb.null_end_logit
-    score_null = null_s + null_e if version_2_with_negative else 1000000.0
-    at = nb.null_at if version_2_with_negative else -1
-
-    def one_window():
-        null = (0, 0, 0, null_s, null_e)
-        for i, (s, e, s_logit, e_logit) in enumerate(nb.candidates):
-            if i == at:
-                yield null
-            yield 0, s, e, s_logit, e_logit
-        if at == len(nb.candidates):
-            yield null
-
-    return one_window(), score_null, null_s, null_e
+    null = [(null_window, 0, 0, null_s, null_e)] if version_2_with_negative else []
+    streams = [nb.rows(w) for w, nb in enumerate(nbests)] + [null]
+    return heapq.merge(*streams, key=_rank_key), score_null, null_s, null_e
 
 
 def squad_prediction(
@@ -354,7 +348,7 @@ def squad_prediction(
     for run_squad's own windows. ``nbests`` carry each window's valid candidates
     (``nbest.squad_batch_nbest``, which applies ``max_answer_length``; the argument stays for run_squad's signature).
     """
-    ranked, score_null, null_s, null_e = ranked_candidates(nbests, version_2_with_negative, 2 * n_best_size + 1)
+    ranked, score_null, null_s, null_e = ranked_candidates(nbests, version_2_with_negative)
     nbest: list[NBestEntry] = []
     seen: set[str] = set()
     for w, s, e, s_logit, e_logit in ranked:

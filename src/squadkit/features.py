@@ -369,13 +369,13 @@ class Batch:
 
 
 def pad_rows(flat: np.ndarray, starts: np.ndarray, sizes: np.ndarray, pad_value: int,
-             width: int | None = None) -> np.ndarray:
-    """Rows ``flat[starts[r] : starts[r] + sizes[r]]`` as one (n, width) int64 array, padded with
-    ``pad_value`` (width: the longest row). One gather for the whole batch, no Python loop:
-    the padding routine of answering batches and training batches alike."""
+             width: int | None = None, dtype=np.int64) -> np.ndarray:
+    """Rows ``flat[starts[r] : starts[r] + sizes[r]]`` as one (n, width) array (int64 unless told), padded
+    with ``pad_value`` (width: the longest row; longer rows are cut). One gather for the whole batch, no
+    Python loop: the padding routine of answering batches, training batches and token masks alike."""
     sizes = np.asarray(sizes, dtype=np.int64)
     width = int(sizes.max()) if width is None else width
-    out = np.full((len(sizes), width), pad_value, dtype=np.int64)
+    out = np.full((len(sizes), width), pad_value, dtype=dtype)
     present = np.arange(width)[None, :] < sizes[:, None]
     out[present] = flat[(np.asarray(starts, dtype=np.int64)[:, None] + np.arange(width)[None, :])[present]]
     return out

@@ -8,19 +8,25 @@ its max-context window, end >= start, at most ``max_answer_length`` tokens, insi
 length), and each window's valid pairs ordered best first, ties in run_squad's enumeration order
 (start rank, then end rank). ``decode.squad_prediction`` then only merges a question's windows.
 
-The torch version runs the same operations on the logits where the model left them (a GPU), so only
-these few numbers per window come back to the host; both give identical arrays (tests/test_nbest.py).
+Two numpy paths give the same candidates: ``fast_candidates`` (the n best of each window as a set, the
+pairs ordered by radix passes over their scores) serves every batch where no two candidates of a window
+score alike; ``squad_nbest_arrays`` (ranked positions, run_squad's enumeration order) serves the rest.
+The torch version runs the latter's operations on the logits where the model left them (a GPU), so only
+these few numbers per window come back to the host; all give identical candidates (tests/test_nbest.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
 
-from .decode import WindowNBest
-from .features import Window
+from .decode import CandidateColumns, WindowNBest
+from .features import Window, pad_rows
 
 
 @dataclass
@@ -38,16 +44,47 @@ class NBestArrays:
     null_end: np.ndarray
 
 
+_mask_fields = attrgetter("context_mask", "max_context", "length")
+
+
+@dataclass
+class BatchMasks:
+    """A batch's context and max-context masks, window after window, and each window's size and length."""
+
+    context: np.ndarray  # (sum of sizes,) bool
+    max_context: np.ndarray
+    offsets: np.ndarray  # (B,) where each window's masks begin
+    sizes: np.ndarray  # (B,) each window's token count (legacy: padded to max_seq_length)
+    lengths: np.ndarray  # (B,) tokens before padding
+
+    @classmethod
+    def of(cls, rows: Sequence[Window]) -> "BatchMasks":
+        ctx, max_ctx, lengths = zip(*map(_mask_fields, rows))
+        max_ctx = [c if m is None else m for c, m in zip(ctx, max_ctx)]
+        sizes = np.fromiter(map(len, ctx), dtype=np.int64, count=len(rows))
+        return cls(np.concatenate(ctx), np.concatenate(max_ctx), np.cumsum(sizes) - sizes, sizes, np.array(lengths))
+
+    def dense(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, W) context and max-context masks, False past each window's size (W: ``width`` or the largest size)."""
+        width = max([width] + self.sizes.tolist())
+        return tuple(pad_rows(mask, self.offsets, self.sizes, False, width, dtype=bool)
+                     for mask in (self.context, self.max_context))
+
+    def at(self, positions: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Context and max-context flags of the tokens at ``positions`` ((k * B, n): the windows' rows, k times
+        over), False at or past each window's ``limits`` (B,)."""
+        reps = len(positions) // len(self.offsets)
+        limits, offsets = np.tile(limits, reps)[:, None], np.tile(self.offsets, reps)[:, None]
+        inside = positions < limits
+        flat = offsets + np.where(inside, positions, 0)
+        return inside & self.context[flat], inside & self.max_context[flat]
+
+
 def window_masks(rows: Sequence[Window], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, W) context and max-context masks (False past each window's own size) and (B,) lengths."""
-    width = max([width] + [w.context_mask.shape[0] for w in rows])
-    ctx = np.zeros((len(rows), width), dtype=bool)
-    max_ctx = np.zeros((len(rows), width), dtype=bool)
-    for r, window in enumerate(rows):
-        size = window.context_mask.shape[0]
-        ctx[r, :size] = window.context_mask
-        max_ctx[r, :size] = window.max_context if window.max_context is not None else window.context_mask
-    return ctx, max_ctx, np.array([w.length for w in rows], dtype=np.int64)
+    masks = BatchMasks.of(rows)
+    ctx, max_ctx = masks.dense(width)
+    return ctx, max_ctx, masks.lengths
 
 
 def top_positions(logits: np.ndarray, widths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,46 +187,152 @@ def log_normalizers_torch(start, end, allowed):
     return out.cpu().numpy()
 
 
-def window_nbests(a: NBestArrays, log_norms: np.ndarray | None = None) -> list[WindowNBest]:
-    """One ``WindowNBest`` per window: its valid candidates best first as Python tuples (converted once for
-    the batch) and where its null answer ranks among them (after every candidate scoring at least as much)."""
-    n, batch = a.start_indexes.shape[1], len(a.counts)
-    rows = np.repeat(np.arange(batch), np.diff(a.bounds))
-    si, ei = np.divmod(a.pairs, n)
-    c_s_logits, c_e_logits = a.start_logits[rows, si], a.end_logits[rows, ei]
-    keys = -(c_s_logits.astype(np.float64) + c_e_logits.astype(np.float64))  # run_squad's sort key, ascending
-    null_keys = -(a.null_start.astype(np.float64) + a.null_end.astype(np.float64))
-    null_at = np.bincount(rows[keys <= null_keys[rows]], minlength=batch).tolist()
-    cands = list(zip(a.start_indexes[rows, si].tolist(), a.end_indexes[rows, ei].tolist(), c_s_logits.tolist(),
-                     c_e_logits.tolist()))
-    null_s, null_e, counts, bounds = a.null_start.tolist(), a.null_end.tolist(), a.counts.tolist(), a.bounds.tolist()
-    norms = log_norms.tolist() if log_norms is not None else [None] * batch
-    return [WindowNBest(a.start_indexes[b, :c], a.end_indexes[b, :c], a.start_logits[b, :c], a.end_logits[b, :c],
-                        null_s[b], null_e[b], norms[b], candidates=cands[bounds[b] : bounds[b + 1]], null_at=null_at[b])
-            for b, c in enumerate(counts)]
+@dataclass
+class FlatCandidates:
+    """A batch's valid candidates, window by window, each window's best first (numpy, on the host)."""
+
+    rows: np.ndarray  # (V,) the window of each
+    start: np.ndarray  # (V,) token positions
+    end: np.ndarray
+    start_logit: np.ndarray  # (V,) float32
+    end_logit: np.ndarray
+    score: np.ndarray  # (V,) float64 start + end logit
+
+    @classmethod
+    def of(cls, a: NBestArrays) -> "FlatCandidates":
+        n = a.start_indexes.shape[1]
+        rows = np.repeat(np.arange(len(a.counts)), np.diff(a.bounds))
+        si, ei = np.divmod(a.pairs, n)
+        sl, el = a.start_logits[rows, si], a.end_logits[rows, ei]
+        return cls(rows, a.start_indexes[rows, si], a.end_indexes[rows, ei], sl, el, sl.astype(np.float64) + el)
+
+
+def top_sets(x: np.ndarray, n: int) -> np.ndarray | None:
+    """(R, n) the positions of each row's ``n`` best values, in position order: those above the row's
+    n-th value, then the lowest positions tied at it (the set a stable argsort's first ``n`` is).
+    None where a row has no such set (NaN logits)."""
+    rows, width = x.shape
+    if n >= width:
+        return np.broadcast_to(np.arange(width), (rows, width))
+    kth = np.partition(x, width - n, axis=1)[:, width - n, None]
+    take = x >= kth
+    if np.count_nonzero(take) != rows * n:  # ties at some row's n-th value
+        above = x > kth
+        tie = take & ~above
+        take = above | (tie & (np.cumsum(tie, axis=1) <= n - np.count_nonzero(above, axis=1)[:, None]))
+        if np.count_nonzero(take) != rows * n:
+            return None
+    return (np.flatnonzero(take) % width).reshape(rows, n)
+
+
+def order_by_row_then_score(rows: np.ndarray, score: np.ndarray) -> np.ndarray | None:
+    """The stable order by row, then score (highest first), of candidates already grouped by row, in
+    three 16-bit radix passes over the scores' float32 keys (a float64 sort where two scores of a row only
+    differ past float32); None where two candidates of a row tie, which their enumeration order decides."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if rows[-1] > 0xFFFF:
+        return None
+    bits = ((-score).astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0: -0.0 keys as 0.0
+    key = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))  # unsigned order = float order
+    order = np.argsort(key.astype(np.uint16), kind="stable")
+    order = order[np.argsort((key[order] >> np.uint32(16)).astype(np.uint16), kind="stable")]
+    order = order[np.argsort(rows[order].astype(np.uint16), kind="stable")]
+    key, in_row = key[order], rows[order]
+    clash = (key[1:] == key[:-1]) & (in_row[1:] == in_row[:-1])
+    if np.any(clash):
+        ranked = score[order]
+        if np.any(clash & (ranked[1:] == ranked[:-1])):
+            return None  # a tie: the enumeration order decides
+        at = np.flatnonzero(clash)  # scores only float64 tells apart: put each such pair right
+        if np.any(np.diff(at) == 1):  # three or more in a row: sort them all (no tie, so any sort is the stable one)
+            return np.lexsort((-score, rows))
+        swap = at[ranked[at] < ranked[at + 1]]
+        order[swap], order[swap + 1] = order[swap + 1], order[swap]
+    return order
+
+
+def fast_candidates(start: np.ndarray, end: np.ndarray, widths: np.ndarray, masks: BatchMasks, n_best_size: int,
+                    max_answer_length: int) -> FlatCandidates | None:
+    """Every window's valid candidates, best first, where no two of a window score alike (else None).
+
+    Without ties the enumeration order never decides, so the n best positions are taken as a set
+    (``top_sets``: a partition, no sort) and only the valid pairs are sorted (``order_by_row_then_score``)."""
+    batch, width = start.shape
+    n = min(n_best_size, width)
+    x = np.concatenate([start, end]).astype(np.float32, copy=False)
+    both = np.concatenate([widths, widths])
+    if np.any(both < width):
+        x[np.arange(width)[None, :] >= both[:, None]] = -np.inf
+    cols = top_sets(x, n)
+    if cols is None or width > 0x7FFF:
+        return None
+    vals = np.take_along_axis(x, cols, axis=1).ravel()
+    limits = np.minimum(np.minimum(widths, masks.lengths), masks.sizes)
+    ctx, max_ctx = masks.at(cols, limits)
+    cols = cols.astype(np.int16)
+    s_pos, e_pos = cols[:batch], cols[batch:]
+    gap = e_pos[:, None, :] - s_pos[:, :, None]  # int16; negative gaps read as unsigned exceed any length
+    valid = (ctx[:batch] & max_ctx[:batch])[:, :, None] & ctx[batch:, None, :] & (gap.view(np.uint16) < max_answer_length)
+    flat = np.flatnonzero(valid)  # window, start rank, end rank: (b * n + i) * n + j
+    at_start = flat // n  # b * n + i
+    at_end = at_start - at_start % n + flat % n + batch * n  # the end's place among the end rows
+    sl, el = vals[at_start], vals[at_end]
+    score = sl.astype(np.float64) + el
+    rows = at_start // n
+    order = order_by_row_then_score(rows, score)
+    if order is None:
+        return None
+    cols = cols.ravel()
+    at_start, at_end = at_start[order], at_end[order]
+    return FlatCandidates(rows[order], cols[at_start], cols[at_end], sl[order], el[order], score[order])
+
+
+def window_nbests(c: FlatCandidates, null_start: np.ndarray, null_end: np.ndarray,
+                  log_norms: np.ndarray | None = None) -> list[WindowNBest]:
+    """One ``WindowNBest`` per window: its stretch of the batch's candidates (read through memoryviews:
+    a question reads a few of its windows' candidates, not all) and where its null answer ranks among them
+    (after every candidate scoring at least as much)."""
+    batch = len(null_start)
+    null = null_start.astype(np.float64) + null_end.astype(np.float64)
+    null_at = np.bincount(c.rows[c.score >= null[c.rows]], minlength=batch).tolist()
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(c.rows, minlength=batch))]).tolist()
+    table = CandidateColumns(*(memoryview(np.ascontiguousarray(column))
+                               for column in (c.start, c.end, c.start_logit, c.end_logit)))
+    norms = log_norms.tolist() if log_norms is not None else repeat(None)
+    return list(map(_window_nbest, zip(null_start.tolist(), null_end.tolist(), norms, repeat(table), bounds,
+                                       bounds[1:], null_at)))
+
+
+_window_nbest = partial(tuple.__new__, WindowNBest)  # a WindowNBest from its fields' tuple, made in C
 
 
 def squad_batch_nbest(start, end, rows: Sequence[Window], widths: Sequence[int], n_best_size: int,
                       max_answer_length: int, allowed=None) -> list[WindowNBest]:
-    """Every window of a batch reduced to its n-best positions and valid candidates, numpy or torch.
+    """Every window of a batch reduced to its valid candidates, best first, numpy or torch.
 
     ``start``/``end``: (B, W) numpy arrays, or torch tensors (then scored on their device);
     ``allowed``: the tokens the softmax normalisers run over (``calibration.log_normalizers``), or None.
     """
-    ctx, max_ctx, lengths = window_masks(rows, start.shape[1])
-    widths = np.asarray(widths, dtype=np.int64)
+    masks = BatchMasks.of(rows)
+    widths = np.minimum(np.asarray(widths, dtype=np.int64), start.shape[1])
     if isinstance(start, np.ndarray):
         from .calibration import log_normalizers
 
-        arrays = squad_nbest_arrays(start, end, widths, ctx, max_ctx, lengths, n_best_size, max_answer_length)
+        found = fast_candidates(start, end, widths, masks, n_best_size, max_answer_length)
+        if found is None:
+            ctx, max_ctx = masks.dense(start.shape[1])
+            found = FlatCandidates.of(squad_nbest_arrays(start, end, widths, ctx, max_ctx, masks.lengths, n_best_size,
+                                                         max_answer_length))
         norms = log_normalizers(start, end, allowed) if allowed is not None else None
-        return window_nbests(arrays, norms)
+        return window_nbests(found, start[:, 0].astype(np.float32), end[:, 0].astype(np.float32), norms)
     import torch
 
     dev = start.device
     to = lambda x: torch.from_numpy(x).to(dev, non_blocking=True)  # noqa: E731
+    ctx, max_ctx = masks.dense(start.shape[1])
     with torch.inference_mode():
-        arrays = squad_nbest_arrays_torch(start, end, to(widths), to(ctx), to(max_ctx), to(lengths), n_best_size,
+        arrays = squad_nbest_arrays_torch(start, end, to(widths), to(ctx), to(max_ctx), to(masks.lengths), n_best_size,
                                           max_answer_length)
         norms = log_normalizers_torch(start, end, to(allowed)) if allowed is not None else None
-    return window_nbests(arrays, norms)
+    return window_nbests(FlatCandidates.of(arrays), arrays.null_start, arrays.null_end, norms)
