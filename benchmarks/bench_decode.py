@@ -39,9 +39,10 @@ def cpu_flags() -> str:
 
 @contextmanager
 def old_decoder():
-    """The per-window decoder, the former text recovery and sequential tokenizing, swapped in."""
+    """The per-window decoder, the former token masks, text recovery and sequential tokenizing, swapped in."""
     import reference_decode as ref
 
+    import squadkit.decode as decode
     import squadkit.window_scoring as engine
     import squadkit.nbest as nbest
     import squadkit.predict as predict
@@ -57,15 +58,18 @@ def old_decoder():
             yield lo, hi, engine.build_windows(tokenizer, questions[lo:hi], contexts[lo:hi], settings,
                                                first_example_index=lo)
 
-    saved = (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead)
+    saved = (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead,
+             decode.allowed_tokens)
     nbest.squad_batch_nbest, predict.squad_prediction = per_window, ref.reference_squad_prediction
+    decode.allowed_tokens = ref.reference_allowed_tokens
     predict.squad_text_recoverer = lambda tokenizer, context, lower, whole_words=False: ref.reference_text_recoverer(
         tokenizer, context, lower)  # the former recovery had no whole-word widening
     engine._windows_ahead = sequential
     try:
         yield
     finally:
-        nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead = saved
+        (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead,
+         decode.allowed_tokens) = saved
 
 
 def best_of(fn, rounds: int) -> float:

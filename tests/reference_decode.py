@@ -29,6 +29,16 @@ class WindowNBest:
     log_norm: float | None = None
 
 
+def reference_allowed_tokens(windows: Sequence[Window], width: int) -> np.ndarray:
+    """``decode.allowed_tokens`` as it was: the context tokens and CLS of each window, row by row."""
+    mask = np.zeros((len(windows), width), dtype=bool)
+    for row, window in enumerate(windows):
+        size = window.context_mask.shape[0]
+        mask[row, :size] = window.context_mask
+        mask[row, 0] = True
+    return mask
+
+
 def reference_window_nbest(start_logits: np.ndarray, end_logits: np.ndarray, widths: Sequence[int], n_best_size: int,
                        log_norms: np.ndarray | None = None) -> list[WindowNBest]:
     """run_squad's ``_get_best_indexes`` for every window of a batch.

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_decode import reference_squad_prediction, reference_window_candidates, reference_window_nbest
-from squadkit.decode import squad_prediction
+from reference_decode import (reference_allowed_tokens, reference_squad_prediction, reference_window_candidates,
+                              reference_window_nbest)
+from squadkit.decode import allowed_tokens, squad_prediction
 from squadkit.features import Window
 from squadkit.nbest import (BatchMasks, FlatCandidates, fast_candidates, order_by_row_then_score, squad_batch_nbest,
                             squad_nbest_arrays, top_positions, top_sets, window_masks)
@@ -87,6 +88,14 @@ def test_fast_path_equals_exact_path(seed, batch, width, n_best, max_len, levels
     if fast is not None:
         for name in ("rows", "start", "end", "start_logit", "end_logit", "score"):
             np.testing.assert_array_equal(getattr(fast, name), getattr(exact, name), err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(0, 6), width=st.integers(4, 48), legacy=st.booleans())
+def test_allowed_tokens_equal_the_row_by_row_masks(seed, batch, width, legacy):
+    rng = np.random.default_rng(seed)
+    rows = [make_window(rng, width, legacy) for _ in range(batch)]
+    np.testing.assert_array_equal(allowed_tokens(rows, width), reference_allowed_tokens(rows, width))
 
 
 @settings(max_examples=40, deadline=None)

@@ -262,7 +262,7 @@ class WindowNBest(NamedTuple):
         return [row[1:] for row in self.rows(0)]
 
 
-@dataclass
+@dataclass(slots=True)
 class NBestEntry:
     text: str
     start_logit: float
