@@ -1,9 +1,13 @@
 """The per-window squad-mode decoder as it was before the batch-wide one (``squadkit.nbest``):
 run_squad's ``_get_best_indexes`` per window and the (start, end) candidates built per question.
-Kept here, outside the package, as the reference the vectorized decoder is tested against."""
+Kept here, outside the package, as the reference the vectorized decoder is tested against; with
+run_squad's text recovery (``reference_text_recoverer``), squadkit's text recovery and answer features
+as they were before the per-word projection (``former_text_recoverer``, ``former_answer_features``)."""
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -240,13 +244,107 @@ def reference_text_recoverer(tokenizer, context: str, do_lower_case: bool):
         last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
         orig_text = " ".join(words[first_word : last_word + 1])
         a, b = reference_get_final_text(tok_text, orig_text, do_lower_case)
-        # positions in the space-joined words -> positions in the context
-        joined_to_context: list[int] = []
+        return (orig_text[a:b], *reference_context_span(a, b, word_starts[first_word : last_word + 1],
+                                                          word_ends[first_word : last_word + 1]))
+
+    return text_of_span
+
+
+def reference_context_span(a: int, b: int, word_starts: Sequence[int], word_ends: Sequence[int]) -> tuple[int, int]:
+    """Positions ``a:b`` in a span's words joined by single spaces -> positions in the context (the words' starts
+    and ends there)."""
+    joined_to_context: list[int] = []
+    for start, end in zip(word_starts, word_ends):
+        joined_to_context.extend(range(start, end))
+        joined_to_context.append(end)  # the joining space
+    char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[-1]
+    char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+    return char_start, char_end
+
+
+# ----------------------------------------------------------------------------------------------
+# the text recovery squadkit had before the per-word projection (issue 26b), kept as it was
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _former_tokenized_text(orig_text: str, do_lower_case: bool) -> tuple[str, int, np.ndarray]:
+    """``orig_text`` as BasicTokenizer's tokens joined by spaces, the count of its non-space
+    characters, and where each non-space character of ``orig_text`` lies."""
+    tok_text = " ".join(_basic_tokenize(orig_text, do_lower_case))
+    code_points = np.frombuffer(orig_text.encode("utf-32-le"), dtype=np.uint32)
+    return tok_text, len(tok_text) - tok_text.count(" "), np.flatnonzero(code_points != 32)
+
+
+def former_get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
+    """squadkit's former ``get_final_text``: run_squad's projection through the whole span's cached tokens."""
+    whole = (0, len(orig_text))
+    tok_text, tok_ns_len, orig_ns_to_s = _former_tokenized_text(orig_text, do_lower_case)
+    start = tok_text.find(pred_text)
+    if start == -1 or not pred_text or len(orig_ns_to_s) != tok_ns_len:
+        return whole
+    end = start + len(pred_text) - 1
+    if tok_text[start] == " " or tok_text[end] == " ":
+        return whole
+    return (int(orig_ns_to_s[start - tok_text.count(" ", 0, start)]),
+            int(orig_ns_to_s[end - tok_text.count(" ", 0, end)]) + 1)
+
+
+def former_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
+    """squadkit's former ``squad_text_recoverer`` (whole-word widening included), as it was."""
+    from squadkit.decode import _token_lookup
+    from squadkit.features import whitespace_words
+    from squadkit.words import WordBounds, inside_word
+
+    bounds: list[WordBounds] = []
+
+    words, word_starts, word_ends = whitespace_words(context)
+    id_to_token = _token_lookup(tokenizer)
+
+    def word_at(char: int) -> int:
+        return max(0, bisect.bisect_right(word_starts, char) - 1)
+
+    def to_context(p: int, first_word: int, last_word: int) -> int:
         for w in range(first_word, last_word + 1):
-            joined_to_context.extend(range(word_starts[w], word_ends[w]))
-            joined_to_context.append(word_ends[w])  # the joining space
-        char_start = joined_to_context[a] if a < len(joined_to_context) else word_ends[last_word]
-        char_end = joined_to_context[b - 1] + 1 if b > a else char_start
+            size = word_ends[w] - word_starts[w]
+            if p < size:
+                return word_starts[w] + p
+            if p == size:
+                return word_ends[w]
+            p -= size + 1
+        return word_ends[last_word]
+
+    def text_of_span(window: Window, start: int, end: int) -> tuple[str, int, int]:
+        tokens = id_to_token(window.input_ids[start : end + 1].tolist())
+        tok_text = " ".join(tokenizer.convert_tokens_to_string(tokens).strip().split())
+        first_word = word_at(int(window.offsets[start, 0]))
+        last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
+        orig_text = " ".join(words[first_word : last_word + 1])
+        a, b = former_get_final_text(tok_text, orig_text, do_lower_case)
+        char_start = to_context(a, first_word, last_word)
+        char_end = to_context(b - 1, first_word, last_word) + 1 if b > a else char_start
+        if whole_words and char_end > char_start and (inside_word(context, char_start)
+                                                       or inside_word(context, char_end)):
+            if not bounds:
+                bounds.append(WordBounds.of(context))
+            wide_start, wide_end = bounds[0].widen(np.array([char_start]), np.array([char_end]))
+            char_start, char_end = int(wide_start[0]), int(wide_end[0])
+            return " ".join(context[char_start:char_end].split()), char_start, char_end
         return orig_text[a:b], char_start, char_end
 
     return text_of_span
+
+
+def former_answer_features(span_logit_sum, null_logit_sum, log_norm, length_tokens) -> np.ndarray:
+    """``calibration.answer_features`` as it was: numpy arrays for any input, scalars included."""
+    from squadkit.calibration import _CLIP, FEATURES
+
+    z = np.asarray(span_logit_sum, dtype=np.float64)
+    margin = z - np.asarray(null_logit_sum, dtype=np.float64)
+    log_p = z - np.asarray(log_norm, dtype=np.float64)
+    log_len = np.log(np.maximum(np.asarray(length_tokens, dtype=np.float64), 1.0))
+    x = np.stack([margin, log_p, log_len], axis=-1).reshape(-1, len(FEATURES))
+    for j, name in enumerate(FEATURES):
+        lo, hi = _CLIP[name]
+        x[:, j] = np.clip(np.nan_to_num(x[:, j], nan=lo, neginf=lo, posinf=hi), lo, hi)
+    return x

@@ -39,9 +39,47 @@ def log_normalizers(start_logits: np.ndarray, end_logits: np.ndarray, allowed: n
     return out
 
 
+_SCALARS = (int, float, np.integer, np.floating)
+
+
+def _log_length(length_tokens) -> float:
+    """``log(max(length, 1))`` as numpy computes it for one value."""
+    return float(np.log(np.maximum(np.asarray(length_tokens, dtype=np.float64), 1.0)))
+
+
+_LOG_LENGTHS = tuple(_log_length(n) for n in range(1025))  # the lengths answers have, computed once
+
+
+def _clipped(x: float, name: str) -> float:
+    """``x`` with nan_to_num and clip applied as ``answer_features`` applies them to its column ``name``."""
+    lo, hi = _CLIP[name]
+    if x != x or x < lo:  # nan, or below (-inf included)
+        return lo
+    return hi if x > hi else x
+
+
+def _one_span_features(span_logit_sum: float, null_logit_sum: float, log_norm: float,
+                       length_tokens) -> np.ndarray | None:
+    """``answer_features`` of one span, in Python floats: the same (1, 3) float64 values; None where the
+    log-probability is -0.0 (at its bound 0.0 the sign of zero is numpy's clip's to choose)."""
+    log_p = span_logit_sum - log_norm
+    if log_p == 0.0 and math.copysign(1.0, log_p) < 0:
+        return None
+    if isinstance(length_tokens, (int, np.integer)) and 0 <= length_tokens < len(_LOG_LENGTHS):
+        log_len = _LOG_LENGTHS[length_tokens]
+    else:
+        log_len = _log_length(length_tokens)
+    return np.array([[_clipped(span_logit_sum - null_logit_sum, "margin"), _clipped(log_p, "log_p_span"),
+                      _clipped(log_len, "log_length")]])
+
+
 def answer_features(span_logit_sum, null_logit_sum, log_norm, length_tokens) -> np.ndarray:
     """(n, 3) features (see the module doc) from each span's start+end logit, its window's CLS
     start+end logit, its window's log normalisers and its length in tokens."""
+    if all(isinstance(v, _SCALARS) for v in (span_logit_sum, null_logit_sum, log_norm, length_tokens)):
+        x = _one_span_features(float(span_logit_sum), float(null_logit_sum), float(log_norm), length_tokens)
+        if x is not None:
+            return x
     z = np.asarray(span_logit_sum, dtype=np.float64)
     margin = z - np.asarray(null_logit_sum, dtype=np.float64)
     log_p = z - np.asarray(log_norm, dtype=np.float64)

@@ -17,21 +17,22 @@ however many windows a context needs.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import heapq
 import math
 import re
 import unicodedata
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from itertools import accumulate, chain, islice, repeat
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from .calibration import NO_SPAN, answer_features, apply_min_confidence, log_normalizers
-from .features import Window, pad_rows
+from .features import Window, pad_rows, whitespace_words
+from .words import WordBounds, inside_word
 
 MASKED_LOGIT = -10000.0
 
@@ -434,9 +435,17 @@ def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
     ASCII text, the common case, takes one regular expression; other text goes character by
     character with cached character classes.
     """
-    if text.isascii():
-        text = _ASCII_DROP.sub("", text)
-        return _ASCII_TOKEN.findall(text.lower() if do_lower_case else text)
+    return _ascii_tokens(text, do_lower_case) if text.isascii() else _unicode_tokens(text, do_lower_case)
+
+
+def _ascii_tokens(text: str, do_lower_case: bool) -> list[str]:
+    """``basic_tokenize`` of ASCII text."""
+    text = _ASCII_DROP.sub("", text)
+    return _ASCII_TOKEN.findall(text.lower() if do_lower_case else text)
+
+
+def _unicode_tokens(text: str, do_lower_case: bool) -> list[str]:
+    """``basic_tokenize`` of text that is not all ASCII."""
     tokens: list[str] = []
     for chunk in text.split():
         pieces: list[str] = []  # split CJK off and drop control characters first
@@ -472,14 +481,56 @@ def basic_tokenize(text: str, do_lower_case: bool) -> list[str]:
     return tokens
 
 
-@functools.lru_cache(maxsize=4096)
-def _tokenized_text(orig_text: str, do_lower_case: bool) -> tuple[str, int, np.ndarray]:
-    """``orig_text`` as BasicTokenizer's tokens joined by spaces, the count of its non-space
-    characters, and where each non-space character of ``orig_text`` lies (cached: a question's
-    candidate spans share their words)."""
-    tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
-    code_points = np.frombuffer(orig_text.encode("utf-32-le"), dtype=np.uint32)
-    return tok_text, len(tok_text) - tok_text.count(" "), np.flatnonzero(code_points != 32)
+@functools.lru_cache(maxsize=65536)
+def _word_tokens(word: str, do_lower_case: bool, ascii_text: bool) -> str:
+    """A word's BasicTokenizer tokens joined by spaces, as part of a text that is all ASCII or not
+    (``basic_tokenize``'s two ways differ on a few control characters)."""
+    return " ".join(_ascii_tokens(word, do_lower_case) if ascii_text else _unicode_tokens(word, do_lower_case))
+
+
+@dataclass(frozen=True)
+class ContextWords:
+    """A text's whitespace words (no word holds a space), where each starts and ends in the text, and
+    how many characters the words before each hold: what run_squad's ``get_final_text`` projects onto."""
+
+    words: list[str]
+    starts: list[int]
+    ends: list[int]
+    chars_before: list[int]  # (n + 1)
+
+    @classmethod
+    def of(cls, words: list[str], starts: list[int], ends: list[int]) -> "ContextWords":
+        """The words as ``features.whitespace_words`` gives them."""
+        return cls(words, starts, ends, [0, *accumulate(map(len, words))])
+
+    def final_text(self, pred_text: str, first: int, last: int, do_lower_case: bool) -> tuple[str, int, int]:
+        """run_squad's ``get_final_text`` of ``pred_text`` over words ``first`` to ``last``: the text it
+        printed (from the words joined by single spaces) and where that lies in the text (start, end).
+
+        The BasicTokenizer tokens of words joined by spaces are each word's tokens in turn."""
+        words, starts, chars_before = self.words, self.starts, self.chars_before
+        span = words[first : last + 1]
+        orig_text = " ".join(span)
+        if pred_text == orig_text:  # found whole, or not at all: the whole words either way (docs/design.md)
+            return orig_text, starts[first], self.ends[last]
+        ascii_text = all(map(str.isascii, span))  # basic_tokenize's way for the joined words
+        tok_text = " ".join(filter(None, [_word_tokens(word, do_lower_case, ascii_text) for word in span]))
+        start = tok_text.find(pred_text) if pred_text else -1
+        end = start + len(pred_text) - 1
+        if (start == -1 or len(tok_text) - tok_text.count(" ") != chars_before[last + 1] - chars_before[first]
+                or tok_text[start] == " " or tok_text[end] == " "):
+            return orig_text, starts[first], self.ends[last]
+        a = chars_before[first] + start - tok_text.count(" ", 0, start)  # among the words' characters
+        b = chars_before[first] + end - tok_text.count(" ", 0, end)
+        i = bisect_right(chars_before, a, first, last + 1) - 1
+        j = bisect_right(chars_before, b, first, last + 1) - 1
+        a, b = a - chars_before[i], b - chars_before[j] + 1  # within words i and j
+        if i == j:
+            text = words[i][a:b]
+        else:
+            joined = " ".join(words[i : j + 1])
+            text = joined[a : len(joined) - len(words[j]) + b]
+        return text, starts[i] + a, starts[j] + b
 
 
 def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple[int, int]:
@@ -487,19 +538,12 @@ def get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -> tuple
 
     Returns ``(start, end)`` so that ``orig_text[start:end]`` is the text run_squad printed;
     when the projection fails it is the whole of ``orig_text``, as run_squad's fallback.
-    (run_squad maps positions through its space-stripped strings; a position in ``tok_text``
-    that is no space maps to itself minus the spaces before it.)
     """
-    whole = (0, len(orig_text))
-    tok_text, tok_ns_len, orig_ns_to_s = _tokenized_text(orig_text, do_lower_case)
-    start = tok_text.find(pred_text)
-    if start == -1 or not pred_text or len(orig_ns_to_s) != tok_ns_len:
-        return whole
-    end = start + len(pred_text) - 1
-    if tok_text[start] == " " or tok_text[end] == " ":
-        return whole
-    return (int(orig_ns_to_s[start - tok_text.count(" ", 0, start)]),
-            int(orig_ns_to_s[end - tok_text.count(" ", 0, end)]) + 1)
+    words = orig_text.split(" ")
+    starts = [0, *accumulate(len(word) + 1 for word in words)][:-1]
+    ends = [start + len(word) for start, word in zip(starts, words)]
+    _, start, end = ContextWords.of(words, starts, ends).final_text(pred_text, 0, len(words) - 1, do_lower_case)
+    return start, end
 
 
 def _token_lookup(tokenizer) -> Callable[[list[int]], list[str]]:
@@ -510,15 +554,41 @@ def _token_lookup(tokenizer) -> Callable[[list[int]], list[str]]:
         memo = {}
 
     def lookup(ids: list[int]) -> list[str]:
-        missing = [i for i in ids if i not in memo]
-        if missing:
+        try:
+            return [memo[i] for i in ids]
+        except KeyError:
+            missing = [i for i in ids if i not in memo]
             memo.update(zip(missing, tokenizer.convert_ids_to_tokens(missing)))
-        return [memo[i] for i in ids]
+            return [memo[i] for i in ids]
 
     return lookup
 
 
 _TOKEN_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# convert_tokens_to_string methods that are the backend decoder's decode and nothing else (" ".join without a
+# decoder): transformers 4.x and 5.x fast tokenizers, and squadkit's own (docs/design.md, decode.py: text recovery)
+_DECODER_ONLY = {
+    ("transformers.tokenization_utils_fast", "PreTrainedTokenizerFast.convert_tokens_to_string"),
+    ("transformers.tokenization_utils_tokenizers", "TokenizersBackend.convert_tokens_to_string"),
+    ("squadkit.fast_tokenizer", "FastTokenizer.convert_tokens_to_string"),
+}
+
+
+def _tokens_to_string(tokenizer) -> Callable[[list[str]], str]:
+    """``tokenizer.convert_tokens_to_string``, or the backend decoder's ``decode`` where that is what it calls."""
+    method = getattr(type(tokenizer), "convert_tokens_to_string", None)
+    if (getattr(method, "__module__", None), getattr(method, "__qualname__", None)) in _DECODER_ONLY:
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        if decoder is not None and callable(getattr(decoder, "decode", None)):
+            return decoder.decode
+    return tokenizer.convert_tokens_to_string
+
+
+@functools.lru_cache(maxsize=64)
+def _context_words(context: str) -> ContextWords:
+    """A context's ``ContextWords``, cached for a few contexts (a paragraph's questions come together)."""
+    return ContextWords.of(*whitespace_words(context))
 
 
 def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
@@ -531,45 +601,25 @@ def squad_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_wor
     With ``whole_words`` a span that starts or ends inside a word of the context is widened to
     the whole word(s) (``squadkit.words``), its text the context's, whitespace-joined as run_squad's.
     """
-    from .features import whitespace_words
-    from .words import WordBounds, inside_word
-
     bounds: list[WordBounds] = []  # built on the first span cut inside a word (most spans are not)
 
-    words, word_starts, word_ends = whitespace_words(context)
+    context_words = _context_words(context)
+    word_starts, final_text = context_words.starts, context_words.final_text
     id_to_token = _token_lookup(tokenizer)
-
-    def word_at(char: int) -> int:
-        return max(0, bisect.bisect_right(word_starts, char) - 1)
-
-    def to_context(p: int, first_word: int, last_word: int) -> int:
-        """A position in the space-joined words -> the position in the context (a joining space:
-        the end of the word before it)."""
-        for w in range(first_word, last_word + 1):
-            size = word_ends[w] - word_starts[w]
-            if p < size:
-                return word_starts[w] + p
-            if p == size:
-                return word_ends[w]
-            p -= size + 1
-        return word_ends[last_word]
+    tokens_to_string = _tokens_to_string(tokenizer)
 
     def text_of_span(window: Window, start: int, end: int) -> tuple[str, int, int]:
-        tokens = id_to_token(window.input_ids[start : end + 1].tolist())
-        tok_text = " ".join(tokenizer.convert_tokens_to_string(tokens).strip().split())
-        first_word = word_at(int(window.offsets[start, 0]))
-        last_word = max(first_word, word_at(max(int(window.offsets[end, 1]) - 1, 0)))
-        orig_text = " ".join(words[first_word : last_word + 1])
-        a, b = get_final_text(tok_text, orig_text, do_lower_case)
-        char_start = to_context(a, first_word, last_word)
-        char_end = to_context(b - 1, first_word, last_word) + 1 if b > a else char_start
-        if whole_words and char_end > char_start and (inside_word(context, char_start)
-                                                       or inside_word(context, char_end)):
+        pred_text = " ".join(tokens_to_string(id_to_token(window.input_ids[start : end + 1].tolist())).split())
+        offsets = window.offsets
+        first = max(0, bisect_right(word_starts, offsets.item(start, 0)) - 1)  # the words the span's tokens are in
+        last = max(first, bisect_right(word_starts, max(offsets.item(end, 1) - 1, 0), first) - 1)
+        text, char_start, char_end = final_text(pred_text, first, last, do_lower_case)
+        if whole_words and (inside_word(context, char_start) or inside_word(context, char_end)):
             if not bounds:
                 bounds.append(WordBounds.of(context))
             wide_start, wide_end = bounds[0].widen(np.array([char_start]), np.array([char_end]))
             char_start, char_end = int(wide_start[0]), int(wide_end[0])
             return " ".join(context[char_start:char_end].split()), char_start, char_end
-        return orig_text[a:b], char_start, char_end
+        return text, char_start, char_end
 
     return text_of_span
