@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from squadkit.calibration import NO_SPAN, answer_features
+from squadkit.calibration import NO_SPAN
 from squadkit.decode import NBestEntry, SquadPrediction, _softmax
 from squadkit.decode import basic_tokenize as _basic_tokenize
 from squadkit.features import Window
@@ -169,7 +169,7 @@ def reference_squad_prediction(
     if best_non_null is not None and best_non_null.window is not None:
         nb = nbests[best_non_null.window]
         log_norm = nb.log_norm if nb.log_norm is not None else math.nan
-        features = answer_features(best_non_null.start_logit + best_non_null.end_logit,
+        features = former_answer_features(best_non_null.start_logit + best_non_null.end_logit,
                                    nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
     if not version_2_with_negative:
         text, score_diff = nbest[0].text, None
