@@ -276,13 +276,14 @@ def make_runner(kind: str, batch: int, option, model_dir: Path, onnx_dir: Path, 
     else:
         qa_model = load_model(str(onnx_dir), backend="onnx", precision=option, threads=threads)
     qa = QuestionAnswerer(qa_model, batch_size=batch)
-    logits = qa_model.logits
+    runner = qa_model.runner  # the model is a frozen record; its runner's logits are wrapped to count shapes
+    logits = runner.logits
 
     def recording_logits(b):
         shapes.append(tuple(b.input_ids.shape))
         return logits(b)
 
-    qa_model.logits = recording_logits
+    runner.logits = recording_logits
 
     def run(pairs):
         return [(o["answer"], o["start"], o["end"]) for o in qa(question=[q for q, _ in pairs], context=[c for _, c in pairs])]

@@ -216,13 +216,14 @@ def top_sets(x: np.ndarray, n: int) -> np.ndarray | None:
         return np.broadcast_to(np.arange(width), (rows, width))
     kth = np.partition(x, width - n, axis=1)[:, width - n, None]
     take = x >= kth
-    if np.count_nonzero(take) != rows * n:  # ties at some row's n-th value
+    flat = np.flatnonzero(take)
+    if len(flat) != rows * n:  # ties at some row's n-th value
         above = x > kth
         tie = take & ~above
-        take = above | (tie & (np.cumsum(tie, axis=1) <= n - np.count_nonzero(above, axis=1)[:, None]))
-        if np.count_nonzero(take) != rows * n:
+        flat = np.flatnonzero(above | (tie & (np.cumsum(tie, axis=1) <= n - np.count_nonzero(above, axis=1)[:, None])))
+        if len(flat) != rows * n:
             return None
-    return (np.flatnonzero(take) % width).reshape(rows, n)
+    return (flat % width).reshape(rows, n)
 
 
 def order_by_row_then_score(rows: np.ndarray, score: np.ndarray) -> np.ndarray | None:
