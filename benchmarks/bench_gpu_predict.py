@@ -54,7 +54,7 @@ def plain_loop(model, examples, batch_size: int) -> float:
     """Seconds of a plain transformers loop: overflowing windows, forward, logits to the host."""
     import torch
 
-    tok, net, dev = model.tokenizer, model.model, model.device
+    tok, net, dev = model.tokenizer, model.runner.model, model.device  # the torch runner holds the network
     if str(dev).startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()

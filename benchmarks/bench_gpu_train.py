@@ -147,6 +147,8 @@ def real_token_stats(model_dir: Path) -> tuple[float, float, int, int, int]:
 
 def median_after_warmup(rates: list[float]) -> float | None:
     rates = rates[2:] or rates
+    if not rates:
+        print("no logging window ended: give --steps at least twice --logging-steps", file=sys.stderr)
     return statistics.median(rates) if rates else None
 
 
@@ -220,9 +222,9 @@ def main() -> None:
             print(f"  {label}, batch {batch}: {rate} samples/s ({time.perf_counter() - t0:.0f} s)", flush=True)
             share = f"{rate * flop_per_sample / (args.peak_tflops * 1e12):.1%}" if rate else "-"
             ratio = f"{rate / trainer:.2f}x" if rate and trainer else "-"
-            rows.append([str(batch), label, f"{rate:,.0f}" if rate else "failed", f"{trainer:,.0f}" if trainer else "failed",
+            rows.append([str(batch), label, f"{rate:,.0f}" if rate else "no figure", f"{trainer:,.0f}" if trainer else "no figure",
                          ratio, share])
-        rows.append([str(batch), "Trainer (run_qa.py, padded to 384)", "", f"{trainer:,.0f}" if trainer else "failed", "",
+        rows.append([str(batch), "Trainer (run_qa.py, padded to 384)", "", f"{trainer:,.0f}" if trainer else "no figure", "",
                      f"{trainer * flop_per_sample / (args.peak_tflops * 1e12):.1%}" if trainer else "-"])
     precision = "fp32" if args.fp32 else "bf16"
     print(f"\n{device}; torch {torch.__version__}, transformers {transformers.__version__}; {precision}; "
