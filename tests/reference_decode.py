@@ -336,15 +336,9 @@ def former_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_wo
 
 
 def former_answer_features(span_logit_sum, null_logit_sum, log_norm, length_tokens) -> np.ndarray:
-    """``calibration.answer_features`` as it was: numpy arrays for any input, scalars included."""
-    from squadkit.calibration import _CLIP, FEATURES
+    """``calibration.answer_features`` as it was for one span: its array path (unchanged), which every call
+    took before one span got its own."""
+    from squadkit.calibration import answer_features
 
-    z = np.asarray(span_logit_sum, dtype=np.float64)
-    margin = z - np.asarray(null_logit_sum, dtype=np.float64)
-    log_p = z - np.asarray(log_norm, dtype=np.float64)
-    log_len = np.log(np.maximum(np.asarray(length_tokens, dtype=np.float64), 1.0))
-    x = np.stack([margin, log_p, log_len], axis=-1).reshape(-1, len(FEATURES))
-    for j, name in enumerate(FEATURES):
-        lo, hi = _CLIP[name]
-        x[:, j] = np.clip(np.nan_to_num(x[:, j], nan=lo, neginf=lo, posinf=hi), lo, hi)
-    return x
+    return answer_features(*(np.asarray([v], dtype=np.float64) for v in (span_logit_sum, null_logit_sum, log_norm,
+                                                                          length_tokens)))

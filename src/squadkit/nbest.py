@@ -260,21 +260,24 @@ def fast_candidates(start: np.ndarray, end: np.ndarray, widths: np.ndarray, mask
     Without ties the enumeration order never decides, so the n best positions are taken as a set
     (``top_sets``: a partition, no sort) and only the valid pairs are sorted (``order_by_row_then_score``)."""
     batch, width = start.shape
+    if width > 0x7FFF:  # positions and their gaps are int16 below
+        return None
     n = min(n_best_size, width)
     x = np.concatenate([start, end]).astype(np.float32, copy=False)
     both = np.concatenate([widths, widths])
     if np.any(both < width):
         x[np.arange(width)[None, :] >= both[:, None]] = -np.inf
     cols = top_sets(x, n)
-    if cols is None or width > 0x7FFF:
+    if cols is None:
         return None
     vals = np.take_along_axis(x, cols, axis=1).ravel()
     limits = np.minimum(np.minimum(widths, masks.lengths), masks.sizes)
     ctx, max_ctx = masks.at(cols, limits)
     cols = cols.astype(np.int16)
     s_pos, e_pos = cols[:batch], cols[batch:]
-    gap = e_pos[:, None, :] - s_pos[:, :, None]  # int16; negative gaps read as unsigned exceed any length
-    valid = (ctx[:batch] & max_ctx[:batch])[:, :, None] & ctx[batch:, None, :] & (gap.view(np.uint16) < max_answer_length)
+    gap = e_pos[:, None, :] - s_pos[:, :, None]  # int16; read as unsigned, a negative gap is 0x8001 or more
+    short = gap.view(np.uint16) < min(max_answer_length, 0x8000)
+    valid = (ctx[:batch] & max_ctx[:batch])[:, :, None] & ctx[batch:, None, :] & short
     flat = np.flatnonzero(valid)  # window, start rank, end rank: (b * n + i) * n + j
     at_start = flat // n  # b * n + i
     at_end = at_start - at_start % n + flat % n + batch * n  # the end's place among the end rows
