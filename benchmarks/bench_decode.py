@@ -98,7 +98,8 @@ def captured_batches(model, examples, settings, batch_size):
 def decode_rows(model, examples, settings, batch_size, rounds):
     import reference_decode as ref
 
-    from squadkit.decode import ranked_candidates, squad_prediction, squad_text_recoverer
+    from squadkit.decode import ranked_candidates, squad_prediction
+    from squadkit.text_recovery import squad_text_recoverer
     from squadkit.nbest import squad_batch_nbest
 
     windows, batches = captured_batches(model, examples, settings, batch_size)

@@ -16,7 +16,7 @@ import numpy as np
 
 from squadkit.calibration import NO_SPAN
 from squadkit.decode import NBestEntry, SquadPrediction, _softmax
-from squadkit.decode import basic_tokenize as _basic_tokenize
+from squadkit.text_recovery import basic_tokenize as _basic_tokenize
 from squadkit.features import Window
 
 
@@ -292,7 +292,7 @@ def former_get_final_text(pred_text: str, orig_text: str, do_lower_case: bool) -
 
 def former_text_recoverer(tokenizer, context: str, do_lower_case: bool, whole_words: bool = False):
     """squadkit's former ``squad_text_recoverer`` (whole-word widening included), as it was."""
-    from squadkit.decode import _token_lookup
+    from squadkit.text_recovery import _token_lookup
     from squadkit.features import whitespace_words
     from squadkit.words import WordBounds, inside_word
 

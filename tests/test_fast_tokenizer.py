@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from squadkit.model_folder import load_tokenizer
-from squadkit.decode import squad_text_recoverer
+from squadkit.text_recovery import squad_text_recoverer
 from squadkit.fast_tokenizer import FastTokenizer
 from squadkit.features import WindowSettings, build_windows
 

@@ -198,21 +198,6 @@ def test_dev_slice_predictions_identical(legacy, tiny_roberta, squad_dev_path, m
     assert len(new.predictions) == len(examples)
 
 
-@settings(max_examples=300, deadline=None)
-@given(words=st.lists(st.text(alphabet="ab É.,-()'é 漢\u00ad", min_size=1, max_size=6), min_size=1, max_size=5),
-       lo=st.integers(0, 30), size=st.integers(0, 12), lower=st.booleans())
-def test_get_final_text_equals_run_squads(words, lo, size, lower):
-    """The cached projection gives run_squad's get_final_text's offsets on any text."""
-    from reference_decode import reference_get_final_text
-
-    from squadkit.decode import basic_tokenize, get_final_text
-
-    orig_text = " ".join(w.strip() or "x" for w in words)
-    tok_text = " ".join(basic_tokenize(orig_text, lower))
-    for pred in (tok_text[lo : lo + size], orig_text[lo : lo + size], tok_text):
-        assert get_final_text(pred, orig_text, lower) == reference_get_final_text(pred, orig_text, lower)
-
-
 def test_predict_with_logits_left_on_the_device_is_identical(tiny_roberta, squad_dev_path):
     """The GPU path end to end, on CPU tensors: a model whose ``device_logits`` hands torch tensors to
     the engine gets spans scored by the torch decoder, with the same predictions, n-best lists and

@@ -1,4 +1,4 @@
-"""Squad-mode text recovery projected word by word (squadkit.decode.ContextWords) against run_squad's
+"""Squad-mode text recovery projected word by word (squadkit.text_recovery.ContextWords) against run_squad's
 get_final_text on the joined words (tests/reference_decode.py), on random words with accents, control
 characters, CJK and odd spaces; the whole text_of_span against run_squad's recovery and the former one
 on the dev slice; the backend decoder against convert_tokens_to_string; and the one-span answer
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from reference_decode import (former_answer_features, former_text_recoverer, reference_context_span,
                               reference_get_final_text, reference_text_recoverer)
 from squadkit.calibration import answer_features
-from squadkit.decode import ContextWords, _tokens_to_string, basic_tokenize, get_final_text, squad_text_recoverer
+from squadkit.text_recovery import ContextWords, _tokens_to_string, basic_tokenize, get_final_text, squad_text_recoverer
 from squadkit.features import WindowSettings, build_windows, whitespace_words
 
 # characters a word may hold: ASCII, accents (composed and combining), control and format characters (some of
@@ -154,3 +154,14 @@ def test_one_span_features_are_the_numpy_ones(z, null, log_norm, length):
         theirs = former_answer_features(z, null, log_norm, length)
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == (1, 3)
     assert ours.tobytes() == theirs.tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.text(alphabet="ab É.,-()'é 漢\u00ad", min_size=1, max_size=6), min_size=1, max_size=5),
+       lo=st.integers(0, 30), size=st.integers(0, 12), lower=st.booleans())
+def test_get_final_text_equals_run_squads(words, lo, size, lower):
+    """The projection gives run_squad's get_final_text's offsets on words with accents, soft hyphens and CJK."""
+    orig_text = " ".join(w.strip() or "x" for w in words)
+    tok_text = " ".join(basic_tokenize(orig_text, lower))
+    for pred in (tok_text[lo : lo + size], orig_text[lo : lo + size], tok_text):
+        assert get_final_text(pred, orig_text, lower) == reference_get_final_text(pred, orig_text, lower)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from . import defaults
-from .decode import squad_prediction, squad_text_recoverer
+from .decode import squad_prediction
+from .text_recovery import squad_text_recoverer
 from .io import atomic_write_json
 from .prediction_files import (
     EVAL_RESULTS_FILE,
