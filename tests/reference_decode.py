@@ -263,7 +263,7 @@ def reference_context_span(a: int, b: int, word_starts: Sequence[int], word_ends
 
 
 # ----------------------------------------------------------------------------------------------
-# the text recovery squadkit had before the per-word projection (issue 26b), kept as it was
+# the text recovery squadkit had before the per-word projection, kept as it was
 # ----------------------------------------------------------------------------------------------
 
 
