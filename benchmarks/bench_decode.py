@@ -42,14 +42,14 @@ def old_decoder():
     """The per-window decoder, the former token masks, text recovery and sequential tokenizing, swapped in."""
     import reference_decode as ref
 
-    import squadkit.decode as decode
     import squadkit.window_scoring as engine
     import squadkit.nbest as nbest
     import squadkit.predict as predict
 
-    def per_window(start, end, rows, widths, n_best_size, max_answer_length, allowed=None):
+    def per_window(start, end, rows, widths, n_best_size, max_answer_length, attention_mask=None):
         from squadkit.calibration import log_normalizers
 
+        allowed = ref.reference_allowed_tokens(rows, start.shape[1]) & attention_mask.astype(bool)
         return ref.reference_window_nbest(start, end, widths, n_best_size, log_normalizers(start, end, allowed))
 
     def sequential(tokenizer, questions, contexts, settings, chunk_size):
@@ -58,18 +58,15 @@ def old_decoder():
             yield lo, hi, engine.build_windows(tokenizer, questions[lo:hi], contexts[lo:hi], settings,
                                                first_example_index=lo)
 
-    saved = (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead,
-             decode.allowed_tokens)
+    saved = (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead)
     nbest.squad_batch_nbest, predict.squad_prediction = per_window, ref.reference_squad_prediction
-    decode.allowed_tokens = ref.reference_allowed_tokens
     predict.squad_text_recoverer = lambda tokenizer, context, lower, whole_words=False: ref.reference_text_recoverer(
         tokenizer, context, lower)  # the former recovery had no whole-word widening
     engine._windows_ahead = sequential
     try:
         yield
     finally:
-        (nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead,
-         decode.allowed_tokens) = saved
+        nbest.squad_batch_nbest, predict.squad_prediction, predict.squad_text_recoverer, engine._windows_ahead = saved
 
 
 def best_of(fn, rounds: int) -> float:

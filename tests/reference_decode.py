@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import bisect
 import functools
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from squadkit.calibration import NO_SPAN
-from squadkit.decode import NBestEntry, SquadPrediction, _softmax
+from squadkit.decode import SquadPrediction, final_prediction, nbest_entries
 from squadkit.text_recovery import basic_tokenize as _basic_tokenize
 from squadkit.features import Window
 
@@ -127,64 +125,16 @@ def reference_squad_prediction(
     calibrator=None,
     min_confidence: float | None = None,
 ) -> SquadPrediction:
-    """run_squad's ``compute_predictions_logits`` for one question.
-
-    With a ``calibrator``, the prediction carries ``confidence`` (of the best span, or of "" when
-    it abstains), and ``min_confidence`` applies the abstain rule (``calibration`` module doc).
-
-    ``text_of_span(window, start_token, end_token) -> (text, char_start, char_end)`` recovers
-    the answer text: ``context_slicer`` for fast-tokenizer windows, ``legacy_text_recoverer``
-    for run_squad's own windows.
-    """
+    """``decode.squad_prediction`` as it was: the question's candidates built from each window's n-best
+    positions and sorted together; the n-best list and the answer from it are decode's (unchanged since),
+    with the former answer features."""
     win, st, en, sl, el, score_null, null_s, null_e = reference_candidates(windows, nbests, max_answer_length,
                                                                             version_2_with_negative)
     order = np.argsort(-(sl + el), kind="stable")
-
-    nbest: list[NBestEntry] = []
-    seen: set[str] = set()
-    for i in order:
-        if len(nbest) >= n_best_size:
-            break
-        if st[i] > 0:
-            text, char_start, char_end = text_of_span(windows[win[i]], int(st[i]), int(en[i]))
-            if text in seen:
-                continue
-            seen.add(text)
-            nbest.append(NBestEntry(text, float(sl[i]), float(el[i]), start=char_start, end=char_end,
-                                    window=int(win[i]), tokens=int(en[i] - st[i] + 1)))
-        else:
-            seen.add("")
-            nbest.append(NBestEntry("", float(sl[i]), float(el[i])))
-    if version_2_with_negative:
-        if "" not in seen:
-            nbest.append(NBestEntry("", null_s, null_e))
-        if len(nbest) == 1:  # run_squad's nonce entry, kept so that numbers match
-            nbest.insert(0, NBestEntry("empty", 0.0, 0.0))
-    if not nbest:
-        nbest.append(NBestEntry("empty", 0.0, 0.0))
-    for entry, prob in zip(nbest, _softmax([e.start_logit + e.end_logit for e in nbest])):
-        entry.probability = prob
-    best_non_null = next((e for e in nbest if e.text), None)
-    features = np.asarray(NO_SPAN, dtype=np.float64)[None, :]
-    if best_non_null is not None and best_non_null.window is not None:
-        nb = nbests[best_non_null.window]
-        log_norm = nb.log_norm if nb.log_norm is not None else math.nan
-        features = former_answer_features(best_non_null.start_logit + best_non_null.end_logit,
-                                   nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
-    if not version_2_with_negative:
-        text, score_diff = nbest[0].text, None
-    else:
-        score_diff = score_null - best_non_null.start_logit - best_non_null.end_logit
-        text = "" if score_diff > null_score_diff_threshold else best_non_null.text
-    confidence = None
-    if calibrator is not None:
-        if text and best_non_null is not None and text == best_non_null.text:
-            confidence = float(calibrator.answer_confidence(features)[0])
-            if min_confidence is not None and confidence < min_confidence:
-                text = ""
-        if not text:
-            confidence = float(calibrator.abstain_confidence(features)[0])
-    return SquadPrediction(text, nbest, score_diff, features[0], confidence)
+    ranked = ((int(win[i]), int(st[i]), int(en[i]), float(sl[i]), float(el[i])) for i in order)
+    nbest = nbest_entries(ranked, windows, text_of_span, n_best_size, version_2_with_negative, null_s, null_e)
+    return final_prediction(nbest, nbests, score_null, version_2_with_negative, null_score_diff_threshold, calibrator,
+                            min_confidence, features_of=former_answer_features)
 
 
 def _strip_spaces(text: str) -> tuple[str, dict[int, int]]:

@@ -15,7 +15,7 @@ from reference_decode import (reference_allowed_tokens, reference_squad_predicti
 from squadkit.decode import allowed_tokens, squad_prediction
 from squadkit.features import Window
 from squadkit.nbest import (BatchMasks, FlatCandidates, fast_candidates, order_by_row_then_score, squad_batch_nbest,
-                            squad_nbest_arrays, top_positions, top_sets, window_masks)
+                            squad_nbest_arrays, top_positions, top_sets)
 
 
 def make_window(rng: np.random.Generator, width: int, legacy: bool) -> Window:
@@ -146,7 +146,8 @@ def test_torch_decoder_equals_numpy_decoder(seed, batch, width, n_best, levels, 
     rows = [make_window(rng, width, legacy) for _ in range(batch)]
     start, end = logits(rng, (batch, width), levels), logits(rng, (batch, width), levels)
     widths = np.array([w.input_ids.shape[0] if legacy else w.length for w in rows])
-    ctx, max_ctx, lengths = window_masks(rows, width)
+    masks = BatchMasks.of(rows)
+    (ctx, max_ctx), lengths = masks.dense(width), masks.lengths
     a = squad_nbest_arrays(start, end, widths, ctx, max_ctx, lengths, n_best, 7)
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     b = squad_nbest_arrays_torch(t(start), t(end), t(widths), t(ctx), t(max_ctx), t(lengths), n_best, 7)
@@ -178,9 +179,10 @@ def test_dev_slice_predictions_identical(legacy, tiny_roberta, squad_dev_path, m
     settings = AnswerSettings(legacy=legacy, max_seq_length=128, doc_stride=48, whole_words=False)  # as before
     new = predict_squad(model, examples, settings, batch_size=32)
 
-    def per_window(start, end, rows, widths, n_best_size, max_answer_length, allowed=None):
+    def per_window(start, end, rows, widths, n_best_size, max_answer_length, attention_mask=None):
         from squadkit.calibration import log_normalizers
 
+        allowed = reference_allowed_tokens(rows, start.shape[1]) & attention_mask.astype(bool)
         return reference_window_nbest(start, end, widths, n_best_size, log_normalizers(start, end, allowed))
 
     import reference_decode

@@ -55,7 +55,13 @@ def allowed_tokens(windows: Sequence[Window], width: int) -> np.ndarray:
     masks = [w.context_mask for w in windows]
     sizes = np.fromiter(map(len, masks), dtype=np.int64, count=len(masks))
     flat = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-    mask = pad_rows(flat, np.cumsum(sizes) - sizes, sizes, False, width, dtype=bool)
+    return context_and_cls(flat, np.cumsum(sizes) - sizes, sizes, width)
+
+
+def context_and_cls(context: np.ndarray, starts: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
+    """(B, width) mask of each window's context tokens (rows ``starts``/``sizes`` of the windows'
+    concatenated context masks) and its CLS (index 0)."""
+    mask = pad_rows(context, starts, sizes, False, width, dtype=bool)
     mask[:, 0] = True
     return mask
 
@@ -344,6 +350,16 @@ def squad_prediction(
     (``nbest.squad_batch_nbest``, which applies ``max_answer_length``; the argument stays for run_squad's signature).
     """
     ranked, score_null, null_s, null_e = ranked_candidates(nbests, version_2_with_negative)
+    nbest = nbest_entries(ranked, windows, text_of_span, n_best_size, version_2_with_negative, null_s, null_e)
+    return final_prediction(nbest, nbests, score_null, version_2_with_negative, null_score_diff_threshold,
+                            calibrator, min_confidence)
+
+
+def nbest_entries(ranked, windows: Sequence[Window], text_of_span: Callable[[Window, int, int], tuple[str, int, int]],
+                  n_best_size: int, version_2_with_negative: bool, null_s: float, null_e: float) -> list[NBestEntry]:
+    """run_squad's n-best list of one question, with probabilities, from its candidates best first
+    (``ranked``: (window, start, end, start logit, end logit), the null answer's start 0): the first
+    ``n_best_size`` distinct texts, the null answer added with v2, and run_squad's nonce entries."""
     nbest: list[NBestEntry] = []
     seen: set[str] = set()
     for w, s, e, s_logit, e_logit in ranked:
@@ -367,13 +383,21 @@ def squad_prediction(
         nbest.append(NBestEntry("empty", 0.0, 0.0))
     for entry, prob in zip(nbest, _softmax([e.start_logit + e.end_logit for e in nbest])):
         entry.probability = prob
+    return nbest
+
+
+def final_prediction(nbest: list[NBestEntry], nbests: Sequence[WindowNBest], score_null: float,
+                     version_2_with_negative: bool, null_score_diff_threshold: float, calibrator=None,
+                     min_confidence: float | None = None, features_of=answer_features) -> SquadPrediction:
+    """A question's answer from its n-best list: run_squad's null rule, the best span's calibration
+    features (``features_of``: ``calibration.answer_features``) and, with a calibrator, its confidence."""
     best_non_null = next((e for e in nbest if e.text), None)
     features = np.asarray(NO_SPAN, dtype=np.float64)[None, :]
     if best_non_null is not None and best_non_null.window is not None:
         nb = nbests[best_non_null.window]
         log_norm = nb.log_norm if nb.log_norm is not None else math.nan
-        features = answer_features(best_non_null.start_logit + best_non_null.end_logit,
-                                   nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
+        features = features_of(best_non_null.start_logit + best_non_null.end_logit,
+                               nb.null_start_logit + nb.null_end_logit, log_norm, best_non_null.tokens)
     if not version_2_with_negative:
         text, score_diff = nbest[0].text, None
     else:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import CandidateColumns, WindowNBest
+from .decode import CandidateColumns, WindowNBest, context_and_cls
 from .features import Window, pad_rows
 
 
@@ -78,13 +78,6 @@ class BatchMasks:
         inside = positions < limits
         flat = offsets + np.where(inside, positions, 0)
         return inside & self.context[flat], inside & self.max_context[flat]
-
-
-def window_masks(rows: Sequence[Window], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B, W) context and max-context masks (False past each window's own size) and (B,) lengths."""
-    masks = BatchMasks.of(rows)
-    ctx, max_ctx = masks.dense(width)
-    return ctx, max_ctx, masks.lengths
 
 
 def top_positions(logits: np.ndarray, widths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,20 +305,25 @@ _window_nbest = partial(tuple.__new__, WindowNBest)  # a WindowNBest from its fi
 
 
 def squad_batch_nbest(start, end, rows: Sequence[Window], widths: Sequence[int], n_best_size: int,
-                      max_answer_length: int, allowed=None) -> list[WindowNBest]:
+                      max_answer_length: int, attention_mask: np.ndarray | None = None) -> list[WindowNBest]:
     """Every window of a batch reduced to its valid candidates, best first, numpy or torch.
 
     ``start``/``end``: (B, W) numpy arrays, or torch tensors (then scored on their device);
-    ``allowed``: the tokens the softmax normalisers run over (``calibration.log_normalizers``), or None.
+    ``attention_mask``: the batch's; given, each window also gets the log of its softmax normalisers over
+    its context tokens and CLS (``calibration.log_normalizers``).
     """
     masks = BatchMasks.of(rows)
-    widths = np.minimum(np.asarray(widths, dtype=np.int64), start.shape[1])
+    width = start.shape[1]
+    widths = np.minimum(np.asarray(widths, dtype=np.int64), width)
+    allowed = None
+    if attention_mask is not None:
+        allowed = context_and_cls(masks.context, masks.offsets, masks.sizes, width) & attention_mask.astype(bool)
     if isinstance(start, np.ndarray):
         from .calibration import log_normalizers
 
         found = fast_candidates(start, end, widths, masks, n_best_size, max_answer_length)
         if found is None:
-            ctx, max_ctx = masks.dense(start.shape[1])
+            ctx, max_ctx = masks.dense(width)
             found = FlatCandidates.of(squad_nbest_arrays(start, end, widths, ctx, max_ctx, masks.lengths, n_best_size,
                                                          max_answer_length))
         norms = log_normalizers(start, end, allowed) if allowed is not None else None
@@ -334,7 +332,7 @@ def squad_batch_nbest(start, end, rows: Sequence[Window], widths: Sequence[int],
 
     dev = start.device
     to = lambda x: torch.from_numpy(x).to(dev, non_blocking=True)  # noqa: E731
-    ctx, max_ctx = masks.dense(start.shape[1])
+    ctx, max_ctx = masks.dense(width)
     with torch.inference_mode():
         arrays = squad_nbest_arrays_torch(start, end, to(widths), to(ctx), to(max_ctx), to(masks.lengths), n_best_size,
                                           max_answer_length)

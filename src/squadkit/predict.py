@@ -78,7 +78,6 @@ def predict_squad(
     window's null logits and log normaliser (``SquadPredictions.windows``; ``ask`` normalises over passages).
     """
     from .calibration import check_min_confidence
-    from .decode import allowed_tokens
     from .nbest import squad_batch_nbest
     from .window_scoring import score_pairs
 
@@ -92,8 +91,8 @@ def predict_squad(
 
     def reduce(start, end, batch, rows):
         widths = [w.input_ids.shape[0] if legacy else w.length for w in rows]  # start: numpy, or torch on a GPU
-        allowed = allowed_tokens(rows, start.shape[1]) & batch.attention_mask.astype(bool)
-        return squad_batch_nbest(start, end, rows, widths, settings.n_best_size, settings.max_answer_length, allowed)
+        return squad_batch_nbest(start, end, rows, widths, settings.n_best_size, settings.max_answer_length,
+                                 batch.attention_mask)
 
     out = SquadPredictions()
     questions = [e.question for e in examples]
